@@ -1,0 +1,46 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck pytest bench bench-smoke redis-server clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ghl-async demo
+
+test: $(STAMP) redis-server lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check ghl_async tests benchmarks
+	$(BIN)/ruff format --check ghl_async tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict ghl_async
+
+pytest: $(STAMP)
+	$(BIN)/pytest --cov=ghl_async --cov-report=term-missing:skip-covered --cov-fail-under=90
+
+# The Redis limiter's tests start a throwaway redis-server; install Debian's when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing Debian's redis-server package"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+	}
+	@command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server"; exit 1; }
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks --smoke
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

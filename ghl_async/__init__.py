@@ -1,0 +1,51 @@
+"""ghl_async: a fast, rate-aware asyncio client for HighLevel's Conversations API.
+
+::
+
+    from ghl_async import Client
+
+    async with Client(token) as client:
+        async for message in client.iter_messages(conversation_id):
+            print(message.date_added, message.message_type, message.body)
+"""
+
+from . import errors
+from ._version import __version__
+from .client import DEFAULT_BASE_URL, Client, PageHook
+from .errors import GHLError
+from .models import (
+    CallMeta,
+    Conversation,
+    EmailMeta,
+    FilterType,
+    Message,
+    MessageMeta,
+    MessagesPage,
+    MessageType,
+)
+from .ratelimit import Limiter, LocalLimiter, RateLimit, Reply
+from .retry import RetryPolicy
+from .stats import ClientStats
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "CallMeta",
+    "Client",
+    "ClientStats",
+    "Conversation",
+    "EmailMeta",
+    "FilterType",
+    "GHLError",
+    "Limiter",
+    "LocalLimiter",
+    "Message",
+    "MessageMeta",
+    "MessageType",
+    "MessagesPage",
+    "PageHook",
+    "RateLimit",
+    "Reply",
+    "RetryPolicy",
+    "__version__",
+    "errors",
+]

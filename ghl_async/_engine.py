@@ -1,0 +1,139 @@
+"""One request, start to finish: token, concurrency slot, rate slot, send, retry."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import anyio
+import msgspec
+
+from . import errors
+from ._auth import TokenSource
+from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
+from ._transport import AiohttpTransport
+from .ratelimit import Limiter
+from .retry import RetryPolicy
+from .stats import ClientStats
+
+T = TypeVar("T")
+
+logger = logging.getLogger("ghl_async")
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs requests for a client; holds no state a request could corrupt for another."""
+
+    def __init__(
+        self,
+        *,
+        auth: TokenSource,
+        transport: AiohttpTransport,
+        retry: RetryPolicy,
+        capacity: anyio.CapacityLimiter,
+        user_agent: str,
+        stats: ClientStats,
+    ) -> None:
+        self.auth = auth
+        self.transport = transport
+        self.retry = retry
+        self.capacity = capacity
+        self.user_agent = user_agent
+        self.stats = stats
+        self.limiter: Limiter | None = None
+        self._headers_for: tuple[str, Mapping[str, str]] | None = None
+
+    def _headers(self, token: str) -> Mapping[str, str]:
+        cached = self._headers_for
+        if cached is None or cached[0] != token:
+            cached = (token, request_headers(token, self.user_agent))
+            self._headers_for = cached
+        return cached[1]
+
+    async def get(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        decode: Callable[[bytes], T],
+        *,
+        what: str,
+    ) -> T:
+        """GET ``url`` and decode the body, retrying as the policy allows.
+
+        ``what`` names the request in log lines (never the URL's query or the token).
+        """
+        limiter = self.limiter
+        if limiter is None:
+            raise RuntimeError("the client is not open: use 'async with Client(...)'")
+        stats = self.stats
+        attempt = 0
+        refreshed = False
+        while True:
+            attempt += 1
+            token = await self.auth.get()
+            headers = self._headers(token)
+            rate = None
+            try:
+                async with self.capacity:
+                    ticket = await limiter.acquire()
+                    raw = await self.transport.get(url, params, headers, limiter, ticket)
+                rate = RateLimitHeaders.from_headers(raw.headers)
+                self._note_budget(rate)
+                error: errors.GHLError | None = error_for_reply(
+                    raw.status, raw.headers, raw.body, now=time.time()
+                )
+                if error is None:
+                    try:
+                        return decode(raw.body)
+                    except msgspec.DecodeError as exc:
+                        error = errors.DecodeError(
+                            f"reply is not the documented JSON: {exc}",
+                            status=raw.status,
+                            body=raw.body,
+                            retryable=not looks_like_json(raw.body),
+                        )
+            except errors.TransportError as exc:
+                error = exc
+            assert error is not None
+            if isinstance(error, errors.RateLimitError):
+                stats.throttled += 1
+            if (
+                isinstance(error, errors.AuthenticationError)
+                and self.auth.refreshable
+                and not refreshed
+            ):
+                refreshed = True
+                attempt -= 1
+                logger.debug("%s: 401, asking the token provider for a new token", what)
+                await self.auth.refresh(token)
+                continue
+            if not self.retry.should_retry(error, attempt):
+                raise error
+            delay = self.retry.delay(
+                error, attempt, rate_interval=rate.interval if rate is not None else None
+            )
+            stats.retries += 1
+            logger.debug(
+                "%s: retrying (attempt %d of %d) in %.2f s after %s",
+                what,
+                attempt + 1,
+                self.retry.max_attempts,
+                delay,
+                error,
+            )
+            await anyio.sleep(delay)
+
+    def _note_budget(self, rate: RateLimitHeaders) -> None:
+        stats = self.stats
+        if rate.remaining is not None:
+            stats.server_remaining = rate.remaining
+        if rate.daily_remaining is not None:
+            stats.daily_remaining = rate.daily_remaining
+        if rate.max_requests is not None:
+            stats.server_max_requests = rate.max_requests
+        if rate.interval is not None:
+            stats.server_interval = rate.interval

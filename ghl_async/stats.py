@@ -1,0 +1,38 @@
+"""Live counters of what a client did, for progress bars, logs and tests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["ClientStats"]
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """What one client has done so far (updated live; read it any time).
+
+    Attributes:
+        requests: sends that went out (each retry and resend counts).
+        retries: attempts repeated after a retryable failure.
+        throttled: 429 replies seen.
+        pages: pages decoded.
+        messages: messages decoded.
+        server_remaining: ``X-RateLimit-Remaining`` of the latest reply.
+        daily_remaining: ``X-RateLimit-Daily-Remaining`` of the latest reply.
+        server_max_requests: ``X-RateLimit-Max`` of the latest reply.
+        server_interval: ``X-RateLimit-Interval-Milliseconds`` of the latest reply, in s.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    pages: int = 0
+    messages: int = 0
+    server_remaining: int | None = None
+    daily_remaining: int | None = None
+    server_max_requests: int | None = None
+    server_interval: float | None = None
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        """The counters as a plain dict."""
+        return asdict(self)

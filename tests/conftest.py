@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from ghl_async import Client
+from ghl_async.testing import FakeHighLevel
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+ServerFactory = Callable[..., AbstractAsyncContextManager[FakeHighLevel]]
+
+
+@pytest.fixture
+def server() -> ServerFactory:
+    """`async with server(conversations=..., ...) as fake:` a started FakeHighLevel."""
+
+    @asynccontextmanager
+    async def start(**kwargs: Any) -> AsyncIterator[FakeHighLevel]:
+        async with FakeHighLevel(**kwargs) as fake:
+            yield fake
+
+    return start
+
+
+def open_connections(client: Client) -> int:
+    """Connections the client's pool has handed out and not taken back."""
+    session = client._engine.transport._session
+    assert session is not None
+    connector = session.connector
+    assert connector is not None
+    return len(connector._acquired)  # type: ignore[attr-defined]
+
+
+async def settle(predicate: Callable[[], bool], timeout: float = 1.0) -> float:
+    """Wait until predicate() holds; return how long it took (fails after timeout)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+class LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.getMessage() for r in self.records)
+
+
+@pytest.fixture
+def ghl_log() -> AsyncIterator[LogCapture] | Any:
+    handler = LogCapture()
+    logger = logging.getLogger("ghl_async")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
