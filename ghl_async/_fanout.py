@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Union
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -31,10 +37,10 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 __all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
 
-IdSource = Union[Iterable[str], AsyncIterable[str]]
+IdSource = Iterable[str] | AsyncIterable[str]
 PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
 # What the stream carries: a page, or a conversation's final error.
-Item = tuple[str, Union[MessagesPage, BaseException]]
+Item = tuple[str, MessagesPage | BaseException]
 
 # How long closing a fan-out waits for its producers to wind down.
 _CLOSE_WAIT = 1.0

@@ -142,30 +142,38 @@ def error_for_reply(
     message, trace_id = _read_error_body(body)
     if message is None:
         message = _REASONS.get(status, "Server error" if status >= 500 else "Unexpected status")
-    common = {"status": status, "body": body, "trace_id": trace_id}
     if status == 429:
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
         budget = RateLimitHeaders.from_headers(headers)
         if budget.daily_remaining == 0:
             resets_at = now + retry_after if retry_after is not None else None
             return errors.DailyLimitExceeded(
-                message, retry_after=retry_after, resets_at=resets_at, **common
+                message,
+                status=status,
+                body=body,
+                trace_id=trace_id,
+                retry_after=retry_after,
+                resets_at=resets_at,
             )
-        return errors.RateLimitError(message, retry_after=retry_after, **common)
+        return errors.RateLimitError(
+            message, retry_after=retry_after, status=status, body=body, trace_id=trace_id
+        )
     if status in (400, 422):
-        return errors.BadRequestError(message, **common)
+        return errors.BadRequestError(message, status=status, body=body, trace_id=trace_id)
     if status == 401:
-        return errors.AuthenticationError(message, **common)
+        return errors.AuthenticationError(message, status=status, body=body, trace_id=trace_id)
     if status == 403:
-        return errors.PermissionDeniedError(message, **common)
+        return errors.PermissionDeniedError(message, status=status, body=body, trace_id=trace_id)
     if status == 404:
-        return errors.NotFoundError(message, **common)
+        return errors.NotFoundError(message, status=status, body=body, trace_id=trace_id)
     if status >= 500:
-        error: errors.APIStatusError = errors.ServerError(message, **common)
+        error: errors.APIStatusError = errors.ServerError(
+            message, status=status, body=body, trace_id=trace_id
+        )
         # A 501/505 will not heal by asking again.
         error.retryable = status in (500, 502, 503, 504)
         return error
-    return errors.APIStatusError(message, **common)
+    return errors.APIStatusError(message, status=status, body=body, trace_id=trace_id)
 
 
 def request_headers(token: str, user_agent: str) -> dict[str, str]:

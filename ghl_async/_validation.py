@@ -25,8 +25,7 @@ def check_id(value: object, what: str) -> str:
     if _ID.fullmatch(value) is None:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise ValueError(
-            f"{what} {shown!r} is not a HighLevel id "
-            "(1 to 128 letters, digits, '_' or '-')"
+            f"{what} {shown!r} is not a HighLevel id (1 to 128 letters, digits, '_' or '-')"
         )
     return value
 

@@ -39,20 +39,20 @@ class _Wire(msgspec.Struct, rename="camel", kw_only=True, frozen=True, gc=False)
     """Shared options of every wire struct."""
 
 
-class CallMeta(_Wire):
+class CallMeta(_Wire, frozen=True):
     """``meta.call`` as live call messages carry it."""
 
     duration: int | None = None
     status: str | None = None
 
 
-class EmailMeta(_Wire):
+class EmailMeta(_Wire, frozen=True):
     """``meta.email``: the ids of the email messages in the thread."""
 
     message_ids: list[str] = []
 
 
-class MessageMeta(_Wire):
+class MessageMeta(_Wire, frozen=True):
     """A message's ``meta`` object.
 
     Attributes:
@@ -81,7 +81,7 @@ class MessageMeta(_Wire):
                 msgspec.structs.force_setattr(self, "call_status", call.status)
 
 
-class Message(_Wire):
+class Message(_Wire, frozen=True):
     """One message of a conversation.
 
     Field names are the snake_case of the wire names. ``message_type``, ``status``,
@@ -110,13 +110,13 @@ class Message(_Wire):
     chat_widget_id: str | None = None
 
 
-class _PageBody(_Wire):
+class _PageBody(_Wire, frozen=True):
     messages: list[Message] = []
     last_message_id: str | None = None
     next_page: bool = False
 
 
-class _Envelope(_Wire):
+class _Envelope(_Wire, frozen=True):
     # Wrapped form: {"messages": {...page...}}; flat form: {"messages": [...], ...}.
     messages: _PageBody | list[Message]
     last_message_id: str | None = None
@@ -145,7 +145,7 @@ class MessagesPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
         return not self.next_page or not self.messages
 
 
-class Conversation(_Wire):
+class Conversation(_Wire, frozen=True):
     """One conversation as ``GET /conversations/search`` lists it."""
 
     id: str
@@ -166,13 +166,13 @@ class Conversation(_Wire):
     sort: list[Any] = []
 
 
-class _ConversationsReply(_Wire):
+class _ConversationsReply(_Wire, frozen=True):
     conversations: list[Conversation] = []
     total: int | None = None
     trace_id: str | None = None
 
 
-class _ErrorBody(_Wire):
+class _ErrorBody(_Wire, frozen=True):
     # Documented error bodies; 422 sends ``message`` as a list.
     status_code: int | None = None
     message: str | list[str] | None = None
@@ -287,9 +287,9 @@ class MessageType(_StrConstants):
         return None
 
 
-_CODED: tuple[MessageType, ...] = tuple(MessageType)[: list(MessageType).index(
-    MessageType.TYPE_ACTIVITY_EMPLOYEE_ACTION_LOG
-) + 1]
+_CODED: tuple[MessageType, ...] = tuple(MessageType)[
+    : list(MessageType).index(MessageType.TYPE_ACTIVITY_EMPLOYEE_ACTION_LOG) + 1
+]
 
 
 class FilterType(_StrConstants):

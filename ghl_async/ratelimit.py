@@ -161,7 +161,8 @@ class WindowBook:
 
     def wait_time(self, now: float) -> float | None:
         """``0.0``: send now; a positive number: look again after that many seconds;
-        ``None``: wait until a request in flight finishes."""
+        ``None``: wait until a request in flight finishes.
+        """
         if now < self.paused_until:
             return self.paused_until - now
         if not self.learned and self.in_flight:
@@ -192,7 +193,8 @@ class WindowBook:
         notes: list[str] = []
         rate = reply.rate
         if rate.budget_known:
-            assert rate.max_requests is not None and rate.interval is not None
+            assert rate.max_requests is not None
+            assert rate.interval is not None
             announced = RateLimit(rate.max_requests, rate.interval)
             if self.adopt_server_budget or announced.per_second < self.cap.per_second:
                 chosen = announced

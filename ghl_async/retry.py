@@ -74,7 +74,9 @@ class RetryPolicy:
                 return min(error.retry_after, self.max_retry_after)
             if rate_interval is not None:
                 return min(rate_interval, self.max_retry_after)
-        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** (attempt - 1)))
+        ceiling = min(self.backoff_cap, self.backoff_base * (2.0 ** (attempt - 1)))
         if not self.jitter:
             return ceiling
-        return (rng or random).uniform(0.0, ceiling)
+        if rng is None:
+            return random.uniform(0.0, ceiling)
+        return rng.uniform(0.0, ceiling)

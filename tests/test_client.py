@@ -33,8 +33,9 @@ async def test_get_messages_sends_limit_only_when_given(server: ServerFactory) -
             assert [m.id for m in five.messages] == ids_of(fake.messages(conversation))[:5]
             assert five.next_page is True
             assert five.last_message_id == five.messages[-1].id
-            after = await client.get_messages(conversation, last_message_id=five.last_message_id,
-                                              limit=5)
+            after = await client.get_messages(
+                conversation, last_message_id=five.last_message_id, limit=5
+            )
             assert [m.id for m in after.messages] == ids_of(fake.messages(conversation))[5:10]
 
 
@@ -112,8 +113,7 @@ async def test_a_repeated_cursor_raises_instead_of_looping() -> None:
         nonlocal calls
         calls += 1
         return web.json_response(
-            {"messages": {"lastMessageId": "m1", "nextPage": True,
-                          "messages": [{"id": "m1"}]}}
+            {"messages": {"lastMessageId": "m1", "nextPage": True, "messages": [{"id": "m1"}]}}
         )
 
     app = web.Application()
@@ -286,9 +286,7 @@ async def test_concurrent_401s_share_one_refresh(server: ServerFactory) -> None:
             return "expired" if asked == 1 else good
 
         async with Client(provider, base_url=fake.url, retry=FAST) as client:
-            pages = await asyncio.gather(
-                *(client.get_messages(c) for c in fake.conversation_ids)
-            )
+            pages = await asyncio.gather(*(client.get_messages(c) for c in fake.conversation_ids))
         assert all(len(p.messages) == 3 for p in pages)
         assert asked == 2
 

@@ -54,18 +54,42 @@ def test_missing_or_garbled_rate_headers_are_none() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "kind", "message", "retryable"),
     [
-        (400, b'{"statusCode":400,"message":"Bad thing"}', errors.BadRequestError, "Bad thing",
-         False),
-        (401, b'{"statusCode":401,"message":"Invalid token: access token is invalid",'
-              b'"error":"Unauthorized"}', errors.AuthenticationError,
-         "Invalid token: access token is invalid", False),
-        (403, b'{"statusCode":403,"message":"No","error":"Forbidden"}',
-         errors.PermissionDeniedError, "No", False),
-        (404, b'{"statusCode":404,"message":"Conversation not found"}', errors.NotFoundError,
-         "Conversation not found", False),
-        (422, b'{"statusCode":422,"message":["a is bad","b is bad"],'
-              b'"error":"Unprocessable Entity"}', errors.BadRequestError,
-         "a is bad; b is bad", False),
+        (
+            400,
+            b'{"statusCode":400,"message":"Bad thing"}',
+            errors.BadRequestError,
+            "Bad thing",
+            False,
+        ),
+        (
+            401,
+            b'{"statusCode":401,"message":"Invalid token: access token is invalid",'
+            b'"error":"Unauthorized"}',
+            errors.AuthenticationError,
+            "Invalid token: access token is invalid",
+            False,
+        ),
+        (
+            403,
+            b'{"statusCode":403,"message":"No","error":"Forbidden"}',
+            errors.PermissionDeniedError,
+            "No",
+            False,
+        ),
+        (
+            404,
+            b'{"statusCode":404,"message":"Conversation not found"}',
+            errors.NotFoundError,
+            "Conversation not found",
+            False,
+        ),
+        (
+            422,
+            b'{"statusCode":422,"message":["a is bad","b is bad"],"error":"Unprocessable Entity"}',
+            errors.BadRequestError,
+            "a is bad; b is bad",
+            False,
+        ),
         (429, b"", errors.RateLimitError, "Too Many Requests", True),
         (500, b'{"statusCode":500}', errors.ServerError, "Server error", True),
         (502, b"<html>bad gateway</html>", errors.ServerError, "Server error", True),

@@ -35,11 +35,43 @@ _KINDS: tuple[tuple[str, int, int], ...] = (
 _TYPES = [kind for kind, _, _ in _KINDS]
 _WEIGHTS = [weight for _, _, weight in _KINDS]
 _CODES = {kind: code for kind, code, _ in _KINDS}
-_WORDS = (
-    "hi there thanks for reaching out can we book a call tomorrow sure what time works "
-    "the invoice is attached please confirm your appointment great see you then ok 👍 "
-    "é ñ 你好 \"quoted\" back\\slash"
-).split()
+_WORDS = [
+    "hi",
+    "there",
+    "thanks",
+    "for",
+    "reaching",
+    "out",
+    "can",
+    "we",
+    "book",
+    "a",
+    "call",
+    "tomorrow",
+    "sure",
+    "what",
+    "time",
+    "works",
+    "the",
+    "invoice",
+    "is",
+    "attached",
+    "please",
+    "confirm",
+    "your",
+    "appointment",
+    "great",
+    "see",
+    "you",
+    "then",
+    "ok",
+    "👍",
+    "é",
+    "ñ",
+    "你好",
+    '"quoted"',
+    "back\\slash",
+]
 
 
 def _new_id(rng: random.Random, length: int = 20) -> str:

@@ -76,6 +76,9 @@ class FakeStats:
             interval (the number a strict server compares with its budget).
         faults: injected faults by kind.
         by_conversation: requests per conversation id.
+        in_flight: requests being handled now.
+        max_in_flight: the most requests handled at once.
+        arrivals: ``(loop time, path)`` of the latest 100,000 requests, oldest first.
     """
 
     requests: int = 0
@@ -84,6 +87,9 @@ class FakeStats:
     max_in_window: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     by_conversation: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    arrivals: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
 class _Window:
@@ -287,10 +293,9 @@ class FakeHighLevel:
                 },
             )
         if request.headers.get("Version") not in self.accept_versions:
-            return self._json(
-                400, {"statusCode": 400, "message": "version header was not found"}
-            )
+            return self._json(400, {"statusCode": 400, "message": "version header was not found"})
         now = asyncio.get_running_loop().time()
+        self.stats.arrivals.append((now, request.path))
         arrivals = self._arrivals
         arrivals.times.append(now)
         self.stats.max_in_window = max(self.stats.max_in_window, arrivals.count(now))
@@ -338,16 +343,16 @@ class FakeHighLevel:
             if status == 429:
                 self.stats.throttled += 1
                 headers["Retry-After"] = "1"
-            return self._json(status, {"statusCode": status, "message": f"injected {status}"},
-                              headers)
+            return self._json(
+                status, {"statusCode": status, "message": f"injected {status}"}, headers
+            )
         if kind == "server_error":
             status = self._rng.choice((500, 502, 503, 504))
             if status == 502:
                 return web.Response(status=502, body=_HTML, content_type="text/html")
             return self._json(status, {"statusCode": status, "message": "Internal error"})
         if kind == "html":
-            return web.Response(status=200, body=_HTML, content_type="text/html",
-                                headers=headers)
+            return web.Response(status=200, body=_HTML, content_type="text/html", headers=headers)
         transport = request.transport
         if kind == "reset":
             if transport is not None:
@@ -355,8 +360,11 @@ class FakeHighLevel:
             return web.Response(status=500)
         if kind == "truncate":
             response = web.StreamResponse(
-                headers={**headers, "Content-Length": str(len(body)),
-                         "Content-Type": "application/json"}
+                headers={
+                    **headers,
+                    "Content-Length": str(len(body)),
+                    "Content-Type": "application/json",
+                }
             )
             await response.prepare(request)
             await response.write(body[: len(body) // 2])
@@ -372,6 +380,15 @@ class FakeHighLevel:
         return f"trace-{self._trace:08d}"
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            return await self._messages_reply(request)
+        finally:
+            stats.in_flight -= 1
+
+    async def _messages_reply(self, request: web.Request) -> web.StreamResponse:
         admitted = self._admit(request)
         if isinstance(admitted, web.Response):
             return admitted
@@ -402,8 +419,11 @@ class FakeHighLevel:
             if not kinds <= _FILTERS:
                 return self._json(
                     422,
-                    {"statusCode": 422, "message": ["type must be a valid message type"],
-                     "error": "Unprocessable Entity"},
+                    {
+                        "statusCode": 422,
+                        "message": ["type must be a valid message type"],
+                        "error": "Unprocessable Entity",
+                    },
                     headers,
                 )
         if conversation is None:
@@ -465,8 +485,11 @@ class FakeHighLevel:
         if query.get("locationId") != self.location_id:
             return self._json(
                 403,
-                {"statusCode": 403, "message": "The token does not have access to this location",
-                 "error": "Forbidden"},
+                {
+                    "statusCode": 403,
+                    "message": "The token does not have access to this location",
+                    "error": "Forbidden",
+                },
                 headers,
             )
         try:
@@ -475,8 +498,13 @@ class FakeHighLevel:
             limit = -1
         if not 1 <= limit <= 100:
             return self._json(
-                422, {"statusCode": 422, "message": ["limit must be between 1 and 100"],
-                      "error": "Unprocessable Entity"}, headers
+                422,
+                {
+                    "statusCode": 422,
+                    "message": ["limit must be between 1 and 100"],
+                    "error": "Unprocessable Entity",
+                },
+                headers,
             )
         ordered = sorted(self._store.values(), key=lambda c: (-c.last_message_date, c.id))
         after = query.get("startAfterDate")
@@ -484,8 +512,9 @@ class FakeHighLevel:
             try:
                 bound = int(after)
             except ValueError:
-                return self._json(400, {"statusCode": 400, "message": "Invalid startAfterDate"},
-                                  headers)
+                return self._json(
+                    400, {"statusCode": 400, "message": "Invalid startAfterDate"}, headers
+                )
             ordered = [c for c in ordered if c.last_message_date < bound]
         batch = ordered[:limit]
         payload = {
@@ -509,4 +538,3 @@ class FakeHighLevel:
         }
         self.stats.served += 1
         return self._json(200, payload, headers)
-

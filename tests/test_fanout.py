@@ -1,0 +1,262 @@
+"""Fan-out across conversations: order, laziness, backpressure, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+
+import pytest
+
+from ghl_async import Client, RateLimit, RetryPolicy, errors
+from ghl_async.testing import Faults
+
+from .conftest import ServerFactory, open_connections, settle
+
+pytestmark = pytest.mark.anyio
+
+FAST_BUDGET = RateLimit(100_000, 1.0)
+
+
+async def test_every_message_once_in_order_and_conversations_interleave(
+    server: ServerFactory,
+) -> None:
+    async with server(
+        conversations=25, messages=(0, 320), seed=21, rate_limit=FAST_BUDGET
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url, max_concurrency=8) as client:
+            got: dict[str, list[str]] = defaultdict(list)
+            order: list[str] = []
+            async for conversation_id, message in client.fan_out(
+                fake.conversation_ids, page_size=40
+            ):
+                got[conversation_id].append(message.id)
+                order.append(conversation_id)
+        for conversation_id in fake.conversation_ids:
+            assert got.get(conversation_id, []) == [
+                m["id"] for m in fake.messages(conversation_id)
+            ]
+        # Interleaved: some conversation starts before an earlier one has finished.
+        switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
+        assert switches > len(got)
+        assert client.stats.messages == fake.total_messages
+
+
+async def test_ids_are_read_lazily(server: ServerFactory) -> None:
+    async with server(conversations=5, messages=5, rate_limit=FAST_BUDGET) as fake:
+        pulled = 0
+
+        def ids() -> Iterator[str]:
+            nonlocal pulled
+            for i in range(1_000_000):
+                pulled += 1
+                yield fake.conversation_ids[i % 5]
+
+        async with Client(fake.token, base_url=fake.url, max_concurrency=4) as client:
+            async for _ in client.fan_out(ids()):
+                break
+        assert pulled <= 4 + 4 * 3  # a handful per worker, never the million
+
+
+async def test_an_async_iterable_of_ids_works(server: ServerFactory) -> None:
+    async with server(conversations=6, messages=(1, 30), rate_limit=FAST_BUDGET) as fake:
+
+        async def ids() -> AsyncIterator[str]:
+            for conversation_id in fake.conversation_ids:
+                await asyncio.sleep(0)
+                yield conversation_id
+
+        async with Client(fake.token, base_url=fake.url) as client:
+            seen = {c async for c, _ in client.fan_out_pages(ids())}
+        assert seen == set(fake.conversation_ids)
+
+
+async def test_a_slow_consumer_slows_fetching(server: ServerFactory) -> None:
+    async with server(conversations=40, messages=200, rate_limit=FAST_BUDGET) as fake:
+        async with Client(fake.token, base_url=fake.url, max_concurrency=4) as client:
+            async with aclosing(
+                client.fan_out_pages(fake.conversation_ids, page_size=10)
+            ) as pages:
+                async for _ in pages:
+                    await asyncio.sleep(0.3)
+                    break
+            requested = fake.stats.requests
+        # buffer (2) + one page held by each of 4 workers + the one consumed + in flight
+        assert requested <= 2 + 4 + 1 + 4
+        assert fake.total_messages // 10 > 100
+
+
+async def _assert_clean(client: Client) -> None:
+    await settle(lambda: not client._tasks and open_connections(client) == 0, timeout=1.0)
+
+
+@pytest.mark.parametrize("how", ["break", "aclosing", "consumer-error"])
+async def test_leaving_the_loop_stops_every_request_within_a_second(
+    server: ServerFactory, how: str
+) -> None:
+    async with server(
+        conversations=50, messages=(100, 300), rate_limit=FAST_BUDGET, faults=Faults(latency=0.02)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url, max_concurrency=16) as client:
+            boom = RuntimeError("consumer failed")
+            loop = asyncio.get_running_loop()
+            if how == "break":
+                async for _ in client.fan_out(fake.conversation_ids, page_size=5):
+                    break
+            elif how == "aclosing":
+                async with aclosing(client.fan_out(fake.conversation_ids, page_size=5)) as it:
+                    async for _ in it:
+                        break
+            else:
+                with pytest.raises(RuntimeError) as caught:
+                    async for _ in client.fan_out(fake.conversation_ids, page_size=5):
+                        raise boom
+                assert caught.value is boom
+            stopped_at = loop.time()
+            await _assert_clean(client)
+            assert loop.time() - stopped_at < 1.0
+            requests_then = fake.stats.requests
+            await asyncio.sleep(0.2)
+            assert fake.stats.requests == requests_then  # nothing new goes out
+            # The client is still usable.
+            page = await client.get_messages(fake.conversation_ids[0], limit=3)
+            assert len(page.messages) == 3
+
+
+async def test_cancelling_the_consumer_stops_the_fan_out(server: ServerFactory) -> None:
+    async with server(
+        conversations=50, messages=(100, 300), rate_limit=FAST_BUDGET, faults=Faults(latency=0.02)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            received = 0
+
+            async def consume() -> None:
+                nonlocal received
+                async for _ in client.fan_out(fake.conversation_ids, page_size=5):
+                    received += 1
+
+            task = asyncio.create_task(consume())
+            await settle(lambda: received > 20, timeout=5.0)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await _assert_clean(client)
+            assert loop.time() - started < 1.0
+            assert (await client.get_messages(fake.conversation_ids[1], limit=1)).messages
+
+
+async def test_closing_the_client_stops_a_running_fan_out(server: ServerFactory) -> None:
+    async with server(conversations=20, messages=300, rate_limit=FAST_BUDGET) as fake:
+        client = Client(fake.token, base_url=fake.url)
+        async with client:
+            iterator = client.fan_out(fake.conversation_ids, page_size=5)
+            await iterator.__anext__()
+            assert client._tasks
+        assert not client._tasks
+        await iterator.aclose()
+
+
+async def test_the_first_hard_error_stops_the_rest_and_is_raised_as_itself(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=30, messages=(50, 120), rate_limit=FAST_BUDGET) as fake:
+        ids = [*fake.conversation_ids[:3], "missingConversation", *fake.conversation_ids[3:]]
+        async with Client(fake.token, base_url=fake.url, max_concurrency=4) as client:
+            with pytest.raises(errors.NotFoundError) as caught:
+                async for _ in client.fan_out(ids, page_size=10):
+                    pass
+            assert caught.value.conversation_id == "missingConversation"
+            await _assert_clean(client)
+        assert fake.stats.requests < sum(len(fake.messages(c)) // 10 + 1 for c in ids[4:])
+
+
+async def test_return_exceptions_yields_the_error_and_goes_on(server: ServerFactory) -> None:
+    async with server(conversations=6, messages=(60, 90), rate_limit=FAST_BUDGET) as fake:
+        victim = fake.conversation_ids[2]
+        expected = [m["id"] for m in fake.messages(victim)]
+        # Two pages in, the victim's third request fails for good (403 is never retried).
+        seen: dict[str, list[str]] = defaultdict(list)
+        failures: list[tuple[str, errors.GHLError]] = []
+        async with Client(fake.token, base_url=fake.url, max_concurrency=1) as client:
+            async for conversation_id, item in client.fan_out(
+                fake.conversation_ids, page_size=20, return_exceptions=True
+            ):
+                if isinstance(item, errors.GHLError):
+                    failures.append((conversation_id, item))
+                    continue
+                seen[conversation_id].append(item.id)
+                if conversation_id == victim and len(seen[victim]) == 40:
+                    fake.inject("403", conversation_id=victim)
+        assert [c for c, _ in failures] == [victim]
+        error = failures[0][1]
+        assert isinstance(error, errors.PermissionDeniedError)
+        assert error.last_message_id == expected[39]
+        assert seen[victim] == expected[:40]
+        for other in fake.conversation_ids:
+            if other != victim:
+                assert seen[other] == [m["id"] for m in fake.messages(other)]
+        # And resuming from the cursor finishes the conversation.
+        async with Client(fake.token, base_url=fake.url) as client:
+            rest = [
+                m.id
+                async for m in client.iter_messages(victim, last_message_id=error.last_message_id)
+            ]
+        assert seen[victim] + rest == expected
+
+
+async def test_every_message_exactly_once_under_mixed_faults(server: ServerFactory) -> None:
+    faults = Faults(
+        server_error=0.06, reset=0.06, truncate=0.06, html=0.06, slow=0.03, slow_seconds=0.5
+    )
+    async with server(
+        conversations=30, messages=(0, 400), seed=23, faults=faults, rate_limit=FAST_BUDGET
+    ) as fake:
+        retry = RetryPolicy(max_attempts=30, backoff_base=0.001, backoff_cap=0.01)
+        async with Client(fake.token, base_url=fake.url, retry=retry, timeout=0.25) as client:
+            got: dict[str, list[str]] = defaultdict(list)
+            async for conversation_id, message in client.fan_out(
+                fake.conversation_ids, page_size=25
+            ):
+                got[conversation_id].append(message.id)
+        assert sum(fake.stats.faults.values()) > 20
+        assert set(fake.stats.faults) == {"server_error", "reset", "truncate", "html", "slow"}
+        for conversation_id in fake.conversation_ids:
+            assert got.get(conversation_id, []) == [
+                m["id"] for m in fake.messages(conversation_id)
+            ]
+        assert client.stats.retries > 0
+
+
+async def test_on_page_sees_every_page(server: ServerFactory) -> None:
+    async with server(conversations=5, messages=(10, 60), rate_limit=FAST_BUDGET) as fake:
+        seen: list[tuple[str, int]] = []
+        async with Client(fake.token, base_url=fake.url) as client:
+            count = 0
+            async for _ in client.fan_out(
+                fake.conversation_ids,
+                page_size=20,
+                on_page=lambda c, p: seen.append((c, len(p.messages))),
+            ):
+                count += 1
+        assert sum(n for _, n in seen) == count == fake.total_messages
+
+
+async def test_bad_fan_out_arguments(server: ServerFactory) -> None:
+    async with server(conversations=1) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            with pytest.raises(TypeError):
+                client.fan_out("notAList")
+            with pytest.raises(ValueError):
+                client.fan_out(["a"], concurrency=0)
+            with pytest.raises(TypeError):
+                client.fan_out(["a"], concurrency=2.5)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="not a HighLevel id"):
+                async for _ in client.fan_out(["../etc"]):
+                    pass
+        assert fake.stats.requests == 0
+    with pytest.raises(RuntimeError, match="not open"):
+        Client("t").fan_out(["a"])

@@ -1,0 +1,287 @@
+"""The rate limiter: its rules on a number line, then against the strict fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+
+import pytest
+
+from ghl_async import Client, LocalLimiter, RateLimit, Reply, RetryPolicy, errors
+from ghl_async._sansio import RateLimitHeaders
+
+from .conftest import ServerFactory
+
+pytestmark = pytest.mark.anyio
+
+
+def reply(
+    status: int = 200,
+    *,
+    max_requests: int | None = None,
+    interval: float | None = None,
+    remaining: int | None = None,
+    daily: int | None = None,
+    retry_after: float | None = None,
+) -> Reply:
+    return Reply(
+        status, RateLimitHeaders(max_requests, interval, remaining, None, daily), retry_after
+    )
+
+
+def learned_book(max_requests: int, interval: float) -> LocalLimiter:
+    limiter = LocalLimiter()
+    book = limiter.book
+    book.take()
+    book.finish(0.0, reply(max_requests=max_requests, interval=interval))
+    return limiter
+
+
+# -- the rules, with a number for a clock ------------------------------------------
+
+
+def test_one_request_at_a_time_until_the_first_reply() -> None:
+    book = LocalLimiter().book
+    assert book.wait_time(0.0) == 0.0
+    book.take()
+    assert book.wait_time(0.0) is None  # wait for the reply
+    book.finish(0.1, None)  # a failed probe lets the next one go
+    assert book.wait_time(0.1) == 0.0
+    book.take()
+    book.finish(0.2, reply(max_requests=5, interval=1.0))
+    assert book.learned
+    assert (book.max_requests, book.interval) == (5, 1.0)
+
+
+def test_a_full_window_waits_for_the_oldest_slot() -> None:
+    book = learned_book(3, 1.0).book  # one slot held until t=1.0
+    for _ in range(2):
+        assert book.wait_time(0.0) == 0.0
+        book.take()
+    # Two in flight and the probe's slot (until 1.0): the probe's slot frees first.
+    assert book.wait_time(0.0) == pytest.approx(1.0)
+    book.finish(0.5, None)
+    book.finish(0.6, None)
+    assert book.wait_time(0.7) == pytest.approx(0.3)  # probe's slot frees at 1.0
+    assert book.wait_time(1.0) == 0.0
+    assert book.held(1.55) == 1
+
+
+def test_an_explicit_rate_limit_is_a_cap() -> None:
+    book = LocalLimiter(RateLimit(10, 1.0)).book
+    book.take()
+    book.finish(0.0, reply(max_requests=100, interval=1.0))
+    assert (book.max_requests, book.interval) == (10, 1.0)
+    book.take()
+    book.finish(0.0, reply(max_requests=4, interval=1.0))
+    assert (book.max_requests, book.interval) == (4, 1.0)
+
+
+def test_the_default_follows_the_server_up_and_down() -> None:
+    book = LocalLimiter().book
+    book.take()
+    book.finish(0.0, reply(max_requests=25, interval=10.0))
+    assert book.max_requests == 25
+    book.take()
+    book.finish(0.0, reply(max_requests=1000, interval=10.0))
+    assert book.max_requests == 1000
+
+
+def test_a_lower_remaining_than_expected_holds_back() -> None:
+    book = learned_book(10, 1.0).book  # holds 1
+    book.take()
+    # The server says 3 left where we expected 10 - 2 = 8: someone spent 5.
+    book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3))
+    assert book.held(0.1) == 2 + 5
+    for _ in range(3):
+        assert book.wait_time(0.1) == 0.0
+        book.take()
+    assert book.wait_time(0.1) == pytest.approx(0.9)
+
+
+def test_a_429_pauses_for_retry_after_or_the_interval() -> None:
+    book = learned_book(10, 2.0).book
+    book.take()
+    book.finish(1.0, reply(429, retry_after=5.0))
+    assert book.wait_time(1.0) == pytest.approx(5.0)
+    assert book.wait_time(6.0) == 0.0
+    book.take()
+    book.finish(7.0, reply(429))
+    assert book.wait_time(7.0) == pytest.approx(2.0)
+
+
+def test_shrinking_the_interval_keeps_slots_in_order() -> None:
+    book = LocalLimiter().book
+    book.take()
+    book.finish(0.0, reply())  # learned with the default: slot until 10.0
+    book.take()
+    book.finish(0.5, reply(max_requests=2, interval=1.0))
+    assert book.held(1.49) == 2
+    assert book.held(1.51) == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_window_of_server_arrivals_ever_exceeds_the_budget(seed: int) -> None:
+    """Simulated sends with random latency; the server sees each request at a random
+    moment between its send and its reply, and counts in a sliding window."""
+    rng = random.Random(seed)
+    budget, interval = rng.choice([(5, 1.0), (25, 1.0), (100, 10.0)])
+    limiter = LocalLimiter(RateLimit(budget, interval))
+    book = limiter.book
+    now = 0.0
+    arrivals: list[float] = []
+    replies: list[float] = []  # heap of reply times
+    workers = rng.choice([4, 16, 64])
+    sent = 0
+    total = budget * 6
+    while sent < total or replies:
+        while sent < total and book.in_flight < workers:
+            wait = book.wait_time(now)
+            if wait != 0.0:
+                break
+            book.take()
+            sent += 1
+            latency = rng.choice([0.001, 0.05, 0.3, 2.5]) * rng.random()
+            arrivals.append(now + latency * rng.random())
+            heapq.heappush(replies, now + latency)
+        wait = book.wait_time(now) if sent < total and book.in_flight < workers else None
+        next_reply = replies[0] if replies else None
+        candidates = [t for t in (next_reply, now + wait if wait else None) if t is not None]
+        now = min(candidates)
+        if next_reply is not None and next_reply <= now:
+            heapq.heappop(replies)
+            book.finish(now, reply(max_requests=budget, interval=interval))
+    arrivals.sort()
+    j = 0
+    most = 0
+    for i, t in enumerate(arrivals):
+        while arrivals[j] <= t - interval:
+            j += 1
+        most = max(most, i - j + 1)
+    assert most <= budget
+    assert sent == total
+
+
+# -- against the strict fake server ------------------------------------------------
+
+
+async def test_a_full_budget_run_never_overspends(server: ServerFactory) -> None:
+    async with server(
+        conversations=40, messages=(150, 400), seed=11, rate_limit=RateLimit(20, 0.5)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            start = asyncio.get_running_loop().time()
+            count = 0
+            async for _ in client.fan_out_pages(fake.conversation_ids):
+                count += 1
+            elapsed = asyncio.get_running_loop().time() - start
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= 20
+    assert client.stats.requests == fake.stats.requests == count
+    # The window allows (count - 1) // 20 full windows; allow generous noise on 2 cores.
+    ideal = ((count - 1) // 20) * 0.5
+    assert ideal * 0.9 <= elapsed <= ideal * 1.5 + 1.0
+
+
+async def test_a_smaller_server_budget_is_learned_before_any_burst(
+    server: ServerFactory,
+) -> None:
+    async with server(
+        conversations=30, messages=(20, 60), seed=12, rate_limit=RateLimit(10, 1.0)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:  # default 100 / 10 s
+            pages = [p async for _, p in client.fan_out_pages(fake.conversation_ids)]
+            assert client.limiter is not None
+    assert len(pages) == fake.stats.served
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= 10
+
+
+async def test_a_neighbour_spending_the_budget_makes_the_client_hold_back(
+    server: ServerFactory,
+) -> None:
+    async with server(
+        conversations=20, messages=(20, 50), seed=13, rate_limit=RateLimit(20, 1.0)
+    ) as fake:
+        fake.spend(15)
+        async with Client(fake.token, base_url=fake.url) as client:
+            pages = client.fan_out_pages(fake.conversation_ids, page_size=10)
+            count = sum([1 async for _ in pages])
+    assert count > 40
+    assert fake.stats.throttled == 0
+
+
+async def test_a_429_pauses_every_request_of_the_limiter(server: ServerFactory) -> None:
+    async with server(
+        conversations=12, messages=(150, 300), seed=14, rate_limit=RateLimit(1000, 1.0)
+    ) as fake:
+        victim = fake.conversation_ids[3]
+        fake.inject("429", conversation_id=victim)  # answers Retry-After: 1
+        async with Client(fake.token, base_url=fake.url, max_concurrency=8) as client:
+            total = 0
+            async for _ in client.fan_out(fake.conversation_ids, page_size=10):
+                total += 1
+    assert total == fake.total_messages
+    assert client.stats.throttled == 1
+    victim_path = f"/conversations/{victim}/messages"
+    first_victim = next(t for t, path in fake.stats.arrivals if path == victim_path)
+    during_pause = [
+        t for t, _ in fake.stats.arrivals if first_victim + 0.05 < t < first_victim + 0.95
+    ]
+    assert during_pause == []
+    after = [t for t, _ in fake.stats.arrivals if t >= first_victim + 0.95]
+    assert after, "requests resume after the pause"
+
+
+async def test_a_spent_daily_budget_raises_at_once(server: ServerFactory) -> None:
+    async with server(conversations=3, messages=300, daily_limit=4) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            with pytest.raises(errors.DailyLimitExceeded) as caught:
+                async for _ in client.iter_pages(fake.conversation_ids[0], page_size=50):
+                    pass
+    assert fake.stats.requests == 5  # no retry after the daily 429
+    assert caught.value.resets_at is not None
+    assert client.stats.daily_remaining == 0
+
+
+async def test_clients_of_one_token_share_one_limiter(server: ServerFactory) -> None:
+    async with server(conversations=1) as fake:
+        async with (
+            Client(fake.token, base_url=fake.url) as a,
+            Client(fake.token, base_url=fake.url) as b,
+            Client("other", base_url=fake.url) as c,
+        ):
+            assert a.limiter is b.limiter
+            assert a.limiter is not c.limiter
+            assert fake.token not in repr(a.limiter)
+        mine = LocalLimiter(RateLimit(5, 1.0))
+        async with Client(fake.token, base_url=fake.url, limiter=mine) as d:
+            assert d.limiter is mine
+            await d.get_messages(fake.conversation_ids[0])
+        assert mine.book.learned
+
+
+async def test_max_concurrency_bounds_requests_in_flight(server: ServerFactory) -> None:
+    from ghl_async.testing import Faults
+
+    async with server(
+        conversations=12, messages=5, faults=Faults(latency=0.05), rate_limit=RateLimit(1000, 1.0)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url, max_concurrency=3) as client:
+            await asyncio.gather(*(client.get_messages(c) for c in fake.conversation_ids))
+    assert fake.stats.max_in_flight == 3
+
+
+async def test_aiohttp_resends_pass_the_limiter_too(server: ServerFactory) -> None:
+    async with server(conversations=4, messages=30, rate_limit=RateLimit(6, 1.0)) as fake:
+        for conversation in fake.conversation_ids:
+            fake.inject("reset", conversation_id=conversation)
+        retry = RetryPolicy(backoff_base=0.001, backoff_cap=0.01)
+        async with Client(fake.token, base_url=fake.url, retry=retry) as client:
+            async for _ in client.fan_out_pages(fake.conversation_ids, page_size=10):
+                pass
+    assert fake.stats.faults["reset"] == 4
+    assert client.stats.requests == fake.stats.requests
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= 6
