@@ -42,6 +42,8 @@ PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
 # What the stream carries: a page, or a conversation's final error.
 Item = tuple[str, MessagesPage | BaseException]
 
+_FATAL = (errors.AuthenticationError, errors.DailyLimitExceeded)
+
 # How long closing a fan-out waits for its producers to wind down.
 _CLOSE_WAIT = 1.0
 
@@ -116,7 +118,8 @@ class _Run:
             error = await self._one(conversation_id)
             if error is None:
                 continue
-            if self.options.return_exceptions:
+            # A refused token or a spent day fails every conversation alike: stop all.
+            if self.options.return_exceptions and not isinstance(error, _FATAL):
                 await self.send.send((conversation_id, error))
                 continue
             if self.error is None:

@@ -364,7 +364,10 @@ class Client:
         With ``return_exceptions=False`` the first error that retries cannot fix stops
         the rest and is raised as itself. With ``return_exceptions=True`` a failing
         conversation yields one ``(conversation_id, error)`` item, ``error.last_message_id``
-        being the cursor to resume it from, and the others go on.
+        being the cursor to resume it from, and the others go on; a refused token
+        (:class:`~ghl_async.errors.AuthenticationError`) or a spent daily budget
+        (:class:`~ghl_async.errors.DailyLimitExceeded`) still stops everything and is
+        raised, since every other conversation would fail the same way.
 
         Breaking out of the loop, an exception in its body or cancelling the consuming
         task stops every request in flight; the client stays usable.

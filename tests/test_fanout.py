@@ -260,3 +260,14 @@ async def test_bad_fan_out_arguments(server: ServerFactory) -> None:
         assert fake.stats.requests == 0
     with pytest.raises(RuntimeError, match="not open"):
         Client("t").fan_out(["a"])
+
+
+async def test_a_refused_token_stops_the_fan_out_even_when_returning_exceptions(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=40, messages=5, rate_limit=FAST_BUDGET) as fake:
+        async with Client("not-the-token", base_url=fake.url, max_concurrency=4) as client:
+            with pytest.raises(errors.AuthenticationError):
+                async for _ in client.fan_out(fake.conversation_ids, return_exceptions=True):
+                    pass
+        assert fake.stats.requests <= 4

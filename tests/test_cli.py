@@ -1,0 +1,387 @@
+"""The ghl-async command against FakeHighLevel: each flag, resume after kill -9, Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ghl_async.cli import main
+from ghl_async.testing import FakeHighLevel, Faults
+
+from .conftest import ServerFactory
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"rate_limit": None}
+
+
+async def run_cli(*argv: str) -> int:
+    """Run main() in a worker thread so this test's loop keeps serving the fake."""
+    return await anyio.to_thread.run_sync(main, list(argv))
+
+
+def read_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def by_conversation(rows: list[dict[str, object]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        grouped[str(row["conversationId"])].append(str(row["id"]))
+    return grouped
+
+
+def expected(fake: FakeHighLevel, ids: list[str]) -> dict[str, list[str]]:
+    return {c: [m["id"] for m in fake.messages(c)] for c in ids if fake.messages(c)}
+
+
+async def test_export_of_listed_ids_writes_every_message_as_camel_case_json_lines(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=8, messages=(1, 230), seed=31) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        out = tmp_path / "m.jsonl"
+        ids = fake.conversation_ids[:5]
+        code = await run_cli("export", *ids, "--out", str(out), "--base-url", fake.url)
+    assert code == 0
+    rows = read_lines(out)
+    assert by_conversation(rows) == expected(fake, ids)
+    assert {"messageType", "dateAdded", "conversationId", "contentType"} <= set(rows[0])
+    err = capsys.readouterr().err
+    assert "export finished" in err and "429s" in err
+    assert fake.token not in err
+    assert (tmp_path / "m.jsonl.checkpoint").exists()
+
+
+async def test_ids_from_stdin_and_types_filter(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with server(conversations=6, messages=(20, 120), seed=32) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(fake.conversation_ids) + "\n"))
+        out = tmp_path / "sms.jsonl"
+        code = await run_cli(
+            "export",
+            "--ids-file",
+            "-",
+            "--types",
+            "TYPE_SMS,TYPE_CALL",
+            "--out",
+            str(out),
+            "--base-url",
+            fake.url,
+            "--concurrency",
+            "3",
+        )
+    assert code == 0
+    rows = read_lines(out)
+    assert rows and {r["messageType"] for r in rows} <= {"TYPE_SMS", "TYPE_CALL"}
+    want = {
+        c: [m["id"] for m in fake.messages(c) if m["messageType"] in ("TYPE_SMS", "TYPE_CALL")]
+        for c in fake.conversation_ids
+    }
+    assert by_conversation(rows) == {c: v for c, v in want.items() if v}
+
+
+async def test_ids_file_and_a_whole_location(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with server(conversations=130, messages=(0, 12), seed=33) as fake:
+        token_file = tmp_path / "token"
+        token_file.write_text(fake.token + "\n")
+        ids_file = tmp_path / "ids.txt"
+        ids_file.write_text("# a comment\n" + "\n".join(fake.conversation_ids[:4]) + "\n")
+        monkeypatch.delenv("GHL_TOKEN", raising=False)
+        out1 = tmp_path / "a.jsonl"
+        assert (
+            await run_cli(
+                "export",
+                "--ids-file",
+                str(ids_file),
+                "--out",
+                str(out1),
+                "--token-file",
+                str(token_file),
+                "--base-url",
+                fake.url,
+            )
+            == 0
+        )
+        assert by_conversation(read_lines(out1)) == expected(fake, fake.conversation_ids[:4])
+        out2 = tmp_path / "b.jsonl"
+        assert (
+            await run_cli(
+                "export",
+                "--location",
+                fake.location_id,
+                "--out",
+                str(out2),
+                "--token-file",
+                str(token_file),
+                "--base-url",
+                fake.url,
+            )
+            == 0
+        )
+    assert by_conversation(read_lines(out2)) == expected(fake, fake.conversation_ids)
+
+
+async def test_stdout_output(
+    server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    async with server(conversations=2, messages=15, seed=34) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        code = await run_cli(
+            "export", fake.conversation_ids[0], "--out", "-", "--base-url", fake.url
+        )
+    assert code == 0
+    lines = capsysbinary.readouterr().out.splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [
+        m["id"] for m in fake.messages(fake.conversation_ids[0])
+    ]
+
+
+async def test_a_bad_token_stops_at_once_with_exit_code_2(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=30) as fake:
+        monkeypatch.setenv("GHL_TOKEN", "pit-wrong-secret-value")
+        code = await run_cli(
+            "export",
+            *fake.conversation_ids,
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--base-url",
+            fake.url,
+            "--concurrency",
+            "4",
+        )
+        # Only what was already admitted when the first 401 came back, not every id.
+        assert 1 <= fake.stats.requests <= 4
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "token was refused" in err
+    assert "pit-wrong-secret-value" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "abc"], "no token"),
+        (["export", "../etc", "--out", "x"], "not a HighLevel id"),
+        (["export", "abc", "--types", "TYPE_NOPE"], "not a message type filter"),
+        (["export", "abc", "--out", "-", "--resume"], "--resume needs an output file"),
+        (["export", "abc", "--token-file", "/nonexistent/token"], "cannot read the token file"),
+    ],
+)
+async def test_usage_errors_exit_2(
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if message != "no token":
+        monkeypatch.setenv("GHL_TOKEN", "t")
+    else:
+        monkeypatch.delenv("GHL_TOKEN", raising=False)
+    code = await run_cli(*argv, "--base-url", "http://127.0.0.1:9")
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_a_failing_conversation_is_reported_and_the_others_exported(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=4, messages=(5, 60), seed=35) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        out = tmp_path / "m.jsonl"
+        ids = [*fake.conversation_ids, "goneConversation"]
+        code = await run_cli("export", *ids, "--out", str(out), "--base-url", fake.url)
+    assert code == 1
+    assert by_conversation(read_lines(out)) == expected(fake, fake.conversation_ids)
+    assert (tmp_path / "m.jsonl.failed").read_text() == "goneConversation\n"
+    assert "goneConversation" in capsys.readouterr().err
+
+
+async def test_a_spent_daily_budget_says_when_and_how_to_resume(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=6, messages=(150, 250), daily_limit=3) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        code = await run_cli(
+            "export",
+            *fake.conversation_ids,
+            "--out",
+            str(tmp_path / "m.jsonl"),
+            "--base-url",
+            fake.url,
+            "--concurrency",
+            "1",
+        )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "daily request budget is spent" in err and "--resume" in err
+
+
+async def test_resume_skips_what_is_done_and_continues_the_rest(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with server(conversations=6, messages=(120, 260), seed=36) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        out = tmp_path / "m.jsonl"
+        first = fake.conversation_ids[:2]
+        assert await run_cli("export", *first, "--out", str(out), "--base-url", fake.url) == 0
+        requests_before = fake.stats.requests
+        assert (
+            await run_cli(
+                "export",
+                *fake.conversation_ids,
+                "--out",
+                str(out),
+                "--resume",
+                "--base-url",
+                fake.url,
+            )
+            == 0
+        )
+        # The two finished conversations were not asked for again.
+        assert sum(fake.stats.by_conversation[c] for c in first) == requests_before
+    assert by_conversation(read_lines(out)) == expected(fake, fake.conversation_ids)
+
+
+async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    code = await run_cli("demo", "--conversations", "25", "--rate", "40/1s")
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "demo finished" in err
+    assert "most requests in any window" in err
+
+
+async def _subprocess(*argv: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ghl_async",
+        *argv,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+async def test_killed_mid_export_then_resumed_gives_every_message_exactly_once(
+    tmp_path: Path,
+    stop: signal.Signals,
+) -> None:
+    faults = Faults(latency=0.01)
+    async with FakeHighLevel(
+        conversations=40, messages=(100, 400), seed=37, faults=faults, rate_limit=None
+    ) as fake:
+        out = tmp_path / "m.jsonl"
+        argv = (
+            "export",
+            *fake.conversation_ids,
+            "--out",
+            str(out),
+            "--base-url",
+            fake.url,
+            "--concurrency",
+            "4",
+        )
+        env = {"GHL_TOKEN": fake.token}
+        process = await _subprocess(*argv, env=env)
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            if out.exists() and out.stat().st_size > 50_000:
+                break
+        process.send_signal(stop)
+        _, err = await process.communicate()
+        if stop == signal.SIGINT:
+            assert process.returncode == 130
+            assert b"--resume" in err
+        else:
+            assert process.returncode == -signal.SIGKILL
+        partial = out.read_bytes()
+        assert len(partial) > 0
+        resumed = await _subprocess(*argv, "--resume", env=env)
+        _, err = await resumed.communicate()
+        assert resumed.returncode == 0, err.decode()
+    rows = read_lines(out)
+    assert by_conversation(rows) == expected(fake, fake.conversation_ids)
+    assert len(rows) == fake.total_messages
+
+
+async def test_entry_points_answer(tmp_path: Path) -> None:
+    for command in (
+        [sys.executable, "-m", "ghl_async", "--version"],
+        [str(Path(sys.executable).parent / "ghl-async"), "--version"],
+    ):
+        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        out, _ = await process.communicate()
+        assert process.returncode == 0
+        assert out.startswith(b"ghl-async ")
+
+
+async def test_serve_fake_serves_until_stopped() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ghl_async",
+        "serve-fake",
+        "--port",
+        "0",
+        "--conversations",
+        "3",
+        "--token",
+        "tok",
+        "--accept-version",
+        "v3",
+        "--faults",
+        "latency=0.001",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = (await process.stdout.readline()).decode()
+    url = line.rsplit(" ", 1)[-1].strip()
+    try:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{url}/conversations/nope/messages",
+                headers={"Authorization": "Bearer tok", "Version": "v3"},
+            ) as response:
+                assert response.status == 404
+    finally:
+        process.terminate()
+        await process.communicate()
