@@ -75,3 +75,6 @@ def ghl_log() -> AsyncIterator[LogCapture] | Any:
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(old)
+
+
+from .redis_fixtures import redis_server  # noqa: E402, F401

@@ -1,0 +1,176 @@
+"""The Redis limiter with a real redis-server: several processes, one budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+import pytest
+import redis.asyncio as aioredis
+
+from ghl_async import Client, RateLimit, Reply, errors
+from ghl_async._sansio import RateLimitHeaders
+from ghl_async.redis import RedisLimiter
+from ghl_async.testing import FakeHighLevel
+
+from .conftest import LogCapture
+from .redis_fixtures import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_processes_sharing_a_key_never_overspend_together(
+    redis_server: RedisServer,
+) -> None:
+    budget = RateLimit(20, 1.0)
+    async with FakeHighLevel(
+        conversations=30, messages=(40, 90), seed=41, rate_limit=budget
+    ) as fake:
+        ids = fake.conversation_ids
+        workers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.redis_worker",
+                fake.url,
+                fake.token,
+                redis_server.url,
+                "location:shared",
+                "20/1s",
+                *ids[i::3],
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for i in range(3)
+        ]
+        results = []
+        for worker in workers:
+            out, _ = await worker.communicate()
+            assert worker.returncode == 0
+            results.append(json.loads(out))
+    pages = sum(r["pages"] for r in results)
+    assert pages == fake.stats.served
+    assert pages > 3 * budget.max_requests  # several windows' worth
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= budget.max_requests
+
+
+async def test_a_429_in_one_process_pauses_the_others(redis_server: RedisServer) -> None:
+    a = RedisLimiter(redis_server.url, key="k", rate_limit=RateLimit(50, 1.0))
+    b = RedisLimiter(redis_server.url, key="k", rate_limit=RateLimit(50, 1.0))
+    try:
+        ticket = await a.acquire()
+        await a.release(ticket, Reply(429, RateLimitHeaders(), retry_after=0.6))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ticket = await b.acquire()
+        waited = loop.time() - start
+        await b.release(ticket, None)
+        assert 0.5 <= waited < 1.5
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_the_window_is_shared_and_the_server_budget_learned(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisLimiter(redis_server.url, key="w", rate_limit=RateLimit(10, 1.0))
+    b = RedisLimiter(redis_server.url, key="w", rate_limit=RateLimit(10, 1.0))
+    try:
+        first = await a.acquire()
+        # The server announces a tighter budget: 3 per second.
+        await a.release(first, Reply(200, RateLimitHeaders(3, 1.0, 2, 1000, 999)))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for limiter in (a, b, a):
+            ticket = await limiter.acquire()
+            await limiter.release(ticket, Reply(200, RateLimitHeaders(3, 1.0, None, None, None)))
+        # Three slots in all per second: the third of these waited for the first to free.
+        assert loop.time() - start >= 0.8
+        redis = aioredis.Redis.from_url(redis_server.url)
+        budget = await redis.hgetall(a.keys[2])
+        assert budget[b"max"] == b"3" and budget[b"daily_remaining"] == b"999"
+        await redis.aclose()
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_keys_expire_on_their_own(redis_server: RedisServer) -> None:
+    limiter = RedisLimiter(
+        redis_server.url, key="exp", rate_limit=RateLimit(5, 0.2), prefix="test:"
+    )
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ticket = await limiter.acquire()
+        announced = RateLimitHeaders(5, 0.2, 4, 1000, 990)
+        await limiter.release(ticket, Reply(429, announced, retry_after=0.1))
+        for key in limiter.keys:
+            assert key.startswith("test:exp:")
+            assert await redis.pttl(key) > 0  # exists, with a time to live
+        assert set(await redis.keys("*")) == {k.encode() for k in limiter.keys}
+        # The pause key goes first, on its own.
+        await asyncio.sleep(1.3)
+        assert await redis.exists(limiter.keys[1]) == 0
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
+
+
+async def test_redis_gone_raises_a_clear_error_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    async with FakeHighLevel(conversations=3, messages=30) as fake:
+        limiter = RedisLimiter(
+            redis_server.url, key="gone", rate_limit=RateLimit(50, 1.0), timeout=0.5
+        )
+        try:
+            async with Client(fake.token, base_url=fake.url, limiter=limiter) as client:
+                await client.get_messages(fake.conversation_ids[0])
+                redis_server.stop()
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                with pytest.raises(errors.LimiterUnavailable) as caught:
+                    await client.get_messages(fake.conversation_ids[1])
+                assert loop.time() - start < 2.0
+                assert "nothing was sent" in str(caught.value)
+                assert fake.stats.requests == 1
+                redis_server.start()
+                pages = [p async for p in client.iter_pages(fake.conversation_ids[1])]
+                assert [m.id for p in pages for m in p.messages] == [
+                    m["id"] for m in fake.messages(fake.conversation_ids[1])
+                ]
+        finally:
+            await limiter.aclose()
+
+
+async def test_local_fallback_when_asked(ghl_log: LogCapture) -> None:
+    from .redis_fixtures import free_port
+
+    async with FakeHighLevel(conversations=2, messages=5) as fake:
+        limiter = RedisLimiter(
+            f"redis://127.0.0.1:{free_port()}/0",
+            key="none",
+            rate_limit=RateLimit(40, 1.0),
+            on_redis_error="local",
+            timeout=0.3,
+        )
+        try:
+            async with Client(fake.token, base_url=fake.url, limiter=limiter) as client:
+                page = await client.get_messages(fake.conversation_ids[0])
+            assert len(page.messages) == 5
+        finally:
+            await limiter.aclose()
+    warnings = [r for r in ghl_log.records if r.levelno == logging.WARNING]
+    assert any("falling back to a local limiter at 10 per 1 s" in r.getMessage() for r in warnings)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        RedisLimiter("redis://127.0.0.1:1/0", key="")
+    with pytest.raises(ValueError):
+        RedisLimiter("redis://127.0.0.1:1/0", key="k", on_redis_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        RedisLimiter("redis://127.0.0.1:1/0", key="k", local_share=0)
