@@ -37,11 +37,18 @@ redis-server:
 	}
 	@command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server"; exit 1; }
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The full side-by-side run: writes benchmarks/RESULTS.md and benchmarks/charts/.
+bench: $(BENCH_STAMP) redis-server
 	$(BIN)/python -m benchmarks
 
-bench-smoke: $(STAMP)
+# A one-minute run of every benchmark, small: checks each runs and makes its table.
+bench-smoke: $(BENCH_STAMP) redis-server
 	$(BIN)/python -m benchmarks --smoke
 
 clean:

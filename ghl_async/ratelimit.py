@@ -133,6 +133,8 @@ class WindowBook:
         self.server_remaining: int | None = None
         # Times at which finished requests stop counting, oldest first.
         self._expiries: deque[float] = deque()
+        # How many slots have expired so far (see finish()).
+        self.expired = 0
 
     def add_cap(self, now: float, rate_limit: RateLimit) -> None:
         """Lower the budget to ``rate_limit`` where it is tighter (several callers' caps)."""
@@ -157,6 +159,7 @@ class WindowBook:
         expiries = self._expiries
         while expiries and expiries[0] <= now:
             expiries.popleft()
+            self.expired += 1
         return self.in_flight + len(expiries)
 
     def wait_time(self, now: float) -> float | None:
@@ -176,20 +179,25 @@ class WindowBook:
             return self._expiries[finished_needed - 1] - now
         return None
 
-    def take(self) -> None:
-        """Record a send that :meth:`wait_time` allowed."""
+    def take(self) -> int:
+        """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
         self.in_flight += 1
+        return self.expired
 
-    def finish(self, now: float, reply: Reply | None) -> list[str]:
-        """Record the end of a send; return what changed, for the log."""
+    def finish(self, now: float, reply: Reply | None, ticket: int | None = None) -> list[str]:
+        """Record the end of a send (``ticket`` from :meth:`take`); return what changed."""
         self.in_flight -= 1
         self._expiries.append(now + self.interval)
         if reply is None:
             return []
         self.learned = True
-        return self._learn(now, reply)
+        self.held(now)  # count what has expired by now
+        # The server counted its Remaining while handling this request: slots that have
+        # expired here since the send may still have counted there.
+        expired_since_send = self.expired - ticket if ticket is not None else 0
+        return self._learn(now, reply, expired_since_send)
 
-    def _learn(self, now: float, reply: Reply) -> list[str]:
+    def _learn(self, now: float, reply: Reply, expired_since_send: int = 0) -> list[str]:
         notes: list[str] = []
         rate = reply.rate
         if rate.budget_known:
@@ -209,7 +217,7 @@ class WindowBook:
             self.daily_remaining = rate.daily_remaining
         if rate.remaining is not None:
             self.server_remaining = rate.remaining
-            believed = self.max_requests - self.held(now)
+            believed = self.max_requests - self.held(now) - expired_since_send
             if rate.remaining < believed:
                 # Someone else spends this budget: count their requests as ours.
                 spent_elsewhere = believed - rate.remaining
@@ -260,14 +268,12 @@ class LocalLimiter:
         if self._lock is None:
             self._lock = anyio.Lock()
         elif not self._lock.locked() and book.wait_time(self._clock()) == 0.0:
-            book.take()
-            return None
+            return book.take()
         async with self._lock:
             while True:
                 wait = book.wait_time(self._clock())
                 if wait == 0.0:
-                    book.take()
-                    return None
+                    return book.take()
                 if self._changed is None:
                     self._changed = anyio.Event()
                 changed = self._changed
@@ -279,7 +285,8 @@ class LocalLimiter:
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         """Free the send slot; learn from the reply's headers."""
-        for note in self.book.finish(self._clock(), reply):
+        since = ticket if isinstance(ticket, int) else None
+        for note in self.book.finish(self._clock(), reply, since):
             logger.debug("rate limit: %s", note)
         changed = self._changed
         if changed is not None:

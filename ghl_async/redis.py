@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import anyio
 
@@ -50,7 +50,8 @@ logger = logging.getLogger("ghl_async")
 
 # KEYS: slots (zset), paused-until (string), budget (hash)
 # ARGV: member, max, interval ms, in-flight ms, poll ms
-# Returns {1, 0} when a slot was taken, {0, ms} to wait.
+# Returns {1, expired} when a slot was taken (expired: slots freed so far, for the
+# release), {0, ms} to wait.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -59,12 +60,14 @@ if paused > now then return {0, paused - now} end
 local max = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[2])
 local interval = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[3])
 local inflight = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if freed > 0 then redis.call('HINCRBY', KEYS[3], 'expired', freed) end
 local held = redis.call('ZCARD', KEYS[1])
 if held < max then
   redis.call('ZADD', KEYS[1], now + inflight, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], inflight + interval)
-  return {1, 0}
+  redis.call('PEXPIRE', KEYS[3], 86400000)
+  return {1, tonumber(redis.call('HGET', KEYS[3], 'expired') or '0')}
 end
 local nth = redis.call('ZRANGE', KEYS[1], held - max, held - max, 'WITHSCORES')
 local wait = tonumber(nth[2]) - now
@@ -77,7 +80,8 @@ return {0, math.max(1, wait)}
 
 # KEYS: slots, paused-until, budget
 # ARGV: member, status, retry-after ms (-1 none), server max (-1), server interval ms (-1),
-#       remaining (-1), daily remaining (-1), cap max, cap interval ms, adopt server (0/1)
+#       remaining (-1), daily remaining (-1), cap max, cap interval ms, adopt server (0/1),
+#       slots expired when this request was sent
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -100,8 +104,10 @@ redis.call('PEXPIRE', KEYS[3], 86400000)
 local notes = {}
 local remaining = tonumber(ARGV[6])
 if remaining >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  local believed = max - redis.call('ZCARD', KEYS[1])
+  local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local expired = redis.call('HINCRBY', KEYS[3], 'expired', freed)
+  -- Slots freed since the send may still have counted when the server answered.
+  local believed = max - redis.call('ZCARD', KEYS[1]) - (expired - tonumber(ARGV[11]))
   if remaining < believed then
     for i = 1, believed - remaining do
       redis.call('ZADD', KEYS[1], now + interval, ARGV[1] .. ':elsewhere:' .. i)
@@ -122,6 +128,11 @@ end
 redis.call('PEXPIRE', KEYS[1], interval * 2 + 60000)
 return notes
 """
+
+
+class _Ticket(NamedTuple):
+    member: str
+    expired: int
 
 
 class RedisLimiter:
@@ -226,7 +237,7 @@ class RedisLimiter:
         while True:
             try:
                 with anyio.fail_after(self._timeout):
-                    taken, wait_ms = await self._acquire_script(keys=self._keys, args=args)
+                    taken, value = await self._acquire_script(keys=self._keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._unavailable(exc)
                 return ("local", await self._local.acquire())
@@ -234,15 +245,15 @@ class RedisLimiter:
                 self._warned = False
                 logger.warning("Redis is back: the shared rate limit applies again")
             if int(taken):
-                return member
-            await anyio.sleep(int(wait_ms) / 1000)
+                return _Ticket(member, int(value))
+            await anyio.sleep(int(value) / 1000)
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         """Report the end of a send: frees the slot after one interval, shares what the
         reply said about the budget.
         """
-        if isinstance(ticket, tuple):
-            await self._local.release(ticket[1], reply)
+        if not isinstance(ticket, _Ticket):
+            await self._local.release(ticket[1] if isinstance(ticket, tuple) else None, reply)
             return
         rate = reply.rate if reply is not None else None
 
@@ -250,7 +261,7 @@ class RedisLimiter:
             return -1 if value is None else int(value * scale)
 
         args: list[str | int] = [
-            str(ticket),
+            ticket.member,
             reply.status if reply is not None else 0,
             number(reply.retry_after if reply is not None else None, 1000),
             number(rate.max_requests if rate else None),
@@ -260,6 +271,7 @@ class RedisLimiter:
             self.rate_limit.max_requests,
             int(self.rate_limit.interval * 1000),
             1 if self._adopt else 0,
+            ticket.expired,
         ]
         try:
             with anyio.fail_after(self._timeout, shield=True):

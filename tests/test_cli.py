@@ -385,3 +385,15 @@ async def test_serve_fake_serves_until_stopped() -> None:
     finally:
         process.terminate()
         await process.communicate()
+
+
+async def test_the_fake_reports_its_stats_over_http(server: ServerFactory) -> None:
+    import aiohttp
+
+    async with server(conversations=3, messages=5) as fake:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{fake.url}/_fake/stats") as response:
+                stats = await response.json()
+    assert stats["conversationIds"] == fake.conversation_ids
+    assert stats["totalMessages"] == 15
+    assert stats["requests"] == 0

@@ -100,6 +100,16 @@ def test_a_lower_remaining_than_expected_holds_back() -> None:
     assert book.wait_time(0.1) == pytest.approx(0.9)
 
 
+def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() -> None:
+    book = learned_book(3, 1.0).book  # the probe's slot frees at 1.0
+    ticket = book.take()  # sent at 0.5; the server counts it and the probe: 1 left
+    # The reply arrives after the probe's slot expired here: the server's "1 left"
+    # is older than that, not a sign of someone else spending.
+    book.finish(1.01, reply(max_requests=3, interval=1.0, remaining=1), ticket)
+    assert book.held(1.01) == 1
+    assert book.wait_time(1.01) == 0.0
+
+
 def test_a_429_pauses_for_retry_after_or_the_interval() -> None:
     book = learned_book(10, 2.0).book
     book.take()

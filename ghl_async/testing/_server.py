@@ -118,7 +118,8 @@ class FakeHighLevel:
 
     It serves ``GET /conversations/{id}/messages`` (wrapped envelope, newest first,
     ``lastMessageId``/``nextPage``, ``limit`` 1..100, the ``type`` filter) and
-    ``GET /conversations/search``; checks the Bearer token and ``Version`` header with
+    ``GET /conversations/search``, and ``GET /_fake/stats`` (what it saw, as JSON, for
+    tests running in another process); checks the Bearer token and ``Version`` header with
     the documented error bodies; sends all five ``X-RateLimit-*`` headers; counts the
     budget in a sliding window and answers 429 past it; keeps a daily budget; and
     injects faults.
@@ -232,6 +233,7 @@ class FakeHighLevel:
         """Listen on ``host:port``; :attr:`url` is set once this returns."""
         app = web.Application()
         app.router.add_get("/conversations/search", self._search)
+        app.router.add_get("/_fake/stats", self._stats)
         app.router.add_get("/conversations/{conversation_id}/messages", self._messages)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -475,6 +477,23 @@ class FakeHighLevel:
                 return reply
         self.stats.served += 1
         return web.Response(body=body, headers=headers, content_type="application/json")
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """What the server saw, for tests in another process (no auth, not counted)."""
+        stats = self.stats
+        return self._json(
+            200,
+            {
+                "requests": stats.requests,
+                "served": stats.served,
+                "throttled": stats.throttled,
+                "maxInWindow": stats.max_in_window,
+                "maxInFlight": stats.max_in_flight,
+                "faults": dict(stats.faults),
+                "totalMessages": self.total_messages,
+                "conversationIds": self.conversation_ids,
+            },
+        )
 
     async def _search(self, request: web.Request) -> web.StreamResponse:
         admitted = self._admit(request)

@@ -1,0 +1,35 @@
+"""Latency-bound fan-out: a distant server (50 ms a reply), 64 requests in flight."""
+
+from __future__ import annotations
+
+from ._alternatives import ghl_async_pages, handwritten
+from ._harness import fake_server, measure, median
+from ._report import Section
+
+
+def run(smoke: bool) -> Section:
+    conversations, rounds = (64, 1) if smoke else (1000, 3)
+    latency, concurrency = 0.05, 64
+    pages = conversations * 3  # 250 messages: 100 + 100 + 50
+    ideal = pages * latency / concurrency
+    samples: dict[str, list[float]] = {"ghl_async": [], "hand-written aiohttp + json": []}
+    with fake_server(
+        conversations=conversations, messages="250", faults=f"latency={latency}"
+    ) as server:
+        url = server.url
+        ids = server.stats()["conversationIds"]
+        for _ in range(rounds):
+            samples["ghl_async"].append(measure(lambda: ghl_async_pages(url, ids, concurrency))[0])
+            samples["hand-written aiohttp + json"].append(
+                measure(lambda: handwritten(url, ids, concurrency))[0]
+            )
+    section = Section(
+        title="Latency-bound fan-out",
+        what=f"{conversations} conversations x 3 pages, {latency * 1000:.0f} ms per reply, "
+        f"{concurrency} in flight. Ideal: pages x latency / concurrency = {ideal:.2f} s.",
+        columns=["client", "wall s", "% of ideal"],
+    )
+    for name, walls in samples.items():
+        wall = median(walls)
+        section.rows.append([name, wall, f"{100 * ideal / wall:.0f}%"])
+    return section
