@@ -81,7 +81,7 @@ class Engine:
                 async with self.capacity:
                     ticket = await limiter.acquire()
                     raw = await self.transport.get(url, params, headers, limiter, ticket)
-                rate = RateLimitHeaders.from_headers(raw.headers)
+                rate = raw.reply.rate
                 self._note_budget(rate)
                 error: errors.GHLError | None = error_for_reply(
                     raw.status, raw.headers, raw.body, now=time.time()

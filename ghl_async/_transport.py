@@ -25,23 +25,27 @@ __all__ = ["AiohttpTransport", "RawReply"]
 
 @dataclass(slots=True)
 class RawReply:
-    """A complete reply: status, headers (case-insensitive) and the whole body."""
+    """A complete reply: status, headers (case-insensitive), the whole body, and what its
+    rate-limit headers say (parsed once, for the limiter and the client's stats).
+    """
 
     status: int
     headers: Mapping[str, str]
     body: bytes
+    reply: Reply
 
 
 class _Gate:
     """Holds the limiter across the sends of one request."""
 
-    __slots__ = ("held", "limiter", "stats", "ticket")
+    __slots__ = ("held", "limiter", "reply", "stats", "ticket")
 
     def __init__(self, limiter: Limiter, ticket: object, stats: ClientStats) -> None:
         self.limiter = limiter
         self.ticket = ticket
         self.stats = stats
         self.held = True
+        self.reply: Reply | None = None
 
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
@@ -51,13 +55,13 @@ class _Gate:
             # aiohttp is resending on a fresh connection: that is one more request.
             self.ticket = await self.limiter.acquire()
             self.held = True
-        reply: Reply | None = None
+        self.reply = None
         try:
             response = await handler(request)
-            reply = Reply.from_headers(response.status, response.headers)
+            self.reply = Reply.from_headers(response.status, response.headers)
             return response
         finally:
-            await self.release(reply)
+            await self.release(self.reply)
 
     async def release(self, reply: Reply | None) -> None:
         if self.held:
@@ -146,7 +150,8 @@ class AiohttpTransport:
                 middlewares=(gate,),
             ) as response:
                 body = await response.read()
-                return RawReply(response.status, response.headers, body)
+                reply = gate.reply or Reply.from_headers(response.status, response.headers)
+                return RawReply(response.status, response.headers, body, reply)
         except asyncio.TimeoutError:
             error: errors.TransportError = errors.TransportError(
                 f"no complete reply within {self._timeout.total:g} s"

@@ -14,12 +14,16 @@ from pathlib import Path
 import anyio
 import pytest
 
+from ghl_async import RateLimit
 from ghl_async.cli import main
 from ghl_async.testing import FakeHighLevel, Faults
 
 from .conftest import ServerFactory
 
 pytestmark = pytest.mark.anyio
+
+# A budget these tests never reach: they are about the command, not the limiter.
+ROOMY = RateLimit(100_000, 1.0)
 
 FAST = {"rate_limit": None}
 
@@ -102,7 +106,7 @@ async def test_ids_file_and_a_whole_location(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with server(conversations=130, messages=(0, 12), seed=33) as fake:
+    async with server(conversations=130, messages=(0, 12), seed=33, rate_limit=ROOMY) as fake:
         token_file = tmp_path / "token"
         token_file.write_text(fake.token + "\n")
         ids_file = tmp_path / "ids.txt"
@@ -305,7 +309,7 @@ async def test_killed_mid_export_then_resumed_gives_every_message_exactly_once(
 ) -> None:
     faults = Faults(latency=0.01)
     async with FakeHighLevel(
-        conversations=40, messages=(100, 400), seed=37, faults=faults, rate_limit=None
+        conversations=40, messages=(100, 400), seed=37, faults=faults, rate_limit=ROOMY
     ) as fake:
         out = tmp_path / "m.jsonl"
         argv = (

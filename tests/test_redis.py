@@ -26,7 +26,7 @@ async def test_processes_sharing_a_key_never_overspend_together(
 ) -> None:
     budget = RateLimit(20, 1.0)
     async with FakeHighLevel(
-        conversations=30, messages=(40, 90), seed=41, rate_limit=budget
+        conversations=15, messages=(40, 90), seed=41, rate_limit=budget
     ) as fake:
         ids = fake.conversation_ids
         workers = [
