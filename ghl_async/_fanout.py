@@ -65,8 +65,6 @@ class _Ids:
         self._async: AsyncIterator[str] | None = None
         if isinstance(ids, AsyncIterable):
             self._async = ids.__aiter__()
-        elif isinstance(ids, (str, bytes)):
-            raise TypeError("conversation_ids must be an iterable of ids, not a single str")
         else:
             self._sync = iter(ids)
         self._lock = anyio.Lock()

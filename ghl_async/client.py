@@ -419,7 +419,7 @@ class Client:
         items = self._fan_out_items(
             conversation_ids, types, page_size, concurrency, return_exceptions
         )
-        return _messages_only(items, on_page)
+        return _messages_only(_pages_only(items, on_page))
 
     # -- conversations of a location -------------------------------------------------
 
@@ -486,15 +486,12 @@ async def _pages_only(
 
 
 async def _messages_only(
-    items: AsyncGenerator[tuple[str, MessagesPage | BaseException], None],
-    on_page: PageHook | None,
+    pages: AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None],
 ) -> AsyncGenerator[tuple[str, Message | errors.GHLError], None]:
-    async with aclosing(items):
-        async for conversation_id, item in items:
+    async with aclosing(pages):
+        async for conversation_id, item in pages:
             if isinstance(item, MessagesPage):
-                if on_page is not None:
-                    on_page(conversation_id, item)
                 for message in item.messages:
                     yield conversation_id, message
             else:
-                yield conversation_id, _raise_or_keep(item)
+                yield conversation_id, item

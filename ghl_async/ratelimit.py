@@ -262,6 +262,10 @@ class LocalLimiter:
             f"in_flight={book.in_flight})"
         )
 
+    def add_cap(self, rate_limit: RateLimit) -> None:
+        """Lower the budget to ``rate_limit`` where it is tighter (another client's cap)."""
+        self.book.add_cap(self._clock(), rate_limit)
+
     async def acquire(self) -> object:
         """Wait for a send slot (first come, first served)."""
         book = self.book
@@ -315,5 +319,5 @@ def shared_limiter(loop: object, key: object, rate_limit: RateLimit | None) -> L
         limiter = LocalLimiter(rate_limit)
         per_loop[key] = limiter
     elif rate_limit is not None:
-        limiter.book.add_cap(time.monotonic(), rate_limit)
+        limiter.add_cap(rate_limit)
     return limiter

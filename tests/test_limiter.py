@@ -295,3 +295,16 @@ async def test_aiohttp_resends_pass_the_limiter_too(server: ServerFactory) -> No
     assert client.stats.requests == fake.stats.requests
     assert fake.stats.throttled == 0
     assert fake.stats.max_in_window <= 6
+
+
+async def test_a_second_client_with_a_tighter_cap_lowers_the_shared_budget(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=1) as fake:
+        async with (
+            Client(fake.token, base_url=fake.url) as loose,
+            Client(fake.token, base_url=fake.url, rate_limit=RateLimit(5, 1.0)) as tight,
+        ):
+            assert loose.limiter is tight.limiter
+            assert isinstance(tight.limiter, LocalLimiter)
+            assert (tight.limiter.book.max_requests, tight.limiter.book.interval) == (5, 1.0)

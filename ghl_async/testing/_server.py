@@ -272,6 +272,11 @@ class FakeHighLevel:
             headers=headers,
         )
 
+    def _unprocessable(self, message: str, headers: Mapping[str, str]) -> web.Response:
+        # 422 is the one error whose message comes as a list.
+        body = {"statusCode": 422, "message": [message], "error": "Unprocessable Entity"}
+        return self._json(422, body, headers)
+
     def _rate_headers(self, now: float) -> dict[str, str]:
         used = self._budget.count(now)
         return {
@@ -401,33 +406,14 @@ class FakeHighLevel:
             await asyncio.sleep(self.faults.latency)
         conversation = self._store.get(conversation_id)
         query = request.query
-        try:
-            limit = int(query.get("limit", "20"))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= 100:
-            return self._json(
-                422,
-                {
-                    "statusCode": 422,
-                    "message": ["limit must be an integer between 1 and 100"],
-                    "error": "Unprocessable Entity",
-                },
-                headers,
-            )
+        limit = _limit(query)
+        if limit is None:
+            return self._unprocessable("limit must be an integer between 1 and 100", headers)
         kinds: frozenset[str] | None = None
         if "type" in query:
             kinds = frozenset(query["type"].split(","))
             if not kinds <= _FILTERS:
-                return self._json(
-                    422,
-                    {
-                        "statusCode": 422,
-                        "message": ["type must be a valid message type"],
-                        "error": "Unprocessable Entity",
-                    },
-                    headers,
-                )
+                return self._unprocessable("type must be a valid message type", headers)
         if conversation is None:
             return self._json(
                 404, {"statusCode": 404, "message": "Conversation not found"}, headers
@@ -511,20 +497,9 @@ class FakeHighLevel:
                 },
                 headers,
             )
-        try:
-            limit = int(query.get("limit", "20"))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= 100:
-            return self._json(
-                422,
-                {
-                    "statusCode": 422,
-                    "message": ["limit must be between 1 and 100"],
-                    "error": "Unprocessable Entity",
-                },
-                headers,
-            )
+        limit = _limit(query)
+        if limit is None:
+            return self._unprocessable("limit must be an integer between 1 and 100", headers)
         ordered = sorted(self._store.values(), key=lambda c: (-c.last_message_date, c.id))
         after = query.get("startAfterDate")
         if after is not None:
@@ -557,3 +532,12 @@ class FakeHighLevel:
         }
         self.stats.served += 1
         return self._json(200, payload, headers)
+
+
+def _limit(query: Mapping[str, str]) -> int | None:
+    """The ``limit`` query value (default 20), or ``None`` when it is not 1..100."""
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        return None
+    return limit if 1 <= limit <= 100 else None
