@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS))
     args = parser.parse_args()
     here = Path(__file__).parent
-    folder = here / "out" if args.smoke else here
+    # Only a full run replaces RESULTS.md and the charts the README links to.
+    folder = here / "out" if args.smoke or args.only else here
     chosen = args.only or list(BENCHMARKS)
     sections: list[Section] = []
     for name in chosen:
@@ -60,6 +61,7 @@ def main() -> int:
         "",
     ]
     drawn = [draw(s, folder / "charts") for s in sections] if not args.smoke else []
+    header.append("")
     folder.mkdir(parents=True, exist_ok=True)
     text = "\n".join(header) + "\n".join(s.markdown() for s in sections)
     (folder / "RESULTS.md").write_text(text, encoding="utf-8")

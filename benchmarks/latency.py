@@ -32,4 +32,13 @@ def run(smoke: bool) -> Section:
     for name, walls in samples.items():
         wall = median(walls)
         section.rows.append([name, wall, f"{100 * ideal / wall:.0f}%"])
+    # A conversation's pages come one after another (each needs the previous cursor).
+    rounds_needed = -(-conversations // concurrency)
+    sequential = rounds_needed * 3 * latency
+    ours = median(samples["ghl_async"])
+    section.notes.append(
+        f"Pages of one conversation are sequential, so {concurrency} in flight need at least "
+        f"{rounds_needed} rounds x 3 pages x {latency * 1000:.0f} ms = {sequential:.2f} s: "
+        f"ghl_async reaches {100 * sequential / ours:.0f}% of that bound."
+    )
     return section

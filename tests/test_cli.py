@@ -401,3 +401,30 @@ async def test_the_fake_reports_its_stats_over_http(server: ServerFactory) -> No
     assert stats["conversationIds"] == fake.conversation_ids
     assert stats["totalMessages"] == 15
     assert stats["requests"] == 0
+
+
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress"])
+async def test_progress_bar_on_request_and_quiet_otherwise(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+) -> None:
+    async with server(conversations=4, messages=(10, 40), seed=38) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        code = await run_cli(
+            "export",
+            *fake.conversation_ids,
+            "--out",
+            str(tmp_path / "m.jsonl"),
+            "--base-url",
+            fake.url,
+            flag,
+        )
+    assert code == 0
+    err = capsys.readouterr().err
+    bar = "export: 100%|"
+    assert (bar in err) is (flag == "--progress")
+    if flag == "--progress":
+        assert "4/4" in err and "throttled=0" in err
