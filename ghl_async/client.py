@@ -370,7 +370,9 @@ class Client:
         raised, since every other conversation would fail the same way.
 
         Breaking out of the loop, an exception in its body or cancelling the consuming
-        task stops every request in flight; the client stays usable.
+        task stops every request in flight; the client stays usable. If you keep the
+        iterator in a variable, Python cannot close it for you when you break: wrap it in
+        ``contextlib.aclosing`` (until closed, fetching just pauses on the full buffer).
         """
         items = self._fan_out_items(
             conversation_ids, types, page_size, concurrency, return_exceptions
