@@ -14,7 +14,6 @@ memory holds at most ``buffer + concurrency`` pages whatever the total.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -22,6 +21,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
 )
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -31,9 +31,6 @@ from anyio.abc import ObjectSendStream
 
 from . import errors
 from .models import MessagesPage
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
 
@@ -61,7 +58,7 @@ class _Ids:
     """Hands out ids one at a time from a sync or async iterable, lazily."""
 
     def __init__(self, ids: IdSource) -> None:
-        self._sync: Iterable[str] | None = None
+        self._sync: Iterator[str] | None = None
         self._async: AsyncIterator[str] | None = None
         if isinstance(ids, AsyncIterable):
             self._async = ids.__aiter__()
@@ -78,7 +75,7 @@ class _Ids:
                 if self._async is not None:
                     return await self._async.__anext__()
                 assert self._sync is not None
-                return next(self._sync)  # type: ignore[call-overload, no-any-return]
+                return next(self._sync)
             except (StopIteration, StopAsyncIteration):
                 self._done = True
                 return None
@@ -101,15 +98,11 @@ class _Run:
         self.error: BaseException | None = None
 
     async def run(self) -> None:
-        async with self.send:
-            try:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(self.options.concurrency):
-                        tg.start_soon(self._worker, tg.cancel_scope)
-            except BaseException as exc:
-                # Our own error was recorded before cancelling; anything else is real.
-                if self.error is None or not _only_cancelled_or(exc, self.error):
-                    raise
+        # Workers return conversation errors rather than raise them, so whatever leaves
+        # this task group (a bug, an outside cancellation) is real and propagates.
+        async with self.send, anyio.create_task_group() as tg:
+            for _ in range(self.options.concurrency):
+                tg.start_soon(self._worker, tg.cancel_scope)
 
     async def _worker(self, scope: anyio.CancelScope) -> None:
         while (conversation_id := await self.ids.next()) is not None:
@@ -138,15 +131,6 @@ class _Run:
                 exc.last_message_id = last_cursor
             return exc
         return None
-
-
-def _only_cancelled_or(exc: BaseException, ours: BaseException) -> bool:
-    """True when ``exc`` holds nothing but cancellations and our recorded error."""
-    if exc is ours:
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled_or(inner, ours) for inner in exc.exceptions)
-    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 async def run_fan_out(

@@ -150,8 +150,8 @@ class AiohttpTransport:
                 middlewares=(gate,),
             ) as response:
                 body = await response.read()
-                reply = gate.reply or Reply.from_headers(response.status, response.headers)
-                return RawReply(response.status, response.headers, body, reply)
+                assert gate.reply is not None  # our middleware saw this response
+                return RawReply(response.status, response.headers, body, gate.reply)
         except asyncio.TimeoutError:
             error: errors.TransportError = errors.TransportError(
                 f"no complete reply within {self._timeout.total:g} s"

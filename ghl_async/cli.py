@@ -237,21 +237,22 @@ async def _export(args: argparse.Namespace) -> int:
         progress = _Progress(show, len(ids) if ids is not None else None, client)
         source = ids if ids is not None else _conversation_ids(client, args.location)
         try:
-            summary = await export_messages(
-                client,
-                source,
-                out=args.out,
-                resume=args.resume,
-                types=types,
-                concurrency=args.concurrency,
-                on_page=progress.page,
-            )
+            try:
+                summary = await export_messages(
+                    client,
+                    source,
+                    out=args.out,
+                    resume=args.resume,
+                    types=types,
+                    concurrency=args.concurrency,
+                    on_page=progress.page,
+                )
+            finally:
+                progress.close()
         except errors.AuthenticationError as exc:
-            progress.close()
             _say(f"ghl-async: the token was refused ({exc.message}); check GHL_TOKEN")
             return EXIT_USAGE
         except errors.DailyLimitExceeded as exc:
-            progress.close()
             when = (
                 dt.datetime.fromtimestamp(exc.resets_at).astimezone().isoformat(timespec="minutes")
                 if exc.resets_at
@@ -263,9 +264,7 @@ async def _export(args: argparse.Namespace) -> int:
             )
             return EXIT_FAILED
         except ValueError as exc:
-            progress.close()
             raise UsageError(str(exc)) from None
-        progress.close()
     extra: dict[str, str] = {"output": args.out}
     _say("export finished\n" + _summary_table(summary, client, _budget_of(client), extra))
     if summary.failed:

@@ -103,7 +103,6 @@ class Client:
         self._rate_limit = rate_limit
         self._explicit_limiter = limiter
         self._max_concurrency = max_concurrency
-        self._timeout = float(timeout)
         self.stats = ClientStats()
         """Live counters: requests, retries, throttled (429s), pages, messages, budget."""
         self._engine = Engine(
@@ -271,12 +270,7 @@ class Client:
         last_message_id: str | None = None,
     ) -> AsyncGenerator[Message, None]:
         """Every message of a conversation, newest first (see :meth:`iter_pages`)."""
-        check_id(conversation_id, "conversation_id")
-        check_page_size(page_size, "page_size")
-        type_filter = check_types(types)
-        if last_message_id is not None:
-            check_id(last_message_id, "last_message_id")
-        pages = self._iter_pages(conversation_id, type_filter, page_size, last_message_id)
+        pages = self.iter_pages(conversation_id, types, page_size, last_message_id)
         async with aclosing(pages):
             async for page in pages:
                 for message in page.messages:

@@ -129,8 +129,6 @@ class WindowBook:
         self.learned = False
         self.in_flight = 0
         self.paused_until = 0.0
-        self.daily_remaining: int | None = None
-        self.server_remaining: int | None = None
         # Times at which finished requests stop counting, oldest first.
         self._expiries: deque[float] = deque()
         # How many slots have expired so far (see finish()).
@@ -197,7 +195,7 @@ class WindowBook:
         expired_since_send = self.expired - ticket if ticket is not None else 0
         return self._learn(now, reply, expired_since_send)
 
-    def _learn(self, now: float, reply: Reply, expired_since_send: int = 0) -> list[str]:
+    def _learn(self, now: float, reply: Reply, expired_since_send: int) -> list[str]:
         notes: list[str] = []
         rate = reply.rate
         if rate.budget_known:
@@ -213,10 +211,7 @@ class WindowBook:
                     f"budget now {chosen.max_requests} requests per {chosen.interval:g} s"
                 )
                 self._set_budget(now, chosen)
-        if rate.daily_remaining is not None:
-            self.daily_remaining = rate.daily_remaining
         if rate.remaining is not None:
-            self.server_remaining = rate.remaining
             believed = self.max_requests - self.held(now) - expired_since_send
             if rate.remaining < believed:
                 # Someone else spends this budget: count their requests as ours.

@@ -135,6 +135,10 @@ class _Ticket(NamedTuple):
     expired: int
 
 
+class _LocalTicket(NamedTuple):
+    inner: object  # a ticket of the local fallback limiter
+
+
 class RedisLimiter:
     """A :class:`~ghl_async.ratelimit.Limiter` whose window lives in Redis.
 
@@ -240,7 +244,7 @@ class RedisLimiter:
                     taken, value = await self._acquire_script(keys=self._keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._unavailable(exc)
-                return ("local", await self._local.acquire())
+                return _LocalTicket(await self._local.acquire())
             if self._warned:
                 self._warned = False
                 logger.warning("Redis is back: the shared rate limit applies again")
@@ -252,9 +256,10 @@ class RedisLimiter:
         """Report the end of a send: frees the slot after one interval, shares what the
         reply said about the budget.
         """
-        if not isinstance(ticket, _Ticket):
-            await self._local.release(ticket[1] if isinstance(ticket, tuple) else None, reply)
+        if isinstance(ticket, _LocalTicket):
+            await self._local.release(ticket.inner, reply)
             return
+        assert isinstance(ticket, _Ticket)
         rate = reply.rate if reply is not None else None
 
         def number(value: float | int | None, scale: float = 1.0) -> int:
