@@ -127,3 +127,13 @@ def test_importing_the_plugin_adds_nothing_to_what_ghl_async_itself_imports() ->
         [sys.executable, "-c", _IMPORTS], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["ghl_async.testing", "ghl_async.testing.pytest_plugin"]
+
+
+def test_the_testing_package_resolves_its_names_on_first_use() -> None:
+    import ghl_async.testing as testing
+
+    assert set(testing.__all__) <= set(dir(testing))
+    assert testing.FakeHighLevel.__name__ == "FakeHighLevel"
+    assert callable(testing.make_conversations)
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = testing.Nothing

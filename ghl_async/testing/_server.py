@@ -239,11 +239,10 @@ class FakeHighLevel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = random.Random(f"{seed}:added")  # apart from _rng: faults stay seeded
         self._last_stamp = 0
-        self._index = MessageIndex()
-        self._emails: dict[str, str] = {}  # email id -> message id
-        for stored in self._store.values():
-            for position in range(len(stored.ids)):
-                self._record(stored, position)
+        # Built on first use: a fake that only serves conversations pays nothing for it.
+        self._index_store = MessageIndex()
+        self._emails_store: dict[str, str] = {}  # email id -> message id
+        self._indexed = False
 
     # -- data --------------------------------------------------------------------
 
@@ -344,6 +343,23 @@ class FakeHighLevel:
         self._record(stored, position)
         return message
 
+    @property
+    def _index(self) -> MessageIndex:
+        self._build_index()
+        return self._index_store
+
+    @property
+    def _emails(self) -> dict[str, str]:
+        self._build_index()
+        return self._emails_store
+
+    def _build_index(self) -> None:
+        if not self._indexed:
+            self._indexed = True
+            for stored in self._store.values():
+                for position in range(len(stored.ids)):
+                    self._record(stored, position)
+
     def _new_id(self) -> str:
         return "".join(self._ids.choices(_ID_CHARS, k=20))
 
@@ -376,9 +392,9 @@ class FakeHighLevel:
             updated=created if updated is None else updated,
             encoded=stored.encoded[position],
         )
-        self._index.put(record)
+        self._index_store.put(record)
         for email_id in email_ids(message):
-            self._emails[email_id] = record.id
+            self._emails_store[email_id] = record.id
 
     # -- control -----------------------------------------------------------------
 
