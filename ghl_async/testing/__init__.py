@@ -11,10 +11,40 @@
         assert fake.stats.throttled == 0
 
 With pytest, the ``fake_highlevel`` fixture (installed with the package) gives a started
-server with 20 seeded conversations; mark the test ``@pytest.mark.anyio``.
+server with 20 seeded conversations, under anyio, pytest-asyncio (strict or auto) or in a
+plain test alike.
+
+The names below are imported on first use, so the pytest plugin, which imports this
+package in every test session, loads no server code until a test needs it.
 """
 
-from ._data import make_conversations
-from ._server import FakeHighLevel, FakeStats, Faults
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._data import make_conversations
+    from ._server import FakeHighLevel, FakeStats, Faults
 
 __all__ = ["FakeHighLevel", "FakeStats", "Faults", "make_conversations"]
+
+_HOMES = {
+    "FakeHighLevel": "._server",
+    "FakeStats": "._server",
+    "Faults": "._server",
+    "make_conversations": "._data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # once found, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

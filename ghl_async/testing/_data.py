@@ -11,7 +11,13 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["StoredConversation", "make_conversations", "store_conversations"]
+__all__ = [
+    "StoredConversation",
+    "email_ids",
+    "make_conversations",
+    "make_email",
+    "store_conversations",
+]
 
 _ID_CHARS = string.ascii_letters + string.digits
 _EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -196,3 +202,64 @@ def store_conversations(
             last_message_date=last,
         )
     return stored
+
+
+_PROVIDERS = ("Leadconnector Gmail", "mailgun", "smtp", "custom")
+_NAMES = ("Ada Lovelace", "Grace Hopper", "Ana Núñez", "李雷", "O'Brien, Pat")
+
+
+def email_ids(message: Mapping[str, Any]) -> list[str]:
+    """The ids in ``meta.email.messageIds`` (the bodies the email route serves)."""
+    meta = message.get("meta")
+    email = meta.get("email") if isinstance(meta, Mapping) else None
+    ids = email.get("messageIds") if isinstance(email, Mapping) else None
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
+def make_email(message: Mapping[str, Any], email_id: str) -> dict[str, Any]:
+    """The ``GetEmailMessageResponseDto`` of one of ``message``'s email ids.
+
+    Seeded by the email id, so the same id always has the same body. The ids of a message
+    form one thread: the first is the thread id, each later one replies to the one before.
+    """
+    rng = random.Random(email_id)
+    thread = email_ids(message) or [email_id]
+    position = thread.index(email_id) if email_id in thread else 0
+    added = str(message.get("dateAdded", ""))
+    try:
+        when = datetime.fromisoformat(added.replace("Z", "+00:00"))
+        # Earlier mails of the thread came before the message's own date.
+        when -= timedelta(hours=len(thread) - 1 - position)
+        added = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    except ValueError:
+        pass
+    sender, receiver = rng.sample(_NAMES, 2)
+    words = " ".join(rng.choices(_WORDS, k=rng.randint(5, 60)))
+    email: dict[str, Any] = {
+        "id": email_id,
+        "altId": "<" + _new_id(rng, 24) + "@mail.example.invalid>",
+        "threadId": thread[0],
+        "locationId": message.get("locationId", ""),
+        "contactId": message.get("contactId", ""),
+        "conversationId": message.get("conversationId", ""),
+        "dateAdded": added,
+        "subject": ("Re: " if position else "") + " ".join(rng.choices(_WORDS, k=4)),
+        "body": f"<html><body><p>{words}</p></body></html>",
+        "direction": message.get("direction", "outbound"),
+        "status": rng.choice(("delivered", "sent", "opened", "read")),
+        "contentType": "text/html",
+        "attachments": [],
+        "provider": rng.choice(_PROVIDERS),
+        "from": f"{sender} <{sender.split()[0].lower()}@example.invalid>",
+        "to": [f"{receiver.split()[0].lower()}@example.invalid"],
+        "cc": [],
+        "bcc": [],
+        "source": message.get("source", "app"),
+    }
+    if position:
+        email["replyToMessageId"] = thread[position - 1]
+    if rng.random() < 0.2:
+        email["cc"] = [f"cc{rng.randint(1, 99)}@example.invalid"]
+    if rng.random() < 0.1:
+        email["attachments"] = [f"https://example.invalid/e/{_new_id(rng, 8)}.pdf"]
+    return email

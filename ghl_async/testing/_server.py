@@ -1,4 +1,4 @@
-"""FakeHighLevel: the messages endpoint as the live service behaves, in-process."""
+"""FakeHighLevel: the Conversations API as the live service behaves, in-process."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import asyncio
 import math
 import random
 import secrets
+import string
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -18,11 +20,29 @@ from aiohttp import web
 from .._sansio import API_VERSION
 from ..models import FilterType
 from ..ratelimit import RateLimit
-from ._data import StoredConversation, make_conversations, store_conversations
+from ._data import (
+    StoredConversation,
+    email_ids,
+    make_conversations,
+    make_email,
+    store_conversations,
+)
+from ._location import (
+    MessageIndex,
+    QueryError,
+    Record,
+    iso_millis,
+    parse_export_query,
+    parse_instant,
+)
 
 __all__ = ["FakeHighLevel", "FakeStats", "Faults"]
 
 _FILTERS = frozenset(member.value for member in FilterType)
+REFUSALS = (401, 403, 404)
+ROUTES = ("search", "messages", "export", "message", "email")
+_ID_CHARS = string.ascii_letters + string.digits
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAULT_KINDS = ("server_error", "reset", "truncate", "slow", "html")
 _HTML = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
@@ -75,7 +95,9 @@ class FakeStats:
         max_in_window: the most requests that arrived in any window of the budget's
             interval (the number a strict server compares with its budget).
         faults: injected faults by kind.
-        by_conversation: requests per conversation id.
+        by_conversation: requests per conversation id (the messages route).
+        by_route: admitted requests per route: ``search``, ``messages``, ``export``,
+            ``message``, ``email``.
         in_flight: requests being handled now.
         max_in_flight: the most requests handled at once.
         arrivals: ``(loop time, path)`` of the latest 100,000 requests, oldest first.
@@ -87,6 +109,7 @@ class FakeStats:
     max_in_window: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     by_conversation: Counter[str] = field(default_factory=Counter)
+    by_route: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
     arrivals: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=100_000))
@@ -116,13 +139,28 @@ class FakeHighLevel:
             async with Client(fake.token, base_url=fake.url) as client:
                 page = await client.get_messages(fake.conversation_ids[0])
 
-    It serves ``GET /conversations/{id}/messages`` (wrapped envelope, newest first,
-    ``lastMessageId``/``nextPage``, ``limit`` 1..100, the ``type`` filter) and
-    ``GET /conversations/search``, and ``GET /_fake/stats`` (what it saw, as JSON, for
-    tests running in another process); checks the Bearer token and ``Version`` header with
-    the documented error bodies; sends all five ``X-RateLimit-*`` headers; counts the
-    budget in a sliding window and answers 429 past it; keeps a daily budget; and
-    injects faults.
+    Routes (each shaped as HighLevel's OpenAPI file says):
+
+    - ``GET /conversations/{id}/messages``: wrapped envelope, newest first,
+      ``lastMessageId``/``nextPage``, ``limit`` 1..100, the ``type`` filter.
+    - ``GET /conversations/search``: newest last message first, ``startAfterDate`` cursor.
+    - ``GET /conversations/messages/export``: the whole location, cursor-paged
+      (``limit`` 10..500, ``sortBy``, ``sortOrder``, ``channel``, ``conversationId``,
+      ``contactId``, ``startDate``/``endDate`` as ISO 8601 or epoch ms, inclusive, on the
+      ``sortBy`` field). As live: without ``channel`` it returns every message that is
+      not an email; emails only come with ``channel=Email``.
+    - ``GET /conversations/messages/{id}``: ``{"message": {...}}``; 404 when unknown.
+    - ``GET /conversations/messages/email/{id}``: an email body
+      (``GetEmailMessageResponseDto``) for each id in an email message's
+      ``meta.email.messageIds``.
+    - ``GET /_fake/stats``: what it saw, as JSON, for tests in another process (no auth,
+      not counted).
+
+    Every API route goes through one middleware: Bearer token and ``Version`` checks with
+    the documented error bodies, the budget counted in a sliding window (all five
+    ``X-RateLimit-*`` headers on every admitted reply, 429 past it), the daily budget,
+    faults, in-flight counting and :attr:`stats`. The fake serves one location,
+    :attr:`location_id`; other location ids are refused with 403.
 
     Args:
         conversations: how many synthetic conversations, or your own mapping of
@@ -140,6 +178,11 @@ class FakeHighLevel:
         empty_page_next: an empty page still says ``nextPage: true`` (a quirk to test
             that clients stop on an empty page).
         location_id: the location every conversation belongs to.
+        export_refusal: refuse the export route with this status, as the live service
+            does for a token without the scope (401 or 403) or an older plan (404), so
+            clients can test their fallback. ``None``: serve it.
+        wrap_export: wrap the export reply as the messages route's is,
+            ``{"messages": {"messages", "nextCursor", "total"}}`` (the live reply may be).
         host, port: where to listen (port 0: a free one).
     """
 
@@ -158,6 +201,8 @@ class FakeHighLevel:
         full_page_next: bool = True,
         empty_page_next: bool = False,
         location_id: str = "ve9EPM428h8vShlRW1KT",
+        export_refusal: int | None = None,
+        wrap_export: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -165,6 +210,8 @@ class FakeHighLevel:
             conversations = make_conversations(
                 conversations, seed=seed, messages=messages, location_id=location_id
             )
+        if export_refusal is not None and export_refusal not in REFUSALS:
+            raise ValueError(f"export_refusal must be one of {REFUSALS} or None")
         self._store: dict[str, StoredConversation] = store_conversations(conversations)
         self.rate_limit = rate_limit or RateLimit()
         self.daily_limit = daily_limit
@@ -175,11 +222,13 @@ class FakeHighLevel:
         self.full_page_next = full_page_next
         self.empty_page_next = empty_page_next
         self.location_id = location_id
+        self.export_refusal = export_refusal
+        self.wrap_export = wrap_export
         self.stats = FakeStats()
         self._host = host
         self._port = port
         self._rng = random.Random(seed)
-        self._scripted: deque[tuple[str, str | None]] = deque()
+        self._scripted: deque[tuple[str, str | None, str | None]] = deque()
         self._budget = _Window(self.rate_limit.interval)
         self._arrivals = _Window(self.rate_limit.interval)
         self._daily_used = 0
@@ -187,6 +236,13 @@ class FakeHighLevel:
         self._runner: web.AppRunner | None = None
         self.url = ""
         self._encoder = msgspec.json.Encoder()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = random.Random(f"{seed}:added")  # apart from _rng: faults stay seeded
+        self._last_stamp = 0
+        # Built on first use: a fake that only serves conversations pays nothing for it.
+        self._index_store = MessageIndex()
+        self._emails_store: dict[str, str] = {}  # email id -> message id
+        self._indexed = False
 
     # -- data --------------------------------------------------------------------
 
@@ -204,22 +260,174 @@ class FakeHighLevel:
         """Messages across all conversations."""
         return sum(len(c.ids) for c in self._store.values())
 
+    def message(self, message_id: str) -> dict[str, Any]:
+        """One message as the server holds it (``KeyError`` when unknown)."""
+        record = self._index.records[message_id]
+        stored = self._store[record.conversation_id]
+        return stored.messages[stored.index[message_id]]
+
+    def email(self, email_id: str) -> dict[str, Any]:
+        """The email body the email route serves for ``email_id`` (``KeyError`` if none)."""
+        return make_email(self.message(self._emails[email_id]), email_id)
+
+    @property
+    def email_ids(self) -> list[str]:
+        """Every id in the messages' ``meta.email.messageIds``: what the email route serves."""
+        return list(self._emails)
+
+    def add_message(
+        self, conversation_id: str, *, when: datetime | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Add a message (an SMS unless ``fields`` say otherwise); return it.
+
+        It is dated ``when`` (default: now, and always later than any message added or
+        updated before), becomes the newest of its conversation, and moves the
+        conversation to the top of search. An unknown ``conversation_id`` starts a new
+        conversation. ``fields`` override the message's JSON fields, e.g.
+        ``messageType="TYPE_EMAIL", type=3`` (an email gets ``meta.email.messageIds``).
+        """
+        stamp = self._stamp(when)
+        stored = self._store.get(conversation_id)
+        if stored is None:
+            contact_id = str(fields.get("contactId") or self._new_id())
+            stored = StoredConversation(conversation_id, contact_id, [], [], [], {}, [], stamp)
+            self._store[conversation_id] = stored
+        message: dict[str, Any] = {
+            "id": self._new_id(),
+            "type": 2,
+            "messageType": "TYPE_SMS",
+            "locationId": self.location_id,
+            "contactId": stored.contact_id,
+            "conversationId": conversation_id,
+            "dateAdded": iso_millis(stamp),
+            "direction": "inbound",
+            "status": "delivered",
+            "contentType": "text/plain",
+            "body": "a message added by the test",
+            "source": "app",
+        }
+        if fields.get("messageType") == "TYPE_EMAIL":
+            message["meta"] = {"email": {"messageIds": [self._new_id()]}}
+            message["contentType"] = "text/html"
+        message.update(fields)
+        created = self._created(message)
+        position = 0  # newest first: before the first message not newer than this one
+        while position < len(stored.ids) and self._created(stored.messages[position]) > created:
+            position += 1
+        stored.messages.insert(position, message)
+        stored.encoded.insert(position, self._encoder.encode(message))
+        stored.ids.insert(position, str(message["id"]))
+        stored.kinds.insert(position, str(message.get("messageType", "")))
+        stored.index = {message_id: i for i, message_id in enumerate(stored.ids)}
+        stored.last_message_date = max(stored.last_message_date, created)
+        self._record(stored, position)
+        return message
+
+    def update_message(
+        self, message_id: str, *, when: datetime | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Edit a message (e.g. ``status="read"``) as the service would; return it.
+
+        Its ``dateUpdated`` becomes ``when`` (default: now, later than any earlier add or
+        update), so an export with ``sortBy=updatedAt`` finds it. Like the live service,
+        an edit does not move the conversation in search (only a new message does).
+        """
+        record = self._index.records[message_id]
+        stored = self._store[record.conversation_id]
+        position = stored.index[message_id]
+        message = stored.messages[position]
+        message.update(fields)
+        message["dateUpdated"] = iso_millis(self._stamp(when))
+        stored.encoded[position] = self._encoder.encode(message)
+        stored.kinds[position] = str(message.get("messageType", ""))
+        self._record(stored, position)
+        return message
+
+    @property
+    def _index(self) -> MessageIndex:
+        self._build_index()
+        return self._index_store
+
+    @property
+    def _emails(self) -> dict[str, str]:
+        self._build_index()
+        return self._emails_store
+
+    def _build_index(self) -> None:
+        if not self._indexed:
+            self._indexed = True
+            for stored in self._store.values():
+                for position in range(len(stored.ids)):
+                    self._record(stored, position)
+
+    def _new_id(self) -> str:
+        return "".join(self._ids.choices(_ID_CHARS, k=20))
+
+    def _stamp(self, when: datetime | None) -> int:
+        """Milliseconds for an add or an edit: ``when``, or now but after the last one."""
+        if when is not None:
+            return round(when.timestamp() * 1000)
+        now = round(datetime.now().timestamp() * 1000)
+        self._last_stamp = max(now, self._last_stamp + 1)
+        return self._last_stamp
+
+    @staticmethod
+    def _created(message: Mapping[str, Any]) -> int:
+        text = message.get("dateAdded")
+        stamp = parse_instant(text) if isinstance(text, str) else None
+        return stamp if stamp is not None else 0
+
+    def _record(self, stored: StoredConversation, position: int) -> None:
+        """Index one message for the export, single-message and email routes."""
+        message = stored.messages[position]
+        created = self._created(message)
+        text = message.get("dateUpdated")
+        updated = parse_instant(text) if isinstance(text, str) else None
+        record = Record(
+            id=stored.ids[position],
+            conversation_id=stored.id,
+            contact_id=str(message.get("contactId", stored.contact_id)),
+            kind=stored.kinds[position],
+            created=created,
+            updated=created if updated is None else updated,
+            encoded=stored.encoded[position],
+        )
+        self._index_store.put(record)
+        for email_id in email_ids(message):
+            self._emails_store[email_id] = record.id
+
     # -- control -----------------------------------------------------------------
 
-    def inject(self, kind: str, count: int = 1, *, conversation_id: str | None = None) -> None:
-        """Make the next ``count`` requests (for ``conversation_id``, if given) fail.
+    def inject(
+        self,
+        kind: str,
+        count: int = 1,
+        *,
+        conversation_id: str | None = None,
+        route: str | None = None,
+    ) -> None:
+        """Make the next ``count`` successful replies fail instead.
 
+        Only replies for ``conversation_id`` (the messages route) and on ``route``
+        (``search``, ``messages``, ``export``, ``message``, ``email``), if given.
         ``kind`` is one of ``server_error``, ``reset``, ``truncate``, ``slow``,
         ``html``, or an HTTP status such as ``"404"`` or ``"429"``.
         """
         if kind not in FAULT_KINDS and not (kind.isdigit() and len(kind) == 3):
             raise ValueError(f"unknown fault {kind!r}")
+        if route is not None and route not in ROUTES:
+            raise ValueError(f"unknown route {route!r}; known: {', '.join(ROUTES)}")
         for _ in range(count):
-            self._scripted.append((kind, conversation_id))
+            self._scripted.append((kind, conversation_id, route))
+
+    def _now(self) -> float:
+        # The serving loop's clock, so spend() works from a test on another thread.
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
 
     def spend(self, count: int) -> None:
         """Spend ``count`` of the burst budget now, as a neighbour would."""
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         for _ in range(count):
             self._budget.times.append(now)
 
@@ -231,10 +439,18 @@ class FakeHighLevel:
 
     async def start(self) -> None:
         """Listen on ``host:port``; :attr:`url` is set once this returns."""
-        app = web.Application()
-        app.router.add_get("/conversations/search", self._search)
-        app.router.add_get("/_fake/stats", self._stats)
-        app.router.add_get("/conversations/{conversation_id}/messages", self._messages)
+        self._loop = asyncio.get_running_loop()
+        app = web.Application(middlewares=[self._gate])
+        router = app.router
+        router.add_get("/_fake/stats", self._stats, name="fake_stats")
+        router.add_get("/conversations/search", self._search, name="search")
+        # Before /conversations/messages/{id}: the router takes the first match.
+        router.add_get("/conversations/messages/export", self._export, name="export")
+        router.add_get("/conversations/messages/email/{id}", self._email, name="email")
+        router.add_get("/conversations/messages/{id}", self._message, name="message")
+        router.add_get(
+            "/conversations/{conversation_id}/messages", self._messages, name="messages"
+        )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -260,7 +476,40 @@ class FakeHighLevel:
     ) -> None:
         await self.close()
 
-    # -- request handling --------------------------------------------------------
+    # -- the middleware: what every route shares ------------------------------------
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Admission, rate accounting, latency, faults and in-flight counting, once."""
+        route = request.match_info.route.name
+        if route is None or route == "fake_stats":
+            # Not an API route: unknown paths get aiohttp's plain 404, unchecked, uncounted.
+            return await handler(request)
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            admitted = self._admit(request)
+            if isinstance(admitted, web.Response):
+                return admitted
+            headers = admitted
+            stats.by_route[route] += 1
+            if self.faults.latency:
+                await asyncio.sleep(self.faults.latency)
+            response = await handler(request)
+            response.headers.update(headers)
+            if response.status != 200 or not isinstance(response, web.Response):
+                return response
+            fault = self._next_fault(request.match_info.get("conversation_id"), route)
+            if fault is not None:
+                body = response.body if isinstance(response.body, bytes) else b""
+                reply = await self._fault(request, fault, body, headers)
+                if reply is not None:
+                    return reply
+            stats.served += 1
+            return response
+        finally:
+            stats.in_flight -= 1
 
     def _json(
         self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -272,10 +521,14 @@ class FakeHighLevel:
             headers=headers,
         )
 
-    def _unprocessable(self, message: str, headers: Mapping[str, str]) -> web.Response:
-        # 422 is the one error whose message comes as a list.
-        body = {"statusCode": 422, "message": [message], "error": "Unprocessable Entity"}
-        return self._json(422, body, headers)
+    def _error(self, status: int, message: str) -> web.Response:
+        """The documented error body for ``status`` (422's message is a list)."""
+        payload: dict[str, Any] = {"statusCode": status, "message": message}
+        if status == 422:
+            payload = {"statusCode": 422, "message": [message], "error": "Unprocessable Entity"}
+        elif status in (401, 403):
+            payload["error"] = "Unauthorized" if status == 401 else "Forbidden"
+        return self._json(status, payload)
 
     def _rate_headers(self, now: float) -> dict[str, str]:
         used = self._budget.count(now)
@@ -291,17 +544,10 @@ class FakeHighLevel:
         """Auth, version and budget checks; the rate headers when admitted."""
         self.stats.requests += 1
         if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._json(
-                401,
-                {
-                    "statusCode": 401,
-                    "message": "Invalid token: access token is invalid",
-                    "error": "Unauthorized",
-                },
-            )
+            return self._error(401, "Invalid token: access token is invalid")
         if request.headers.get("Version") not in self.accept_versions:
-            return self._json(400, {"statusCode": 400, "message": "version header was not found"})
-        now = asyncio.get_running_loop().time()
+            return self._error(400, "version header was not found")
+        now = self._now()
         self.stats.arrivals.append((now, request.path))
         arrivals = self._arrivals
         arrivals.times.append(now)
@@ -326,9 +572,9 @@ class FakeHighLevel:
         message = "Daily rate limit exceeded" if daily else "Too many requests"
         return self._json(429, {"statusCode": 429, "message": message}, headers)
 
-    def _next_fault(self, conversation_id: str | None) -> str | None:
-        for i, (kind, target) in enumerate(self._scripted):
-            if target is None or target == conversation_id:
+    def _next_fault(self, conversation_id: str | None, route: str) -> str | None:
+        for i, (kind, target, on_route) in enumerate(self._scripted):
+            if target in (None, conversation_id) and on_route in (None, route):
                 del self._scripted[i]
                 return kind
         faults = self.faults
@@ -386,46 +632,34 @@ class FakeHighLevel:
         self._trace += 1
         return f"trace-{self._trace:08d}"
 
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
-        stats = self.stats
-        stats.in_flight += 1
-        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        try:
-            return await self._messages_reply(request)
-        finally:
-            stats.in_flight -= 1
+    def _location_refused(self, query: Mapping[str, str]) -> web.Response | None:
+        if query.get("locationId") != self.location_id:
+            return self._error(403, "The token does not have access to this location")
+        return None
 
-    async def _messages_reply(self, request: web.Request) -> web.StreamResponse:
-        admitted = self._admit(request)
-        if isinstance(admitted, web.Response):
-            return admitted
-        headers = admitted
+    # -- routes: each only computes its reply --------------------------------------
+
+    async def _messages(self, request: web.Request) -> web.Response:
         conversation_id = request.match_info["conversation_id"]
         self.stats.by_conversation[conversation_id] += 1
-        if self.faults.latency:
-            await asyncio.sleep(self.faults.latency)
         conversation = self._store.get(conversation_id)
         query = request.query
         limit = _limit(query)
         if limit is None:
-            return self._unprocessable("limit must be an integer between 1 and 100", headers)
+            return self._error(422, "limit must be an integer between 1 and 100")
         kinds: frozenset[str] | None = None
         if "type" in query:
             kinds = frozenset(query["type"].split(","))
             if not kinds <= _FILTERS:
-                return self._unprocessable("type must be a valid message type", headers)
+                return self._error(422, "type must be a valid message type")
         if conversation is None:
-            return self._json(
-                404, {"statusCode": 404, "message": "Conversation not found"}, headers
-            )
+            return self._error(404, "Conversation not found")
         start = 0
         cursor = query.get("lastMessageId")
         if cursor is not None:
             position = conversation.index.get(cursor)
             if position is None:
-                return self._json(
-                    400, {"statusCode": 400, "message": "Invalid lastMessageId"}, headers
-                )
+                return self._error(400, "Invalid lastMessageId")
             start = position + 1
         chosen: list[int] = []
         more = False
@@ -456,13 +690,59 @@ class FakeHighLevel:
                 b'"}',
             )
         )
-        fault = self._next_fault(conversation_id)
-        if fault is not None:
-            reply = await self._fault(request, fault, body, headers)
-            if reply is not None:
-                return reply
-        self.stats.served += 1
-        return web.Response(body=body, headers=headers, content_type="application/json")
+        return web.Response(body=body, content_type="application/json")
+
+    async def _export(self, request: web.Request) -> web.Response:
+        if self.export_refusal == 404:
+            return self._error(404, f"Cannot GET {request.path}")
+        if self.export_refusal is not None:
+            return self._error(self.export_refusal, "The token is not authorized for this scope.")
+        query = request.query
+        if "locationId" not in query:
+            return self._error(422, "locationId should not be empty")
+        refused = self._location_refused(query)
+        if refused is not None:
+            return refused
+        try:
+            checked = parse_export_query(query)
+        except QueryError as exc:
+            return self._error(exc.status, exc.message)
+        records, next_cursor, total = self._index.page(checked)
+        page = b"".join(
+            (
+                b'"messages":[',
+                b",".join(record.encoded for record in records),
+                b'],"nextCursor":',
+                self._encoder.encode(next_cursor),
+                b',"total":',
+                str(total).encode(),
+            )
+        )
+        if self.wrap_export:
+            page = b'"messages":{' + page + b"}"
+        trace = b',"traceId":"' + self._trace_id().encode() + b'"'
+        return web.Response(body=b"{" + page + trace + b"}", content_type="application/json")
+
+    async def _message(self, request: web.Request) -> web.Response:
+        record = self._index.records.get(request.match_info["id"])
+        if record is None:
+            return self._error(404, "Message not found")
+        body = b"".join(
+            (
+                b'{"message":',
+                record.encoded,
+                b',"traceId":"',
+                self._trace_id().encode(),
+                b'"}',
+            )
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    async def _email(self, request: web.Request) -> web.Response:
+        email_id = request.match_info["id"]
+        if email_id not in self._emails:
+            return self._error(404, "Email message not found")
+        return self._json(200, self.email(email_id))
 
     async def _stats(self, request: web.Request) -> web.Response:
         """What the server saw, for tests in another process (no auth, not counted)."""
@@ -476,39 +756,29 @@ class FakeHighLevel:
                 "maxInWindow": stats.max_in_window,
                 "maxInFlight": stats.max_in_flight,
                 "faults": dict(stats.faults),
+                "byRoute": dict(stats.by_route),
                 "totalMessages": self.total_messages,
                 "conversationIds": self.conversation_ids,
+                "locationId": self.location_id,
             },
         )
 
-    async def _search(self, request: web.Request) -> web.StreamResponse:
-        admitted = self._admit(request)
-        if isinstance(admitted, web.Response):
-            return admitted
-        headers = admitted
+    async def _search(self, request: web.Request) -> web.Response:
         query = request.query
-        if query.get("locationId") != self.location_id:
-            return self._json(
-                403,
-                {
-                    "statusCode": 403,
-                    "message": "The token does not have access to this location",
-                    "error": "Forbidden",
-                },
-                headers,
-            )
+        refused = self._location_refused(query)
+        if refused is not None:
+            return refused
         limit = _limit(query)
         if limit is None:
-            return self._unprocessable("limit must be an integer between 1 and 100", headers)
+            return self._error(422, "limit must be an integer between 1 and 100")
+        # Newest last message first; the cursor is the last item's sort value.
         ordered = sorted(self._store.values(), key=lambda c: (-c.last_message_date, c.id))
         after = query.get("startAfterDate")
         if after is not None:
             try:
                 bound = int(after)
             except ValueError:
-                return self._json(
-                    400, {"statusCode": 400, "message": "Invalid startAfterDate"}, headers
-                )
+                return self._error(400, "Invalid startAfterDate")
             ordered = [c for c in ordered if c.last_message_date < bound]
         batch = ordered[:limit]
         payload = {
@@ -530,8 +800,7 @@ class FakeHighLevel:
             "total": len(self._store),
             "traceId": self._trace_id(),
         }
-        self.stats.served += 1
-        return self._json(200, payload, headers)
+        return self._json(200, payload)
 
 
 def _limit(query: Mapping[str, str]) -> int | None:
