@@ -146,7 +146,10 @@ async def run(source: str, first_line: int, path: Path, namespace: dict[str, Any
 @pytest.mark.anyio
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 async def test_example_runs_as_pasted(
-    example: Example, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    example: Example,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
     if example.skip is not None:
         pytest.skip(f"{example.name}: {example.skip}")
@@ -154,6 +157,7 @@ async def test_example_runs_as_pasted(
         pytest.skip(f"{example.name} needs {framework}: pip install {framework}")
     if "REDIS_URL" in example.code + example.check:
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
+    monkeypatch.chdir(tmp_path)  # files an example writes land in a throwaway folder
     async with FakeHighLevel(conversations=6, seed=15, messages=(0, 130)) as fake:
         monkeypatch.setenv("GHL_TOKEN", fake.token)
         monkeypatch.setenv("GHL_BASE_URL", fake.url)

@@ -140,7 +140,8 @@ class FakeHighLevel:
         empty_page_next: an empty page still says ``nextPage: true`` (a quirk to test
             that clients stop on an empty page).
         location_id: the location every conversation belongs to.
-        host, port: where to listen (port 0: a free one).
+        host: the address to listen on.
+        port: the port to listen on (0: a free one).
     """
 
     def __init__(
