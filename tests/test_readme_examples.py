@@ -20,6 +20,7 @@ A block importing a third-party framework that is not installed is skipped, nami
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import inspect
 import re
@@ -215,3 +216,21 @@ def test_collect_refuses_a_dangling_marker(tmp_path: Path) -> None:
     page.write_text("<!-- example: skip nothing follows -->\ntext\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no block after it"):
         collect(page)
+
+
+def test_readme_links_work_off_the_repository() -> None:
+    """On PyPI a relative link or image is broken: every target is an absolute URL."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"<(https?://[^>]+)>", text)
+    assert len(targets) >= 6
+    assert [t for t in targets if not t.startswith("https://")] == []
+    assert any(t.endswith("benchmarks/charts/throughput_cpu.png") for t in targets)
+
+
+def test_the_metadata_names_the_project_urls() -> None:
+    urls = dict(
+        entry.split(", ", 1)
+        for entry in importlib.metadata.metadata("ghl-async").get_all("Project-URL") or []
+    )
+    assert set(urls) == {"Homepage", "Documentation", "Source", "Issues", "Changelog"}
+    assert all(url.startswith("https://") for url in urls.values())
