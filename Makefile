@@ -1,10 +1,11 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both build .venv first.
+# `make docs` builds the docs site into build/site (strict: a broken link or reference fails).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest bench bench-smoke redis-server clean
+.PHONY: demo test lint typecheck pytest docs bench bench-smoke redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,16 @@ redis-server:
 	}
 	@command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server"; exit 1; }
 
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+# mkdocs-material's notice about its successor is not a build problem: keep the log clean.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
@@ -52,4 +63,4 @@ bench-smoke: $(BENCH_STAMP) redis-server
 	$(BIN)/python -m benchmarks --smoke
 
 clean:
-	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache
+	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache build/site

@@ -183,7 +183,8 @@ class FakeHighLevel:
             clients can test their fallback. ``None``: serve it.
         wrap_export: wrap the export reply as the messages route's is,
             ``{"messages": {"messages", "nextCursor", "total"}}`` (the live reply may be).
-        host, port: where to listen (port 0: a free one).
+        host: the address to listen on.
+        port: the port to listen on (0: a free one).
     """
 
     def __init__(
