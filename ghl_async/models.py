@@ -381,8 +381,9 @@ def _repair(cls: type[_S], fields: dict[str, Any]) -> tuple[dict[str, Any], dict
         if nested is not None and isinstance(value, dict):
             inner, inner_unparsed, inner_lost = _repair(nested, value)
             values[info.name] = nested(**inner)
-            unparsed[info.encode_name] = inner_unparsed
-            lost += inner_lost
+            if inner_unparsed:
+                unparsed[info.encode_name] = inner_unparsed
+                lost += inner_lost
         else:
             unparsed[info.encode_name] = value
             lost += 1
