@@ -181,13 +181,8 @@ class MessagesPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
     @property
     def is_last(self) -> bool:
-        """True when no page follows this one (``nextPage`` false, or an empty page).
-
-        A page whose every message was dropped is not empty while it names a cursor.
-        """
-        if not self.next_page:
-            return True
-        return not (self.messages or (self.dropped and self.last_message_id))
+        """True when no page follows this one (``nextPage`` false, or an empty page)."""
+        return not self.next_page or not self.messages
 
 
 class Conversation(_Wire, frozen=True):
@@ -245,8 +240,9 @@ def decode_page(body: bytes) -> MessagesPage:
     and epoch seconds or milliseconds; an empty one is ``None``. A UTF-8 BOM is skipped.
 
     Raises:
-        msgspec.DecodeError: the body is not JSON or has no message list (the client
-            turns this into :class:`ghl_async.errors.DecodeError`).
+        msgspec.DecodeError: the body is not JSON, has no message list, or not one of
+            its messages has a string ``id`` (the client turns this into
+            :class:`ghl_async.errors.DecodeError`).
     """
     try:
         env = _PAGE_DECODER.decode(body)
@@ -322,6 +318,10 @@ def _decode_page_by_message(body: bytes) -> MessagesPage:
         else:
             messages.append(message)
             repaired += lost
+    if raws and not messages:
+        # Not one message with an id: the shape changed (say, ``id`` renamed), and
+        # dropping them all would end the conversation quietly. Fail it loudly instead.
+        raise msgspec.ValidationError("no message of the page has a string `id`")
     if not isinstance(more, bool):
         # An unreadable nextPage: ask for the following page while this one had
         # messages (the repeated-cursor check and the empty page end it).

@@ -359,13 +359,24 @@ def test_a_message_without_a_string_id_is_dropped_and_counted(odd: Any) -> None:
     assert page.repaired == 0
 
 
-def test_a_page_of_only_dropped_messages_is_not_the_last_while_it_names_a_cursor() -> None:
-    page = decode_page(page_of({"id": 1}, {"id": 2}))
-    assert page.messages == []
-    assert page.dropped == 2
-    assert page.is_last is False
-    no_cursor = decode_page(b'{"messages": [{"id": 1}], "nextPage": true}')
-    assert no_cursor.is_last is True
+@pytest.mark.parametrize(
+    "messages", [[{"id": 1}, {"id": 2}], [{"_id": "a"}], [None], [{"ID": "a"}, 5, "x"]]
+)
+def test_a_page_where_no_message_has_an_id_is_a_decode_error(messages: list[Any]) -> None:
+    # A renamed id would otherwise drop every message and end the conversation quietly.
+    with pytest.raises(msgspec.DecodeError, match="string `id`"):
+        decode_page(page_of(*messages))
+
+
+def test_an_empty_page_is_still_an_empty_page() -> None:
+    page = decode_page(page_of())
+    assert (page.messages, page.dropped, page.is_last) == ([], 0, True)
+    odd_envelope = decode_page(b'{"messages": [], "nextPage": "yes"}')
+    assert (odd_envelope.messages, odd_envelope.next_page, odd_envelope.is_last) == (
+        [],
+        False,
+        True,
+    )
 
 
 @pytest.mark.parametrize(
