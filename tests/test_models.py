@@ -572,3 +572,12 @@ async def test_a_message_without_a_string_id_is_counted_in_the_client_stats() ->
         page = await client.get_messages("conv")
         assert [m.id for m in page.messages] == ["n1", "n2"]
         assert (client.stats.dropped_messages, client.stats.repaired_fields) == (1, 0)
+
+
+def test_null_beside_an_odd_value_reads_as_absent_on_the_slow_path_too() -> None:
+    sent = with_value(with_value(FULL, "body", 5), "dateAdded", None)
+    sent = with_value(with_value(sent, "attachments", None), "meta.email", None)
+    message = decode_page(page_of(sent)).messages[0]
+    assert message.unparsed == {"body": 5}
+    assert (message.date_added, message.attachments, message.body) == (None, [], None)
+    assert message.meta is not None and message.meta.email is None
