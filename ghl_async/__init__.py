@@ -24,6 +24,7 @@ from .models import (
     MessageType,
 )
 from .ratelimit import Limiter, LocalLimiter, RateLimit, Reply
+from .records import to_records
 from .retry import RetryPolicy
 from .stats import ClientStats
 
@@ -48,4 +49,5 @@ __all__ = [
     "RetryPolicy",
     "__version__",
     "errors",
+    "to_records",
 ]

@@ -208,6 +208,8 @@ class Client:
         )
         self.stats.pages += 1
         self.stats.messages += len(page.messages)
+        self.stats.repaired_fields += page.repaired
+        self.stats.dropped_messages += page.dropped
         return page
 
     def iter_pages(

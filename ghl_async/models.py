@@ -9,17 +9,24 @@ The structs follow what the live service sends, not only the published page:
   compare against (``message.message_type == MessageType.TYPE_SMS``);
 * call duration arrives as ``meta.callDuration`` (``"120"`` or ``120``) or as
   ``meta.call.duration``; :attr:`MessageMeta.call_duration` is an ``int`` either way;
-* unknown fields are ignored.
+* unknown fields are ignored;
+* one odd value costs that field, never the page: a page that does not fit the types is
+  decoded again message by message (see :func:`decode_page`), a field that cannot take its
+  type gets its default and its raw value is kept in :attr:`Message.unparsed`.
 
 ``msgspec.to_builtins(message)`` turns a message into a dict (camelCase keys, as on the
-wire) ready for pandas or polars.
+wire); :func:`ghl_async.to_records` gives flat rows with real datetimes for pandas or
+polars.
 """
 
 from __future__ import annotations
 
 import enum
-from datetime import datetime
-from typing import Any
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
@@ -32,6 +39,7 @@ __all__ = [
     "MessageMeta",
     "MessageType",
     "MessagesPage",
+    "RepairedMessage",
 ]
 
 
@@ -87,16 +95,19 @@ class Message(_Wire, frozen=True):
     Field names are the snake_case of the wire names. ``message_type``, ``status``,
     ``direction`` and ``source`` keep whatever string the server sent; compare them with
     :class:`MessageType` and plain strings. ``type`` is HighLevel's numeric code, see
-    :meth:`MessageType.from_code`.
+    :meth:`MessageType.from_code` (the published schema says "number": a fractional one is
+    kept as a ``float``). ``date_added`` is always timezone-aware (UTC when the server
+    sent no offset).
     """
 
     id: str
-    type: int | None = None
+    type: int | float | None = None
     message_type: str | None = None
     conversation_id: str | None = None
     location_id: str | None = None
     contact_id: str | None = None
-    date_added: datetime | None = None
+    # tz=True sends a date without an offset to the slow path, which reads it as UTC.
+    date_added: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     direction: str | None = None
     status: str | None = None
     content_type: str | None = None
@@ -108,6 +119,30 @@ class Message(_Wire, frozen=True):
     alt_id: str | None = None
     conversation_provider_id: str | None = None
     chat_widget_id: str | None = None
+
+    @property
+    def unparsed(self) -> Mapping[str, Any]:
+        """Raw values the server sent that could not take their field's type.
+
+        Keyed by wire name, nested as on the wire (``{"meta": {"callDuration": "12.5"}}``);
+        empty for a message that decoded cleanly. The fields themselves hold their
+        defaults. See :class:`RepairedMessage`.
+        """
+        return _NOTHING
+
+
+class RepairedMessage(Message, frozen=True):
+    """A :class:`Message` that had fields which could not take their types.
+
+    Those fields hold their defaults; the values the server sent are in :attr:`unparsed`
+    (and in ``msgspec.to_builtins(message)["unparsed"]``), so nothing is lost. Only the
+    slow path of :func:`decode_page` makes these: ``isinstance(m, Message)`` holds.
+    """
+
+    unparsed: dict[str, Any] = {}
+
+
+_NOTHING: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class _PageBody(_Wire, frozen=True):
@@ -132,12 +167,17 @@ class MessagesPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
         last_message_id: the cursor for the next page (the id of the last message).
         next_page: the server's word that more pages follow.
         trace_id: HighLevel's ``traceId`` for this reply, when sent.
+        repaired: fields of this page's messages that could not take their types (each
+            holds its default; the raw value is in that message's ``unparsed``).
+        dropped: messages left out because they had no string ``id``.
     """
 
     messages: list[Message]
     last_message_id: str | None = None
     next_page: bool = False
     trace_id: str | None = None
+    repaired: int = 0
+    dropped: int = 0
 
     @property
     def is_last(self) -> bool:
@@ -185,15 +225,33 @@ _PAGE_DECODER = msgspec.json.Decoder(_Envelope, strict=False)
 _CONVERSATIONS_DECODER = msgspec.json.Decoder(_ConversationsReply, strict=False)
 _ERROR_DECODER = msgspec.json.Decoder(_ErrorBody, strict=False)
 
+_BOM: Final = b"\xef\xbb\xbf"
+
 
 def decode_page(body: bytes) -> MessagesPage:
     """Decode a messages reply (wrapped or flat) from its bytes.
 
+    The whole page is typed in one pass. Only when that fails on a value (not on the
+    JSON itself) is it decoded again message by message: a message that does not fit is
+    rebuilt field by field, a field that cannot take its type gets its default and its raw
+    value goes to :attr:`Message.unparsed`, a message without a string ``id`` is dropped.
+    :attr:`MessagesPage.repaired` and :attr:`MessagesPage.dropped` count them. Dates
+    are read from RFC 3339 / ISO 8601 (with or without time; UTC when no offset is sent)
+    and epoch seconds or milliseconds; an empty one is ``None``. A UTF-8 BOM is skipped.
+
     Raises:
-        msgspec.DecodeError: the body is not JSON or not of the documented shape (the
-            client turns this into :class:`ghl_async.errors.DecodeError`).
+        msgspec.DecodeError: the body is not JSON, has no message list, or not one of
+            its messages has a string ``id`` (the client turns this into
+            :class:`ghl_async.errors.DecodeError`).
     """
-    env = _PAGE_DECODER.decode(body)
+    try:
+        env = _PAGE_DECODER.decode(body)
+    except msgspec.ValidationError:
+        return _decode_page_by_message(body)
+    except msgspec.DecodeError:
+        if body[:3] == _BOM:
+            return decode_page(body[3:])
+        raise
     inner = env.messages
     if isinstance(inner, list):
         return MessagesPage(
@@ -208,6 +266,173 @@ def decode_page(body: bytes) -> MessagesPage:
         next_page=inner.next_page,
         trace_id=env.trace_id,
     )
+
+
+# -- the slow path: one message at a time, then one field at a time -------------------
+
+
+class _RawPageBody(_Wire, frozen=True):
+    messages: list[msgspec.Raw] = []
+    last_message_id: Any = None
+    next_page: Any = False
+
+
+class _RawEnvelope(_Wire, frozen=True):
+    # Same two shapes as _Envelope; only a message list is required.
+    messages: _RawPageBody | list[msgspec.Raw]
+    last_message_id: Any = None
+    next_page: Any = False
+    trace_id: Any = None
+
+
+_RAW_PAGE_DECODER = msgspec.json.Decoder(_RawEnvelope)
+_MESSAGE_DECODER = msgspec.json.Decoder(Message, strict=False)
+_ANY_DECODER = msgspec.json.Decoder()
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+# Struct-typed fields are repaired inside rather than lost whole.
+_NESTED: Final[dict[tuple[type[msgspec.Struct], str], type[msgspec.Struct]]] = {
+    (Message, "meta"): MessageMeta,
+    (MessageMeta, "call"): CallMeta,
+    (MessageMeta, "email"): EmailMeta,
+}
+_DATES: Final = frozenset({(Message, "date_added")})
+# msgspec reads numbers up to the end of year 9999 as epoch seconds; beyond, milliseconds.
+_MAX_EPOCH_SECONDS: Final = 253_402_300_799
+
+
+def _decode_page_by_message(body: bytes) -> MessagesPage:
+    env = _RAW_PAGE_DECODER.decode(body)
+    inner = env.messages
+    if isinstance(inner, list):
+        raws, cursor, more = inner, env.last_message_id, env.next_page
+    else:
+        raws, cursor, more = inner.messages, inner.last_message_id, inner.next_page
+    messages: list[Message] = []
+    repaired = dropped = 0
+    for raw in raws:
+        message, lost = _decode_message(raw)
+        if message is None:
+            dropped += 1
+        else:
+            messages.append(message)
+            repaired += lost
+    if raws and not messages:
+        # Not one message with an id: the shape changed (say, ``id`` renamed), and
+        # dropping them all would end the conversation quietly. Fail it loudly instead.
+        raise msgspec.ValidationError("no message of the page has a string `id`")
+    if not isinstance(more, bool):
+        # An unreadable nextPage: ask for the following page while this one had
+        # messages (the repeated-cursor check and the empty page end it).
+        try:
+            more = msgspec.convert(more, bool, strict=False)
+        except msgspec.ValidationError:
+            more = bool(raws)
+    return MessagesPage(
+        messages=messages,
+        last_message_id=cursor if isinstance(cursor, str) else None,
+        next_page=more,
+        trace_id=env.trace_id if isinstance(env.trace_id, str) else None,
+        repaired=repaired,
+        dropped=dropped,
+    )
+
+
+def _decode_message(raw: msgspec.Raw) -> tuple[Message | None, int]:
+    """One message typed alone; failing that, field by field. ``(message, fields lost)``."""
+    try:
+        return _MESSAGE_DECODER.decode(raw), 0
+    except msgspec.ValidationError:
+        pass
+    fields = _ANY_DECODER.decode(raw)
+    if not isinstance(fields, dict) or not isinstance(fields.get("id"), str):
+        return None, 0
+    values, unparsed, lost = _repair(Message, fields)
+    if unparsed:
+        return RepairedMessage(**values, unparsed=unparsed), lost
+    return Message(**values), 0
+
+
+def _repair(cls: type[_S], fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Convert each wire field of ``cls`` alone: ``(values, unparsed, fields lost)``."""
+    values: dict[str, Any] = {}
+    unparsed: dict[str, Any] = {}
+    lost = 0
+    for info in msgspec.structs.fields(cls):
+        if info.encode_name not in fields:
+            continue
+        value = fields[info.encode_name]
+        if value is None and info.default is not None:
+            continue  # null where the type has a non-null default: as if absent
+        if (cls, info.name) in _DATES:
+            try:
+                values[info.name] = _read_date(value)
+            except ValueError:
+                unparsed[info.encode_name] = value
+                lost += 1
+            continue
+        try:
+            values[info.name] = msgspec.convert(value, info.type, strict=False)
+            continue
+        except msgspec.ValidationError:
+            pass
+        nested = _NESTED.get((cls, info.name))
+        if nested is not None and isinstance(value, dict):
+            inner, inner_unparsed, inner_lost = _repair(nested, value)
+            values[info.name] = nested(**inner)
+            if inner_unparsed:
+                unparsed[info.encode_name] = inner_unparsed
+                lost += inner_lost
+        else:
+            unparsed[info.encode_name] = value
+            lost += 1
+    return values, unparsed, lost
+
+
+def _read_date(value: Any) -> datetime | None:
+    """Read a date as servers send them; always timezone-aware.
+
+    RFC 3339 / ISO 8601 with or without time (UTC when no offset is given), epoch
+    seconds or milliseconds (a number or a numeric string); ``None`` and ``""`` are
+    ``None``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            stamp = msgspec.convert(text, datetime, strict=False)
+        except msgspec.ValidationError:
+            try:
+                stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                value = _number(text)
+            else:
+                return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+        else:
+            return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"not a date: {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"not a date: {value!r}")
+    seconds = value if abs(value) <= _MAX_EPOCH_SECONDS else value / 1000
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"not a date: {value!r}") from exc
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a date: {text!r}") from None
 
 
 def decode_conversations(body: bytes) -> list[Conversation]:

@@ -17,6 +17,9 @@ class ClientStats:
         throttled: 429 replies seen.
         pages: pages decoded.
         messages: messages decoded.
+        repaired_fields: message fields that could not take their types: each got its
+            default, its raw value is in the message's ``unparsed``.
+        dropped_messages: messages left out of a page because they had no string ``id``.
         server_remaining: ``X-RateLimit-Remaining`` of the latest reply.
         daily_remaining: ``X-RateLimit-Daily-Remaining`` of the latest reply.
         server_max_requests: ``X-RateLimit-Max`` of the latest reply.
@@ -28,6 +31,8 @@ class ClientStats:
     throttled: int = 0
     pages: int = 0
     messages: int = 0
+    repaired_fields: int = 0
+    dropped_messages: int = 0
     server_remaining: int | None = None
     daily_remaining: int | None = None
     server_max_requests: int | None = None

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ghl_async import FilterType, Message, MessageType
-from ghl_async.models import decode_page
+from ghl_async import Client, FilterType, Message, MessageType
+from ghl_async.models import RepairedMessage, decode_page
+from ghl_async.testing import FakeHighLevel
 
 WRAPPED = b"""{
   "messages": {
@@ -132,3 +136,448 @@ def test_constants_are_strings_and_print_as_their_value() -> None:
     assert f"{FilterType.TYPE_INTERNAL_COMMENTS}" == "TYPE_INTERNAL_COMMENTS"
     assert {"TYPE_RCS", "TYPE_TIKTOK_COMMENT", "TYPE_SMS_REACTION"} <= set(MessageType)
     assert {"TYPE_RCS", "TYPE_TIKTOK", "TYPE_FORM_SUBMISSION"} <= set(FilterType)
+
+
+# -- one odd value costs that field, never the page ------------------------------------
+
+FULL: dict[str, Any] = {
+    "id": "hostile",
+    "type": 1,
+    "messageType": "TYPE_CALL",
+    "locationId": "L",
+    "contactId": "C",
+    "conversationId": "X",
+    "dateAdded": "2024-03-27T18:13:49.000Z",
+    "direction": "inbound",
+    "status": "completed",
+    "contentType": "text/plain",
+    "body": "hello",
+    "attachments": ["https://a.example/1.png"],
+    "meta": {
+        "callDuration": "120",
+        "callStatus": "completed",
+        "call": {"duration": 120, "status": "completed"},
+        "email": {"messageIds": ["e1", "e2"]},
+    },
+    "source": "api",
+    "userId": "U",
+    "altId": "A",
+    "conversationProviderId": "P",
+    "chatWidgetId": "W",
+}
+
+
+def neighbour(n: int) -> dict[str, Any]:
+    return {**FULL, "id": f"n{n}", "body": f"neighbour {n}"}
+
+
+def page_of(*messages: Any, wrapped: bool = True) -> bytes:
+    page = {"lastMessageId": "n2", "nextPage": True, "messages": list(messages)}
+    return msgspec.json.encode({"messages": page, "traceId": "t"} if wrapped else page)
+
+
+def with_value(message: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``message`` with the dotted wire ``path`` set to ``value``."""
+    copy: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(message))
+    *parents, leaf = path.split(".")
+    node = copy
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return copy
+
+
+def nested(path: str, value: Any) -> dict[str, Any]:
+    """``"meta.callDuration", v`` -> ``{"meta": {"callDuration": v}}``."""
+    *parents, leaf = path.split(".")
+    tree: dict[str, Any] = {leaf: value}
+    for key in reversed(parents):
+        tree = {key: tree}
+    return tree
+
+
+def without(row: dict[str, Any], path: str) -> dict[str, Any]:
+    """``to_builtins`` of a message with ``path`` (snake or camel wire keys) removed."""
+    *parents, leaf = path.split(".")
+    node = row
+    for key in parents:
+        node = node[key]
+    node.pop(leaf, None)
+    return row
+
+
+HOSTILE = [
+    ("meta.callDuration", ""),
+    ("meta.callDuration", "12.5"),
+    ("meta.callDuration", "two minutes"),
+    ("meta.callDuration", {"seconds": 12}),
+    ("meta.callDuration", [12]),
+    ("meta.callStatus", 3),
+    ("meta.call.duration", "long"),
+    ("meta.call.status", ["busy"]),
+    ("meta.email.messageIds", "e1"),
+    ("meta.email.messageIds", ["e1", 2]),
+    ("meta.email", "e1"),
+    ("meta", "not an object"),
+    ("meta", [1, 2]),
+    ("body", 5),
+    ("body", {"text": "hi"}),
+    ("body", ["hi"]),
+    ("body", True),
+    ("type", "SMS"),
+    ("type", True),
+    ("type", {"code": 1}),
+    ("messageType", 7),
+    ("direction", False),
+    ("status", 4.5),
+    ("source", {}),
+    ("userId", 42),
+    ("conversationId", ["X"]),
+    ("attachments", "https://a.example/1.png"),
+    ("attachments", [1, "https://a.example/1.png"]),
+    ("attachments", {"url": "https://a.example/1.png"}),
+    ("dateAdded", "yesterday"),
+    ("dateAdded", "2024-13-45"),
+    ("dateAdded", True),
+    ("dateAdded", {"seconds": 1}),
+    ("dateAdded", [2024, 3, 27]),
+    ("dateAdded", 1e300),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), HOSTILE)
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_one_odd_value_costs_that_field_only(path: str, value: Any, wrapped: bool) -> None:
+    clean = decode_page(page_of(FULL)).messages[0]
+    body = page_of(neighbour(1), with_value(FULL, path, value), neighbour(2), wrapped=wrapped)
+    page = decode_page(body)
+
+    assert [m.id for m in page.messages] == ["n1", "hostile", "n2"]
+    assert page.messages[0] == decode_page(page_of(neighbour(1))).messages[0]
+    assert page.messages[2] == decode_page(page_of(neighbour(2))).messages[0]
+    assert (page.last_message_id, page.next_page, page.repaired, page.dropped) == (
+        "n2",
+        True,
+        1,
+        0,
+    )
+
+    hostile = page.messages[1]
+    assert isinstance(hostile, RepairedMessage)
+    assert hostile.unparsed == nested(path, value)
+    # Every other field reads back as in the clean message.
+    got = without(msgspec.to_builtins(hostile), path)
+    got.pop("unparsed")
+    want = without(msgspec.to_builtins(clean), path)
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "default"),
+    [
+        ("body", 5, None),
+        ("attachments", "x", []),
+        ("meta.callDuration", "12.5", 120),  # meta.call.duration still says 120
+        ("meta", 1, None),
+        ("dateAdded", "yesterday", None),
+        ("type", True, None),
+    ],
+)
+def test_a_lost_field_holds_its_default(path: str, value: Any, default: Any) -> None:
+    message = decode_page(page_of(with_value(FULL, path, value))).messages[0]
+    node: Any = message
+    for key in path.split("."):
+        node = getattr(
+            node, {"callDuration": "call_duration", "dateAdded": "date_added"}.get(key, key)
+        )
+    assert node == default
+
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-03-27T18:13:49.000Z", datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        ("2024-03-27T18:13:49.5+02:00", datetime(2024, 3, 27, 16, 13, 49, 500000, tzinfo=UTC)),
+        ("2024-03-27T18:13:49", datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        ("2024-03-27 18:13:49", datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        ("2024-03-27", datetime(2024, 3, 27, tzinfo=UTC)),
+        (" 2024-03-27 ", datetime(2024, 3, 27, tzinfo=UTC)),
+        (1711563229, datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        (1711563229.25, datetime(2024, 3, 27, 18, 13, 49, 250000, tzinfo=UTC)),
+        (1711563229000, datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        (1711563229123, datetime(2024, 3, 27, 18, 13, 49, 123000, tzinfo=UTC)),
+        ("1711563229", datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        ("1711563229000", datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)),
+        ("", None),
+        ("   ", None),
+        (None, None),
+    ],
+)
+def test_dates_in_every_form_are_read_without_loss(value: Any, expected: datetime | None) -> None:
+    page = decode_page(page_of(with_value(FULL, "dateAdded", value), neighbour(1)))
+    message = page.messages[0]
+    assert message.date_added == expected
+    if expected is not None:
+        assert message.date_added is not None and message.date_added.utcoffset() is not None
+    assert message.unparsed == {}
+    assert page.repaired == 0
+    assert page.messages[1] == decode_page(page_of(neighbour(1))).messages[0]
+
+
+@pytest.mark.parametrize(
+    ("path", "attribute", "expected"),
+    [
+        ("attachments", "attachments", []),
+        ("meta", "meta", None),
+        ("body", "body", None),
+        ("meta.email.messageIds", "meta.email.message_ids", []),
+        ("meta.email", "meta.email", None),
+        ("meta.call", "meta.call", None),
+    ],
+)
+def test_null_is_read_as_absent(path: str, attribute: str, expected: Any) -> None:
+    page = decode_page(page_of(with_value(FULL, path, None)))
+    node: Any = page.messages[0]
+    for name in attribute.split("."):
+        node = getattr(node, name)
+    assert node == expected
+    assert type(page.messages[0]) is Message
+    assert page.repaired == 0
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [{"body": "no id"}, {"id": 5}, {"id": None}, {"id": ["a"]}, 5, "m", None, [], [{"id": "a"}]],
+)
+def test_a_message_without_a_string_id_is_dropped_and_counted(odd: Any) -> None:
+    page = decode_page(page_of(neighbour(1), odd, neighbour(2)))
+    assert [m.id for m in page.messages] == ["n1", "n2"]
+    assert page.dropped == 1
+    assert page.repaired == 0
+
+
+@pytest.mark.parametrize(
+    "messages", [[{"id": 1}, {"id": 2}], [{"_id": "a"}], [None], [{"ID": "a"}, 5, "x"]]
+)
+def test_a_page_where_no_message_has_an_id_is_a_decode_error(messages: list[Any]) -> None:
+    # A renamed id would otherwise drop every message and end the conversation quietly.
+    with pytest.raises(msgspec.DecodeError, match="string `id`"):
+        decode_page(page_of(*messages))
+
+
+def test_an_empty_page_is_still_an_empty_page() -> None:
+    page = decode_page(page_of())
+    assert (page.messages, page.dropped, page.is_last) == ([], 0, True)
+    odd_envelope = decode_page(b'{"messages": [], "nextPage": "yes"}')
+    assert (odd_envelope.messages, odd_envelope.next_page, odd_envelope.is_last) == (
+        [],
+        False,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("envelope", "cursor", "more", "trace"),
+    [
+        ({"lastMessageId": 5, "nextPage": True, "traceId": "t"}, None, True, "t"),
+        ({"lastMessageId": "a", "nextPage": "false", "traceId": 5}, "a", False, None),
+        ({"lastMessageId": "a", "nextPage": "perhaps"}, "a", True, None),
+        ({"lastMessageId": "a", "nextPage": None}, "a", True, None),
+        ({"lastMessageId": {"id": "a"}, "nextPage": 0}, None, False, None),
+    ],
+)
+def test_odd_envelope_values_cost_only_themselves(
+    envelope: dict[str, Any], cursor: str | None, more: bool, trace: str | None
+) -> None:
+    body = msgspec.json.encode({**envelope, "messages": [{"id": "a"}]})
+    page = decode_page(body)
+    assert [m.id for m in page.messages] == ["a"]
+    assert (page.last_message_id, page.next_page, page.trace_id) == (cursor, more, trace)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"messages": null}',
+        b'{"messages": {"messages": null}}',
+        b'{"messages": {"messages": {"id": "a"}}}',
+        b'{"messages": "m"}',
+        b"{}",
+        b"null",
+        b'{"messages": [{"id": "a"}',
+        b"\xef\xbb\xbf",
+        b"\xef\xbb\xbf<html></html>",
+        b"\xef\xbb\xbf\xef\xbb\xbf{}",
+    ],
+)
+def test_a_reply_without_a_message_list_is_still_a_decode_error(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_page(body)
+
+
+def test_a_utf8_bom_is_tolerated() -> None:
+    assert decode_page(b"\xef\xbb\xbf" + WRAPPED) == decode_page(WRAPPED)
+    odd = page_of(neighbour(1), with_value(FULL, "body", 5))
+    assert decode_page(b"\xef\xbb\xbf" + odd) == decode_page(odd)
+
+
+def test_a_clean_message_is_a_plain_message_with_nothing_unparsed() -> None:
+    page = decode_page(page_of(FULL, neighbour(1)))
+    assert all(type(m) is Message for m in page.messages)
+    assert page.messages[0].unparsed == {}
+    assert (page.repaired, page.dropped) == (0, 0)
+    with pytest.raises(TypeError):
+        page.messages[0].unparsed["x"] = 1  # type: ignore[index]
+
+
+def test_the_unparsed_values_are_in_to_builtins_so_an_export_keeps_them() -> None:
+    message = decode_page(page_of(with_value(FULL, "meta.callDuration", "12.5"))).messages[0]
+    row = msgspec.to_builtins(message)
+    assert row["unparsed"] == {"meta": {"callDuration": "12.5"}}
+    assert "unparsed" not in msgspec.to_builtins(decode_page(page_of(FULL)).messages[0])
+
+
+def test_a_fractional_type_code_is_kept_as_sent() -> None:
+    message = decode_page(page_of(with_value(FULL, "type", 1.5))).messages[0]
+    assert message.type == 1.5
+    assert MessageType.from_code(1.5) is None  # type: ignore[arg-type]
+
+
+# -- property: arbitrary values anywhere in one message never cost the others --------
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+WIRE_PATHS = sorted(
+    {
+        *FULL,
+        *(f"meta.{key}" for key in FULL["meta"]),
+        "meta.call.duration",
+        "meta.call.status",
+        "meta.email.messageIds",
+        "unparsed",
+        "brandNew",
+    }
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(WIRE_PATHS),
+    value=JSON,
+    position=st.integers(0, 4),
+    wrapped=st.booleans(),
+)
+def test_any_value_in_any_field_never_loses_the_other_messages(
+    path: str, value: Any, position: int, wrapped: bool
+) -> None:
+    neighbours = [neighbour(n) for n in range(4)]
+    odd = with_value(FULL, path, value)
+    page = decode_page(
+        page_of(*neighbours[:position], odd, *neighbours[position:], wrapped=wrapped)
+    )
+
+    clean = [decode_page(page_of(n)).messages[0] for n in neighbours]
+    if path == "id" and not isinstance(value, str):
+        assert page.messages == clean
+        assert page.dropped == 1
+        return
+    assert page.dropped == 0
+    assert page.messages[:position] + page.messages[position + 1 :] == clean
+    message = page.messages[position]
+    assert message.id == (value if path == "id" else "hostile")
+    # Nothing the server sent is lost: it is either read into the field or kept raw.
+    lost = message.unparsed
+    for key in path.split(".")[:-1]:
+        lost = lost.get(key, {})
+    if path.split(".")[-1] in lost:
+        assert lost[path.split(".")[-1]] == value
+        assert page.repaired >= 1
+    if path in STRING_FIELDS:
+        # A string reads back as itself; anything else but null is kept raw.
+        read = getattr(message, STRING_FIELDS[path])
+        if isinstance(value, str):
+            assert read == value
+        elif value is None:
+            assert read is None
+        else:
+            assert read is None
+            assert message.unparsed == {path: value}
+            assert page.repaired == 1
+
+
+STRING_FIELDS = {
+    "messageType": "message_type",
+    "locationId": "location_id",
+    "contactId": "contact_id",
+    "conversationId": "conversation_id",
+    "direction": "direction",
+    "status": "status",
+    "contentType": "content_type",
+    "body": "body",
+    "source": "source",
+    "userId": "user_id",
+    "altId": "alt_id",
+    "conversationProviderId": "conversation_provider_id",
+    "chatWidgetId": "chat_widget_id",
+}
+
+
+# -- through the client, over a real socket --------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_conversation_with_odd_values_is_delivered_whole_and_counted() -> None:
+    messages: list[dict[str, Any]] = [
+        {**FULL, "id": f"m{i:03d}", "dateAdded": f"2024-03-{27 - i // 100:02d}T10:00:00Z"}
+        for i in range(250)
+    ]
+    messages[3] = with_value(messages[3], "meta.callDuration", "12.5")
+    messages[150] = with_value(messages[150], "attachments", None)
+    messages[151] = with_value(messages[151], "dateAdded", 1711563229000)
+    messages[152] = with_value(messages[152], "body", {"text": "hi"})
+    messages[199] = with_value(messages[199], "dateAdded", "")
+    async with (
+        FakeHighLevel({"conv": messages}) as fake,
+        Client(fake.token, base_url=fake.url) as client,
+    ):
+        got = [m async for m in client.iter_messages("conv")]
+        assert [m.id for m in got] == [m["id"] for m in messages]
+        assert got[3].unparsed == {"meta": {"callDuration": "12.5"}}
+        assert got[150].attachments == []
+        assert got[151].date_added == datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)
+        assert got[152].unparsed == {"body": {"text": "hi"}}
+        assert got[199].date_added is None
+        assert client.stats.repaired_fields == 2
+        assert client.stats.dropped_messages == 0
+        assert client.stats.messages == 250
+
+
+@pytest.mark.anyio
+async def test_a_message_without_a_string_id_is_counted_in_the_client_stats() -> None:
+    messages = [neighbour(1), {**FULL, "id": 77}, neighbour(2)]
+    async with (
+        FakeHighLevel({"conv": messages}) as fake,
+        Client(fake.token, base_url=fake.url) as client,
+    ):
+        page = await client.get_messages("conv")
+        assert [m.id for m in page.messages] == ["n1", "n2"]
+        assert (client.stats.dropped_messages, client.stats.repaired_fields) == (1, 0)
+
+
+def test_null_beside_an_odd_value_reads_as_absent_on_the_slow_path_too() -> None:
+    sent = with_value(with_value(FULL, "body", 5), "dateAdded", None)
+    sent = with_value(with_value(sent, "attachments", None), "meta.email", None)
+    message = decode_page(page_of(sent)).messages[0]
+    assert message.unparsed == {"body": 5}
+    assert (message.date_added, message.attachments, message.body) == (None, [], None)
+    assert message.meta is not None and message.meta.email is None
