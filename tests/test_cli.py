@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ghl_async import RateLimit
+from ghl_async import Client, MessagesPage, RateLimit
+from ghl_async._export import export_messages
 from ghl_async.cli import main
 from ghl_async.testing import FakeHighLevel, Faults
 
@@ -254,6 +255,10 @@ async def test_a_spent_daily_budget_says_when_and_how_to_resume(
     assert "daily request budget is spent" in err and "--resume" in err
 
 
+class _Crash(Exception):
+    """Stands for a crash after some pages were written and checkpointed."""
+
+
 async def test_resume_skips_what_is_done_and_continues_the_rest(
     server: ServerFactory,
     tmp_path: Path,
@@ -262,24 +267,32 @@ async def test_resume_skips_what_is_done_and_continues_the_rest(
     async with server(conversations=6, messages=(120, 260), seed=36) as fake:
         monkeypatch.setenv("GHL_TOKEN", fake.token)
         out = tmp_path / "m.jsonl"
-        first = fake.conversation_ids[:2]
-        assert await run_cli("export", *first, "--out", str(out), "--base-url", fake.url) == 0
-        requests_before = fake.stats.requests
-        assert (
-            await run_cli(
-                "export",
-                *fake.conversation_ids,
-                "--out",
-                str(out),
-                "--resume",
-                "--base-url",
-                fake.url,
-            )
-            == 0
-        )
+        ids = fake.conversation_ids
+        done: list[str] = []
+
+        def crash_after_two_conversations(conversation_id: str, page: MessagesPage) -> None:
+            if page.is_last:
+                done.append(conversation_id)
+            if len(done) == 2:
+                raise _Crash
+
+        # The first run, as the command would start it, stops after two conversations.
+        async with Client(fake.token, base_url=fake.url) as client:
+            with pytest.raises(_Crash):
+                await export_messages(
+                    client,
+                    ids,
+                    out=str(out),
+                    concurrency=1,
+                    on_page=crash_after_two_conversations,
+                )
+        requests_before = {c: fake.stats.by_conversation[c] for c in done}
+        argv = ("export", *ids, "--out", str(out), "--resume", "--base-url", fake.url)
+        assert await run_cli(*argv) == 0
         # The two finished conversations were not asked for again.
-        assert sum(fake.stats.by_conversation[c] for c in first) == requests_before
+        assert {c: fake.stats.by_conversation[c] for c in done} == requests_before
     assert by_conversation(read_lines(out)) == expected(fake, fake.conversation_ids)
+    assert len(read_lines(out)) == fake.total_messages
 
 
 async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
