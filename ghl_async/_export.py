@@ -2,10 +2,11 @@
 
 Consistency rests on one ordering: a page's lines are written, flushed and fsynced to
 the output *before* a checkpoint record naming the output's new size is appended to the
-checkpoint file. On resume the output is cut back to the size in the last complete
-record, so a half-written line, or a page whose record never made it, disappears and is
-fetched again; conversations the checkpoint marks done are skipped, the others resume
-after their recorded cursor. Every message ends up in the file exactly once.
+checkpoint file (records go in batches, one fsync per half second). On resume the
+output is cut back to the size in the last complete record, so a half-written line, or
+a page whose record never made it, disappears and is fetched again; conversations the
+checkpoint marks done are skipped, the others resume after their recorded cursor. Every
+message ends up in the file exactly once.
 
 The checkpoint's first line records what was asked (the ids, the type filter, the base
 URL): a resume that asks for something else is refused rather than mixing two exports
@@ -243,9 +244,15 @@ class _Sink:
         resume: bool,
         force: bool,
         fsync: Callable[[int], None] = os.fsync,
+        commit_every: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = out
         self._fsync = fsync
+        self._commit_every = commit_every
+        self._clock = clock
+        self._committed = clock()
+        self._pending: list[bytes] = []
         self._checkpoint: IO[bytes] | None = None
         self.state = Checkpoint()
         self._out: IO[bytes]
@@ -359,27 +366,50 @@ class _Sink:
         self._checkpoint.flush()
 
     def page(self, conversation_id: str, page: MessagesPage) -> None:
-        """Write a page's lines, make them durable, then record the new size."""
+        """Write a page's lines; its record follows at the next commit."""
         data = b"".join(message_line(conversation_id, m) for m in page.messages)
         try:
             self._out.write(data)
             self._out.flush()
-            self._size += len(data)
-            if self._checkpoint is not None:
-                # The record must never reach the disk before the lines it covers.
-                self._fsync(self._out.fileno())
-                record = _Record(conversation_id, page_cursor(page), page.is_last, self._size)
-                self._write_checkpoint(_record_encoder.encode(record) + b"\n")
         except OSError as exc:
             raise OutputError(self.path, exc, resumable=self.resumable) from exc
+        self._size += len(data)
+        if self._checkpoint is None:
+            return
+        record = _Record(conversation_id, page_cursor(page), page.is_last, self._size)
+        self._pending.append(_record_encoder.encode(record) + b"\n")
+        if self._clock() - self._committed >= self._commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make the lines written so far durable, then append the records that cover them.
+
+        One fsync per ``commit_every`` seconds rather than per page: an fsync blocks the
+        event loop for milliseconds, and a crash costs only the pages since the last
+        commit, fetched again on resume.
+        """
+        self._committed = self._clock()
+        if not self._pending or self._checkpoint is None:
+            return
+        try:
+            # The records must never reach the disk before the lines they cover.
+            self._fsync(self._out.fileno())
+            self._write_checkpoint(b"".join(self._pending))
+        except OSError as exc:
+            raise OutputError(self.path, exc, resumable=self.resumable) from exc
+        self._pending.clear()
 
     def close(self) -> None:
-        """Close what this sink opened (the lock goes with the output's descriptor)."""
-        for handle in (self._checkpoint, self._out if self._owned else None):
-            if handle is None:
-                continue
-            with contextlib.suppress(OSError):  # the error that matters came from page()
-                handle.close()
+        """Commit what was written, then close (the lock goes with the output's descriptor)."""
+        try:
+            with contextlib.suppress(OutputError):  # the error that matters came first
+                self.commit()
+        finally:
+            for handle in (self._checkpoint, self._out if self._owned else None):
+                if handle is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    handle.close()
 
 
 async def _resumed_pages(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -134,14 +134,8 @@ def test_any_cut_of_a_checkpoint_loads_as_its_complete_records(
 # -- the sink -------------------------------------------------------------------------
 
 
-def open_sink(
-    out: Path,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    fsync: Callable[[int], None] = os.fsync,
-) -> _Sink:
-    return _Sink(str(out), OPTIONS, resume=resume, force=force, fsync=fsync)
+def open_sink(out: Path, *, resume: bool = False, force: bool = False, **kw: Any) -> _Sink:
+    return _Sink(str(out), OPTIONS, resume=resume, force=force, **kw)
 
 
 def test_the_output_is_durable_before_the_record_that_covers_it(tmp_path: Path) -> None:
@@ -154,7 +148,7 @@ def test_the_output_is_durable_before_the_record_that_covers_it(tmp_path: Path) 
         os.fsync(fd)
         seen.append((out.stat().st_size, len(Checkpoint.load(str(checkpoint)).cursors)))
 
-    sink = open_sink(out, fsync=fsync)
+    sink = open_sink(out, fsync=fsync, commit_every=0)
     try:
         sink.page("c1", page("m1", "m2", cursor="m2"))
         first = out.stat().st_size
@@ -163,6 +157,34 @@ def test_the_output_is_durable_before_the_record_that_covers_it(tmp_path: Path) 
         sink.close()
     assert seen == [(first, 0), (out.stat().st_size, 1)]
     assert Checkpoint.load(str(checkpoint)).size == out.stat().st_size
+
+
+def test_records_are_committed_in_batches_after_one_fsync(tmp_path: Path) -> None:
+    out = tmp_path / "m.jsonl"
+    checkpoint = str(out) + ".checkpoint"
+    now = [0.0]
+    synced: list[int] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(out.stat().st_size)
+        # No record covers the lines being made durable yet.
+        assert Checkpoint.load(checkpoint).size < out.stat().st_size
+
+    sink = open_sink(out, fsync=fsync, commit_every=0.5, clock=lambda: now[0])
+    try:
+        sink.page("c1", page("m1", cursor="m1"))
+        sink.page("c2", page("m2", cursor="m2"))
+        assert synced == [] and Checkpoint.load(checkpoint).size == 0
+        now[0] = 0.5
+        sink.page("c3", page("m3", cursor="m3"))
+        assert synced == [out.stat().st_size]
+        assert Checkpoint.load(checkpoint).cursors == {"c1": "m1", "c2": "m2", "c3": "m3"}
+        sink.page("c1", page("m4", cursor="m4", more=False))
+    finally:
+        sink.close()  # commits the rest
+    state = Checkpoint.load(checkpoint)
+    assert len(synced) == 2
+    assert state.done == {"c1"} and state.size == out.stat().st_size
 
 
 def test_the_cursor_is_the_last_message_when_the_server_leaves_it_out(tmp_path: Path) -> None:
@@ -264,7 +286,7 @@ def test_an_existing_output_needs_force(tmp_path: Path) -> None:
 
 def test_a_second_export_to_the_same_output_is_refused_at_once(tmp_path: Path) -> None:
     out = tmp_path / "m.jsonl"
-    first = open_sink(out)
+    first = open_sink(out, commit_every=0)
     try:
         first.page("c1", page("m1", cursor="m1"))
         with pytest.raises(ExportRefused, match="another export is writing"):
