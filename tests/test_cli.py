@@ -661,12 +661,12 @@ async def test_a_full_device_is_one_line_and_exit_3(
 async def test_a_closed_pipe_is_one_line_and_exit_141() -> None:
     async with FakeHighLevel(conversations=30, messages=(100, 200), seed=45) as fake:
         argv = ("export", *fake.conversation_ids, "--out", "-", "--base-url", fake.url)
-        process = await _subprocess(*argv, env={"GHL_TOKEN": fake.token})
-        assert process.stdout is not None and process.stderr is not None
-        first = await process.stdout.readline()  # what `| head -1` reads, then it exits
-        process._transport.get_pipe_transport(1).close()  # type: ignore[union-attr]
-        err = await process.stderr.read()
-        await process.wait()
+        read_end, write_end = os.pipe()
+        process = await _subprocess(*argv, env={"GHL_TOKEN": fake.token}, stdout=write_end)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:  # what `| head -1` does, then it exits
+            first = await anyio.to_thread.run_sync(reader.readline)
+        _, err = await process.communicate()
     assert json.loads(first)["conversationId"] == fake.conversation_ids[0]
     assert process.returncode == 141
     assert "the reader of the output went away" in one_line(err.decode())
