@@ -6,15 +6,18 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from ghl_async import RateLimit
+from ghl_async import Client, MessagesPage, RateLimit
+from ghl_async._export import export_messages
 from ghl_async.cli import main
 from ghl_async.testing import FakeHighLevel, Faults
 
@@ -254,6 +257,10 @@ async def test_a_spent_daily_budget_says_when_and_how_to_resume(
     assert "daily request budget is spent" in err and "--resume" in err
 
 
+class _Crash(Exception):
+    """Stands for a crash after some pages were written and checkpointed."""
+
+
 async def test_resume_skips_what_is_done_and_continues_the_rest(
     server: ServerFactory,
     tmp_path: Path,
@@ -262,24 +269,32 @@ async def test_resume_skips_what_is_done_and_continues_the_rest(
     async with server(conversations=6, messages=(120, 260), seed=36) as fake:
         monkeypatch.setenv("GHL_TOKEN", fake.token)
         out = tmp_path / "m.jsonl"
-        first = fake.conversation_ids[:2]
-        assert await run_cli("export", *first, "--out", str(out), "--base-url", fake.url) == 0
-        requests_before = fake.stats.requests
-        assert (
-            await run_cli(
-                "export",
-                *fake.conversation_ids,
-                "--out",
-                str(out),
-                "--resume",
-                "--base-url",
-                fake.url,
-            )
-            == 0
-        )
+        ids = fake.conversation_ids
+        done: list[str] = []
+
+        def crash_after_two_conversations(conversation_id: str, page: MessagesPage) -> None:
+            if page.is_last:
+                done.append(conversation_id)
+            if len(done) == 2:
+                raise _Crash
+
+        # The first run, as the command would start it, stops after two conversations.
+        async with Client(fake.token, base_url=fake.url) as client:
+            with pytest.raises(_Crash):
+                await export_messages(
+                    client,
+                    ids,
+                    out=str(out),
+                    concurrency=1,
+                    on_page=crash_after_two_conversations,
+                )
+        requests_before = {c: fake.stats.by_conversation[c] for c in done}
+        argv = ("export", *ids, "--out", str(out), "--resume", "--base-url", fake.url)
+        assert await run_cli(*argv) == 0
         # The two finished conversations were not asked for again.
-        assert sum(fake.stats.by_conversation[c] for c in first) == requests_before
+        assert {c: fake.stats.by_conversation[c] for c in done} == requests_before
     assert by_conversation(read_lines(out)) == expected(fake, fake.conversation_ids)
+    assert len(read_lines(out)) == fake.total_messages
 
 
 async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,19 +305,30 @@ async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert "most requests in any window" in err
 
 
-async def _subprocess(*argv: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+# A shell starts background jobs with SIGINT ignored, and a child inherits that: the
+# command under test gets Python's Ctrl-C handler back, as it has in a terminal.
+_CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "{setup}from ghl_async.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+async def _subprocess(
+    *argv: str, env: dict[str, str], setup: str = "", **kwargs: Any
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "ghl_async",
+        "-c",
+        _CHILD.format(setup=setup),
         *argv,
         env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
+        stdout=kwargs.pop("stdout", asyncio.subprocess.PIPE),
         stderr=asyncio.subprocess.PIPE,
+        **kwargs,
     )
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 async def test_killed_mid_export_then_resumed_gives_every_message_exactly_once(
     tmp_path: Path,
     stop: signal.Signals,
@@ -428,3 +454,314 @@ async def test_progress_bar_on_request_and_quiet_otherwise(
     assert (bar in err) is (flag == "--progress")
     if flag == "--progress":
         assert "4/4" in err and "throttled=0" in err
+
+
+# -- errors: argv -> exit code and one line on stderr -----------------------------------
+
+
+def one_line(err: str) -> str:
+    """The single ``ghl-async: ...`` line a failing command prints, checked as such."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ghl-async: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["export", "abc", "--token", "s3cret-value"], "argument --token: the token is not taken"),
+        (["export", "abc", "--token-fil", "f"], "unrecognized arguments: --token-fil"),
+        (["export", "abc", "--out", "-", "--resume"], "--resume needs an output file"),
+        (["export", "abc", "--types", "nope"], "'nope' is not a message type filter; valid: "),
+        (["export", "abc", "--rate", "100"], "argument --rate: '100' is not a rate"),
+        (["export", "abc", "--rate", "100/10"], "with its unit, e.g. 100/10s"),
+        (["export", "abc", "--rate", "0/10s"], "argument --rate: '0/10s': max_requests"),
+        (["export", "abc", "--concurrency", "0"], "argument --concurrency: must be between 1"),
+        (["export", "abc", "--concurrency", "x"], "argument --concurrency: 'x' is not a whole"),
+        (["export", "abc", "--base-url", "ftp://h"], "argument --base-url: must be an http(s)"),
+        (["export", "--location", "a/b"], "argument --location: location id 'a/b' is not"),
+        (["export", "abc", "--resume", "--force"], "argument --force: not allowed with"),
+        (["export"], "one of the arguments CONVERSATION_ID --ids-file --location is required"),
+        (["export", "abc", "--out", "{tmp}"], "cannot write"),
+        (["export", "abc", "--out", "{tmp}/no/such.jsonl"], "No such file or directory"),
+        (["export", "abc", "--out", "{tmp}/exists.jsonl"], "exists; pass --resume"),
+        (["export", "--ids-file", "{tmp}/bad-ids.txt"], "bad-ids.txt line 3: conversation id"),
+        (["export", "--ids-file", "{tmp}/none.txt"], "cannot read"),
+        (["demo", "--rate", "5"], "argument --rate: '5' is not a rate"),
+        (["serve-fake", "--port", "99999"], "argument --port: must be between 0 and 65535"),
+        (["serve-fake", "--messages", "9-2"], "argument --messages"),
+        (["serve-fake", "--faults", "bogus=1"], "argument --faults: unknown fault 'bogus'"),
+        (["serve-fake", "--faults", "reset=x"], "argument --faults: 'reset=x' is not like"),
+        (["serve-fake", "--rate", "100"], "argument --rate"),
+        (["serve-fake", "--bogus"], "unrecognized arguments: --bogus"),
+        (["nope"], "invalid choice: 'nope'"),
+    ],
+)
+async def test_usage_errors_are_one_line_naming_the_flag(
+    argv: list[str],
+    says: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GHL_TOKEN", "t")
+    (tmp_path / "exists.jsonl").write_text("an earlier export\n")
+    (tmp_path / "bad-ids.txt").write_text("good1\n# fine\nnot/an/id\n")
+    code = await run_cli(*(arg.replace("{tmp}", str(tmp_path)) for arg in argv))
+    assert code == 2
+    line = one_line(capsys.readouterr().err)
+    assert says in line
+    assert "s3cret-value" not in line
+    assert (tmp_path / "exists.jsonl").read_text() == "an earlier export\n"
+
+
+async def test_ids_files_take_a_bom_and_comments_anywhere(
+    server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(conversations=3, messages=(1, 30), seed=40) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        a, b, _ = fake.conversation_ids
+        ids_file = tmp_path / "ids.txt"
+        ids_file.write_text(f"\ufeff{a}\n  # indented comment\n{b}   # trailing\n\n{a}\n")
+        out = tmp_path / "m.jsonl"
+        argv = ("export", "--ids-file", str(ids_file), "--out", str(out), "--base-url", fake.url)
+        assert await run_cli(*argv) == 0
+    assert by_conversation(read_lines(out)) == expected(fake, [a, b])
+
+
+async def test_types_are_case_insensitive_and_the_prefix_optional(
+    server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(conversations=3, messages=(40, 80), seed=41) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        out = tmp_path / "m.jsonl"
+        ids = fake.conversation_ids
+        argv = ("export", *ids, "--types", "sms, Type_Call", "--out", str(out))
+        assert await run_cli(*argv, "--base-url", fake.url) == 0
+    want = {
+        c: [m["id"] for m in fake.messages(c) if m["messageType"] in ("TYPE_SMS", "TYPE_CALL")]
+        for c in ids
+    }
+    assert by_conversation(read_lines(out)) == {c: v for c, v in want.items() if v}
+
+
+@pytest.mark.parametrize(
+    ("token", "location", "says"),
+    [
+        ("wrong-token", None, "the token was refused"),
+        (None, "unknownLocation", "cannot list location unknownLocation: The token does not"),
+    ],
+)
+async def test_a_location_export_refused_is_one_line_and_exit_2(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    token: str | None,
+    location: str | None,
+    says: str,
+) -> None:
+    async with server(conversations=3) as fake:
+        monkeypatch.setenv("GHL_TOKEN", token or fake.token)
+        argv = ("export", "--location", location or fake.location_id)
+        code = await run_cli(*argv, "--out", str(tmp_path / "m.jsonl"), "--base-url", fake.url)
+    assert code == 2
+    assert says in one_line(capsys.readouterr().err)
+
+
+async def test_resume_with_other_options_is_refused_in_one_line(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=3, messages=(5, 20), seed=42) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        out = tmp_path / "m.jsonl"
+        base = ("export", *fake.conversation_ids, "--out", str(out), "--base-url", fake.url)
+        assert await run_cli(*base, "--types", "sms") == 0
+        before = out.read_bytes()
+        capsys.readouterr()
+        assert await run_cli(*base, "--resume") == 2
+        line = one_line(capsys.readouterr().err)
+        assert "it was started with --types TYPE_SMS" in line and "--force" in line
+        assert await run_cli(*base[:2], "--out", str(out), "--resume", "--types", "SMS") == 2
+        assert "another list of conversation ids" in one_line(capsys.readouterr().err)
+        assert out.read_bytes() == before
+        # The same command resumes (nothing left to do) and --force starts over.
+        assert await run_cli(*base, "--types", "sms", "--resume") == 0
+        assert out.read_bytes() == before
+        assert await run_cli(*base, "--force") == 0
+    assert by_conversation(read_lines(out)) == expected(fake, fake.conversation_ids)
+
+
+async def test_a_second_export_to_the_same_output_exits_2_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeHighLevel(
+        conversations=20, messages=(100, 300), seed=43, faults=Faults(latency=0.02)
+    ) as fake:
+        out = tmp_path / "m.jsonl"
+        argv = ("export", *fake.conversation_ids, "--out", str(out), "--base-url", fake.url)
+        first = await _subprocess(*argv, "--concurrency", "2", env={"GHL_TOKEN": fake.token})
+        try:
+            for _ in range(1000):
+                await asyncio.sleep(0.01)
+                if out.exists() and out.stat().st_size > 0:
+                    break
+            monkeypatch.setenv("GHL_TOKEN", fake.token)
+            for flag in ("--force", "--resume"):
+                assert await run_cli(*argv, flag) == 2
+                assert "another export is writing" in one_line(capsys.readouterr().err)
+        finally:
+            _, err = await first.communicate()
+        assert first.returncode == 0, err.decode()
+    assert by_conversation(read_lines(out)) == expected(fake, fake.conversation_ids)
+
+
+async def test_a_full_disk_stops_in_one_line_and_resume_completes_exactly_once(
+    tmp_path: Path,
+) -> None:
+    async with FakeHighLevel(conversations=12, messages=(100, 300), seed=44) as fake:
+        out = tmp_path / "m.jsonl"
+        argv = ("export", *fake.conversation_ids, "--out", str(out), "--base-url", fake.url)
+        env = {"GHL_TOKEN": fake.token}
+        # The file-size limit stands for a disk that fills up part way (EFBIG, like ENOSPC).
+        limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
+        full = await _subprocess(*argv, env=env, setup=limit)
+        _, err = await full.communicate()
+        assert full.returncode == 3
+        line = one_line(err.decode())
+        assert f"cannot write {out}: File too large" in line and "--resume" in line
+        assert 0 < out.stat().st_size <= 60000
+        resumed = await _subprocess(*argv, "--resume", env=env)
+        _, err = await resumed.communicate()
+        assert resumed.returncode == 0, err.decode()
+    rows = read_lines(out)
+    assert by_conversation(rows) == expected(fake, fake.conversation_ids)
+    assert len(rows) == fake.total_messages
+
+
+async def test_a_full_device_is_one_line_and_exit_3(
+    server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if not Path("/dev/full").exists():  # noqa: ASYNC240 - a stat before anything runs
+        pytest.skip("no /dev/full here")
+    async with server(conversations=2, messages=20) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        argv = ("export", *fake.conversation_ids, "--out", "/dev/full", "--base-url", fake.url)
+        assert await run_cli(*argv) == 3
+    assert "cannot write /dev/full: No space left on device" in one_line(capsys.readouterr().err)
+
+
+async def test_a_closed_pipe_is_one_line_and_exit_141() -> None:
+    async with FakeHighLevel(conversations=30, messages=(100, 200), seed=45) as fake:
+        argv = ("export", *fake.conversation_ids, "--out", "-", "--base-url", fake.url)
+        read_end, write_end = os.pipe()
+        process = await _subprocess(*argv, env={"GHL_TOKEN": fake.token}, stdout=write_end)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:  # what `| head -1` does, then it exits
+            first = await anyio.to_thread.run_sync(reader.readline)
+        _, err = await process.communicate()
+    assert json.loads(first)["conversationId"] == fake.conversation_ids[0]
+    assert process.returncode == 141
+    assert "the reader of the output went away" in one_line(err.decode())
+
+
+async def test_an_output_without_permission_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    command = [sys.executable, "-m", "ghl_async"]
+    if os.geteuid() == 0:  # root writes anywhere: run the command as nobody instead
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv")
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "export",
+        "abc",
+        "--out",
+        str(folder / "m.jsonl"),
+        env={**os.environ, "GHL_TOKEN": "t"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2, err.decode()
+    assert "cannot write" in one_line(err.decode()) and "Permission denied" in err.decode()
+
+
+async def test_serve_fake_prints_its_location_and_a_busy_port_is_one_line() -> None:
+    first = await _subprocess("serve-fake", "--port", "0", "--token", "tok", env={})
+    assert first.stdout is not None
+    try:
+        url = (await first.stdout.readline()).decode().rsplit(" ", 1)[-1].strip()
+        assert (await first.stdout.readline()).decode() == "token: tok\n"
+        assert (await first.stdout.readline()).decode() == "location: ve9EPM428h8vShlRW1KT\n"
+        port = url.rsplit(":", 1)[-1]
+        second = await _subprocess("serve-fake", "--port", port, env={})
+        _, err = await second.communicate()
+        assert second.returncode == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in one_line(err.decode())
+    finally:
+        first.terminate()
+        await first.communicate()
+
+
+async def test_every_flag_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from ghl_async._cli_args import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+async def test_without_tqdm_progress_is_a_plain_line(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as after `pip install ghl-async`
+    async with server(conversations=4, messages=(10, 40), seed=46) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        ids = [*fake.conversation_ids, "goneConversation"]
+        code = await run_cli(
+            "export",
+            *ids,
+            "--out",
+            str(tmp_path / "m.jsonl"),
+            "--base-url",
+            fake.url,
+            "--progress",
+        )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "ModuleNotFoundError" not in err and "Traceback" not in err
+    assert "pip install 'ghl-async[cli]'" in err
+    # Conversations settled, failed ones included: it ends at the total.
+    assert "export: 5/5 conversations" in err
+
+
+async def test_the_bar_counts_conversations_settled_also_after_resume_and_failures(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=4, messages=(150, 250), seed=47) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        argv = ("export", *fake.conversation_ids, "gone", "--out", str(tmp_path / "m.jsonl"))
+        assert await run_cli(*argv, "--base-url", fake.url) == 1
+        capsys.readouterr()
+        assert await run_cli(*argv, "--base-url", fake.url, "--resume", "--progress") == 1
+    err = capsys.readouterr().err
+    assert "5/5" in err and "6/5" not in err
+    assert "(+4 already done)" in err
