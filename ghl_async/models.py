@@ -433,7 +433,7 @@ def decode_message(body: bytes) -> Message:
             return decode_message(body[3:])
         raise
     raw = _RAW_ONE_MESSAGE_DECODER.decode(body).message
-    message, _ = _decode_message(body if raw is None else raw)
+    message, _ = _decode_message(raw if len(raw) else body)
     if message is None:
         raise msgspec.ValidationError("the message has no string `id`")
     return message
@@ -493,9 +493,12 @@ class _RawExportEnvelope(_Wire, frozen=True):
     trace_id: Any = None
 
 
+_NO_RAW: Final = msgspec.Raw(b"")
+
+
 class _RawMessageEnvelope(_Wire, frozen=True):
     # ``message`` absent: the body is the bare message itself.
-    message: msgspec.Raw | None = None
+    message: msgspec.Raw = _NO_RAW
 
 
 _RAW_PAGE_DECODER = msgspec.json.Decoder(_RawEnvelope)
