@@ -480,20 +480,21 @@ class _RawEnvelope(_Wire, frozen=True):
     trace_id: Any = None
 
 
+_NO_RAW: Final = msgspec.Raw(b"")
+
+
+# Raw, not Any: a value no Python type can hold (1e400) must not cost the page either.
 class _RawExportBody(_Wire, frozen=True):
     messages: list[msgspec.Raw] = []
-    next_cursor: Any = None
-    total: Any = None
+    next_cursor: msgspec.Raw = _NO_RAW
+    total: msgspec.Raw = _NO_RAW
 
 
 class _RawExportEnvelope(_Wire, frozen=True):
     messages: _RawExportBody | list[msgspec.Raw]
-    next_cursor: Any = None
-    total: Any = None
-    trace_id: Any = None
-
-
-_NO_RAW: Final = msgspec.Raw(b"")
+    next_cursor: msgspec.Raw = _NO_RAW
+    total: msgspec.Raw = _NO_RAW
+    trace_id: msgspec.Raw = _NO_RAW
 
 
 class _RawMessageEnvelope(_Wire, frozen=True):
@@ -556,14 +557,28 @@ def _decode_export_by_message(body: bytes) -> ExportPage:
     else:
         raws, cursor, total = inner.messages, inner.next_cursor, inner.total
     messages, repaired, dropped = _decode_messages(raws)
+    trace = _read_raw(env.trace_id)
     return ExportPage(
         messages=messages,
-        next_cursor=_read_cursor(cursor),
-        total=_read_total(total),
-        trace_id=env.trace_id if isinstance(env.trace_id, str) else None,
+        next_cursor=_read_cursor(_read_raw(cursor)),
+        total=_read_total(_read_raw(total)),
+        trace_id=trace if isinstance(trace, str) else None,
         repaired=repaired,
         dropped=dropped,
     )
+
+
+def _read_raw(raw: msgspec.Raw) -> Any:
+    """A raw envelope value as Python, ``None`` when absent or beyond Python's types."""
+    if not len(raw):
+        return None
+    try:
+        return _ANY_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return _UNREADABLE
+
+
+_UNREADABLE: Final = object()
 
 
 def _read_cursor(value: Any) -> str | None:
@@ -578,6 +593,10 @@ def _read_cursor(value: Any) -> str | None:
 
 
 def _read_total(value: Any) -> int | None:
+    # A count sent as a whole float (1234.0, or past 2**53 where msgspec refuses it) is
+    # still that count; anything else is unknown, never an error.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
     try:
         return msgspec.convert(value, int | None, strict=False)
     except msgspec.ValidationError:

@@ -797,3 +797,12 @@ def test_the_search_page_keeps_its_total_and_the_old_decoder_its_list() -> None:
     assert [c.id for c in page.conversations] == ["c1", "c2"]
     assert (page.total, page.trace_id) == (40, "t")
     assert decode_conversations(body) == page.conversations
+
+
+def test_export_envelope_values_beyond_python_cost_only_themselves() -> None:
+    body = b'{"messages": [{"id": "a"}], "nextCursor": "c", "total": 1e400, "traceId": 1e999}'
+    page = decode_export_page(body)
+    assert ([m.id for m in page.messages], page.next_cursor) == (["a"], "c")
+    assert (page.total, page.trace_id) == (None, None)
+    with pytest.raises(msgspec.DecodeError):
+        decode_export_page(b'{"messages": [{"id": "a"}], "nextCursor": 1e400}')
