@@ -42,6 +42,7 @@ __all__ = [
     "MessageMeta",
     "MessageType",
     "MessagesPage",
+    "RepairedConversation",
     "RepairedEmailMessage",
     "RepairedMessage",
     "decode_conversations",
@@ -309,19 +310,46 @@ class Conversation(_Wire, frozen=True):
     date_updated: int | None = None
     sort: list[Any] = []
 
+    @property
+    def unparsed(self) -> Mapping[str, Any]:
+        """Raw values that could not take their field's type (see :class:`Message`)."""
+        return _NOTHING
 
-class ConversationsPage(_Wire, frozen=True):
+
+class RepairedConversation(Conversation, frozen=True):
+    """A :class:`Conversation` with fields that could not take their types.
+
+    As :class:`RepairedMessage`: those fields hold their defaults and the values sent are
+    in :attr:`unparsed`; ``isinstance(c, Conversation)`` holds.
+    """
+
+    unparsed: dict[str, Any] = {}
+
+
+class _ConversationsReply(_Wire, frozen=True):
+    conversations: list[Conversation] = []
+    total: int | None = None
+    trace_id: str | None = None
+
+
+class ConversationsPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One page of ``GET /conversations/search``.
 
     Attributes:
         conversations: the conversations of this page, in the requested order.
         total: how many conversations match the whole query, when the server says.
         trace_id: HighLevel's ``traceId`` for this reply, when sent.
+        repaired: fields of this page's conversations that could not take their types
+            (each holds its default; the raw value is in that conversation's
+            ``unparsed``).
+        dropped: conversations left out because they had no string ``id``.
     """
 
-    conversations: list[Conversation] = []
+    conversations: list[Conversation]
     total: int | None = None
     trace_id: str | None = None
+    repaired: int = 0
+    dropped: int = 0
 
 
 class _ErrorBody(_Wire, frozen=True):
@@ -334,7 +362,7 @@ class _ErrorBody(_Wire, frozen=True):
 
 # Built once at import, reused for every reply. Lax mode reads "120" as 120.
 _PAGE_DECODER = msgspec.json.Decoder(_Envelope, strict=False)
-_CONVERSATIONS_DECODER = msgspec.json.Decoder(ConversationsPage, strict=False)
+_CONVERSATIONS_DECODER = msgspec.json.Decoder(_ConversationsReply, strict=False)
 _ERROR_DECODER = msgspec.json.Decoder(_ErrorBody, strict=False)
 _EXPORT_DECODER = msgspec.json.Decoder(_ExportEnvelope, strict=False)
 _ONE_MESSAGE_DECODER = msgspec.json.Decoder(_MessageEnvelope, strict=False)
@@ -497,6 +525,12 @@ class _RawExportEnvelope(_Wire, frozen=True):
     trace_id: msgspec.Raw = _NO_RAW
 
 
+class _RawConversationsReply(_Wire, frozen=True):
+    conversations: list[msgspec.Raw] = []
+    total: msgspec.Raw = _NO_RAW
+    trace_id: msgspec.Raw = _NO_RAW
+
+
 class _RawMessageEnvelope(_Wire, frozen=True):
     # ``message`` absent: the body is the bare message itself.
     message: msgspec.Raw = _NO_RAW
@@ -505,13 +539,16 @@ class _RawMessageEnvelope(_Wire, frozen=True):
 _RAW_PAGE_DECODER = msgspec.json.Decoder(_RawEnvelope)
 _RAW_EXPORT_DECODER = msgspec.json.Decoder(_RawExportEnvelope)
 _RAW_ONE_MESSAGE_DECODER = msgspec.json.Decoder(_RawMessageEnvelope)
+_RAW_CONVERSATIONS_DECODER = msgspec.json.Decoder(_RawConversationsReply)
 _ONE_DECODERS: Final[dict[type[msgspec.Struct], msgspec.json.Decoder[Any]]] = {
     Message: msgspec.json.Decoder(Message, strict=False),
     EmailMessage: _EMAIL_DECODER,
+    Conversation: msgspec.json.Decoder(Conversation, strict=False),
 }
 _ANY_DECODER = msgspec.json.Decoder()
 
 _S = TypeVar("_S", bound=msgspec.Struct)
+_W = TypeVar("_W", Message, EmailMessage, Conversation)
 
 # Struct-typed fields are repaired inside rather than lost whole.
 _NESTED: Final[dict[tuple[type[msgspec.Struct], str], type[msgspec.Struct]]] = {
@@ -605,28 +642,32 @@ def _read_total(value: Any) -> int | None:
 
 def _decode_messages(raws: list[msgspec.Raw]) -> tuple[list[Message], int, int]:
     """Type each message alone: ``(messages, fields repaired, messages dropped)``."""
-    messages: list[Message] = []
+    return _decode_items(raws, Message, RepairedMessage, "message")
+
+
+def _decode_items(
+    raws: list[msgspec.Raw], cls: type[_W], repaired_cls: Callable[..., _W], what: str
+) -> tuple[list[_W], int, int]:
+    """Type each item alone: ``(items, fields repaired, items dropped)``."""
+    items: list[_W] = []
     repaired = dropped = 0
     for raw in raws:
-        message, lost = _decode_message(raw)
-        if message is None:
+        item, lost = _decode_one(raw, cls, repaired_cls)
+        if item is None:
             dropped += 1
         else:
-            messages.append(message)
+            items.append(item)
             repaired += lost
-    if raws and not messages:
-        # Not one message with an id: the shape changed (say, ``id`` renamed), and
-        # dropping them all would end the conversation quietly. Fail it loudly instead.
-        raise msgspec.ValidationError("no message of the page has a string `id`")
-    return messages, repaired, dropped
+    if raws and not items:
+        # Not one item with an id: the shape changed (say, ``id`` renamed), and
+        # dropping them all would end the listing quietly. Fail it loudly instead.
+        raise msgspec.ValidationError(f"no {what} of the page has a string `id`")
+    return items, repaired, dropped
 
 
 def _decode_message(raw: msgspec.Raw | bytes) -> tuple[Message | None, int]:
     """One message typed alone; failing that, field by field. ``(message, fields lost)``."""
     return _decode_one(raw, Message, RepairedMessage)
-
-
-_W = TypeVar("_W", Message, EmailMessage)
 
 
 def _decode_one(
@@ -732,13 +773,45 @@ def _number(text: str) -> float:
 
 
 def decode_conversations_page(body: bytes) -> ConversationsPage:
-    """Decode a ``/conversations/search`` reply from its bytes, with its ``total``."""
-    return _CONVERSATIONS_DECODER.decode(body)
+    """Decode a ``/conversations/search`` reply from its bytes, with its ``total``.
+
+    As :func:`decode_page`: one odd value costs that field of that conversation
+    (:attr:`ConversationsPage.repaired`), a conversation without a string ``id`` is left
+    out (:attr:`ConversationsPage.dropped`).
+
+    Raises:
+        msgspec.DecodeError: the body is not JSON, has no ``conversations`` list, or
+            not one of them has a string ``id``.
+    """
+    try:
+        reply = _CONVERSATIONS_DECODER.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError:
+        if body[:3] == _BOM:
+            return decode_conversations_page(body[3:])
+        raise
+    else:
+        return ConversationsPage(
+            conversations=reply.conversations, total=reply.total, trace_id=reply.trace_id
+        )
+    raw = _RAW_CONVERSATIONS_DECODER.decode(body)
+    conversations, repaired, dropped = _decode_items(
+        raw.conversations, Conversation, RepairedConversation, "conversation"
+    )
+    trace = _read_raw(raw.trace_id)
+    return ConversationsPage(
+        conversations=conversations,
+        total=_read_total(_read_raw(raw.total)),
+        trace_id=trace if isinstance(trace, str) else None,
+        repaired=repaired,
+        dropped=dropped,
+    )
 
 
 def decode_conversations(body: bytes) -> list[Conversation]:
     """Decode a ``/conversations/search`` reply from its bytes: the conversations only."""
-    return _CONVERSATIONS_DECODER.decode(body).conversations
+    return decode_conversations_page(body).conversations
 
 
 class _StrConstants(str, enum.Enum):

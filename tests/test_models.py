@@ -13,6 +13,7 @@ from ghl_async.models import (
     ConversationsPage,
     EmailMessage,
     ExportPage,
+    RepairedConversation,
     RepairedEmailMessage,
     RepairedMessage,
     decode_conversations,
@@ -806,3 +807,60 @@ def test_export_envelope_values_beyond_python_cost_only_themselves() -> None:
     assert (page.total, page.trace_id) == (None, None)
     with pytest.raises(msgspec.DecodeError):
         decode_export_page(b'{"messages": [{"id": "a"}], "nextCursor": 1e400}')
+
+
+CONVERSATION = {
+    "id": "c1",
+    "contactId": "C",
+    "locationId": "L",
+    "lastMessageDate": 1711563229000,
+    "lastMessageType": "TYPE_SMS",
+    "unreadCount": 2,
+    "sort": [1711563229000],
+}
+
+
+@pytest.mark.parametrize(
+    ("wire", "value", "attribute", "default"),
+    [
+        ("lastMessageDate", "2024-03-27T18:13:49Z", "last_message_date", None),
+        ("unreadCount", "many", "unread_count", None),
+        ("sort", 5, "sort", []),
+        ("contactId", ["C"], "contact_id", None),
+    ],
+)
+def test_one_odd_value_costs_that_conversation_field_only(
+    wire: str, value: Any, attribute: str, default: Any
+) -> None:
+    odd = {**CONVERSATION, "id": "odd", wire: value}
+    body = msgspec.json.encode(
+        {"conversations": [CONVERSATION, odd, {"noId": 1}], "total": 9, "traceId": "t"}
+    )
+    page = decode_conversations_page(body)
+    assert [c.id for c in page.conversations] == ["c1", "odd"]
+    assert (page.total, page.trace_id, page.repaired, page.dropped) == (9, "t", 1, 1)
+    clean, repaired = page.conversations
+    assert clean.unparsed == {} and not isinstance(clean, RepairedConversation)
+    assert isinstance(repaired, RepairedConversation)
+    assert repaired.unparsed == {wire: value}
+    assert getattr(repaired, attribute) == default
+    assert decode_conversations(body) == page.conversations
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"x", b"[]", b'{"conversations": "x"}', b'{"conversations": [{"noId": 1}], "total": 1}'],
+)
+def test_a_search_reply_of_the_wrong_shape_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_conversations_page(body)
+
+
+def test_a_bom_is_skipped_on_every_reply() -> None:
+    bom = b"\xef\xbb\xbf"
+    assert decode_email(bom + msgspec.json.encode(EMAIL)).id == "e1"
+    search = bom + msgspec.json.encode({"conversations": [CONVERSATION], "total": 1})
+    assert [c.id for c in decode_conversations_page(search).conversations] == ["c1"]
+    odd = b'{"conversations": [{"id": "c"}], "total": 1e400, "traceId": 5}'
+    page = decode_conversations_page(odd)
+    assert (page.total, page.trace_id) == (None, None)
