@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Annotated, Any, Final, TypeVar
@@ -33,13 +33,24 @@ import msgspec
 __all__ = [
     "CallMeta",
     "Conversation",
+    "ConversationsPage",
+    "EmailMessage",
     "EmailMeta",
+    "ExportPage",
     "FilterType",
     "Message",
     "MessageMeta",
     "MessageType",
     "MessagesPage",
+    "RepairedConversation",
+    "RepairedEmailMessage",
     "RepairedMessage",
+    "decode_conversations",
+    "decode_conversations_page",
+    "decode_email",
+    "decode_export_page",
+    "decode_message",
+    "decode_page",
 ]
 
 
@@ -159,6 +170,26 @@ class _Envelope(_Wire, frozen=True):
     trace_id: str | None = None
 
 
+class _ExportBody(_Wire, frozen=True):
+    messages: list[Message] = []
+    next_cursor: str | None = None
+    total: int | None = None
+
+
+class _ExportEnvelope(_Wire, frozen=True):
+    # Flat as the schema says, {"messages": [...], "nextCursor", "total"}; or wrapped as
+    # the messages endpoint's live reply is, {"messages": {...}}.
+    messages: _ExportBody | list[Message]
+    next_cursor: str | None = None
+    total: int | None = None
+    trace_id: str | None = None
+
+
+class _MessageEnvelope(_Wire, frozen=True):
+    message: Message
+    trace_id: str | None = None
+
+
 class MessagesPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One page of a conversation's messages, newest first.
 
@@ -185,6 +216,80 @@ class MessagesPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
         return not self.next_page or not self.messages
 
 
+class ExportPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One page of a location's messages (``GET /conversations/messages/export``).
+
+    Attributes:
+        messages: the messages of this page, in the requested order.
+        next_cursor: the ``cursor`` for the next page; ``None`` when no page follows
+            (the server's null, or an empty string).
+        total: how many messages match the whole query, when the server says.
+        trace_id: HighLevel's ``traceId`` for this reply, when sent.
+        repaired: fields of this page's messages that could not take their types (each
+            holds its default; the raw value is in that message's ``unparsed``).
+        dropped: messages left out because they had no string ``id``.
+    """
+
+    messages: list[Message]
+    next_cursor: str | None = None
+    total: int | None = None
+    trace_id: str | None = None
+    repaired: int = 0
+    dropped: int = 0
+
+    @property
+    def is_last(self) -> bool:
+        """True when no page follows this one (no next cursor, or an empty page)."""
+        return not self.next_cursor or not self.messages
+
+
+class EmailMessage(_Wire, frozen=True):
+    """One email with its body (``GET /conversations/messages/email/{id}``).
+
+    The ids to fetch come from an email message's ``meta.email.message_ids``. ``from`` is
+    a Python keyword, so the sender is :attr:`from_` (``"from"`` on the wire and in
+    ``msgspec.to_builtins``). ``direction``, ``status``, ``source`` and ``provider`` keep
+    whatever string the server sent. ``date_added`` is always timezone-aware.
+    """
+
+    id: str
+    alt_id: str | None = None
+    thread_id: str | None = None
+    location_id: str | None = None
+    contact_id: str | None = None
+    conversation_id: str | None = None
+    date_added: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    subject: str | None = None
+    body: str | None = None
+    direction: str | None = None
+    status: str | None = None
+    content_type: str | None = None
+    attachments: list[str] = []
+    provider: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    to: list[str] = []
+    cc: list[str] = []
+    bcc: list[str] = []
+    reply_to_message_id: str | None = None
+    source: str | None = None
+    conversation_provider_id: str | None = None
+
+    @property
+    def unparsed(self) -> Mapping[str, Any]:
+        """Raw values that could not take their field's type (see :class:`Message`)."""
+        return _NOTHING
+
+
+class RepairedEmailMessage(EmailMessage, frozen=True):
+    """An :class:`EmailMessage` with fields that could not take their types.
+
+    As :class:`RepairedMessage`: those fields hold their defaults and the values sent are
+    in :attr:`unparsed`; ``isinstance(m, EmailMessage)`` holds.
+    """
+
+    unparsed: dict[str, Any] = {}
+
+
 class Conversation(_Wire, frozen=True):
     """One conversation as ``GET /conversations/search`` lists it."""
 
@@ -205,11 +310,46 @@ class Conversation(_Wire, frozen=True):
     date_updated: int | None = None
     sort: list[Any] = []
 
+    @property
+    def unparsed(self) -> Mapping[str, Any]:
+        """Raw values that could not take their field's type (see :class:`Message`)."""
+        return _NOTHING
+
+
+class RepairedConversation(Conversation, frozen=True):
+    """A :class:`Conversation` with fields that could not take their types.
+
+    As :class:`RepairedMessage`: those fields hold their defaults and the values sent are
+    in :attr:`unparsed`; ``isinstance(c, Conversation)`` holds.
+    """
+
+    unparsed: dict[str, Any] = {}
+
 
 class _ConversationsReply(_Wire, frozen=True):
     conversations: list[Conversation] = []
     total: int | None = None
     trace_id: str | None = None
+
+
+class ConversationsPage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One page of ``GET /conversations/search``.
+
+    Attributes:
+        conversations: the conversations of this page, in the requested order.
+        total: how many conversations match the whole query, when the server says.
+        trace_id: HighLevel's ``traceId`` for this reply, when sent.
+        repaired: fields of this page's conversations that could not take their types
+            (each holds its default; the raw value is in that conversation's
+            ``unparsed``).
+        dropped: conversations left out because they had no string ``id``.
+    """
+
+    conversations: list[Conversation]
+    total: int | None = None
+    trace_id: str | None = None
+    repaired: int = 0
+    dropped: int = 0
 
 
 class _ErrorBody(_Wire, frozen=True):
@@ -224,6 +364,9 @@ class _ErrorBody(_Wire, frozen=True):
 _PAGE_DECODER = msgspec.json.Decoder(_Envelope, strict=False)
 _CONVERSATIONS_DECODER = msgspec.json.Decoder(_ConversationsReply, strict=False)
 _ERROR_DECODER = msgspec.json.Decoder(_ErrorBody, strict=False)
+_EXPORT_DECODER = msgspec.json.Decoder(_ExportEnvelope, strict=False)
+_ONE_MESSAGE_DECODER = msgspec.json.Decoder(_MessageEnvelope, strict=False)
+_EMAIL_DECODER = msgspec.json.Decoder(EmailMessage, strict=False)
 
 _BOM: Final = b"\xef\xbb\xbf"
 
@@ -268,6 +411,86 @@ def decode_page(body: bytes) -> MessagesPage:
     )
 
 
+def decode_export_page(body: bytes) -> ExportPage:
+    """Decode a ``GET /conversations/messages/export`` reply (flat or wrapped) from bytes.
+
+    As :func:`decode_page`: typed in one pass, and only when a value does not fit, again
+    message by message (:attr:`ExportPage.repaired`, :attr:`ExportPage.dropped`). An
+    empty ``nextCursor`` is ``None``; a numeric one is kept as its text; a ``total`` that
+    is no whole number is ``None``.
+
+    Raises:
+        msgspec.DecodeError: the body is not JSON, has no message list, not one of its
+            messages has a string ``id``, or ``nextCursor`` is neither a string, a
+            number nor null (paging could not go on, and stopping would lose the rest).
+    """
+    try:
+        env = _EXPORT_DECODER.decode(body)
+    except msgspec.ValidationError:
+        return _decode_export_by_message(body)
+    except msgspec.DecodeError:
+        if body[:3] == _BOM:
+            return decode_export_page(body[3:])
+        raise
+    inner = env.messages
+    if isinstance(inner, list):
+        messages, cursor, total = inner, env.next_cursor, env.total
+    else:
+        messages, cursor, total = inner.messages, inner.next_cursor, inner.total
+    return ExportPage(
+        messages=messages, next_cursor=cursor or None, total=total, trace_id=env.trace_id
+    )
+
+
+def decode_message(body: bytes) -> Message:
+    """Decode a ``GET /conversations/messages/{id}`` reply from its bytes.
+
+    The live reply is wrapped, ``{"message": {...}}``; a bare message is accepted too.
+    A field that cannot take its type gets its default and its raw value goes to
+    :attr:`Message.unparsed` (the message is then a :class:`RepairedMessage`).
+
+    Raises:
+        msgspec.DecodeError: the body is not JSON or the message has no string ``id``.
+    """
+    try:
+        return _ONE_MESSAGE_DECODER.decode(body).message
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError:
+        if body[:3] == _BOM:
+            return decode_message(body[3:])
+        raise
+    raw = _RAW_ONE_MESSAGE_DECODER.decode(body).message
+    message, _ = _decode_message(raw if len(raw) else body)
+    if message is None:
+        raise msgspec.ValidationError("the message has no string `id`")
+    return message
+
+
+def decode_email(body: bytes) -> EmailMessage:
+    """Decode a ``GET /conversations/messages/email/{id}`` reply from its bytes.
+
+    The reply is the flat ``GetEmailMessageResponseDto`` (no wrapper is documented or
+    seen). A field that cannot take its type gets its default and its raw value goes to
+    :attr:`EmailMessage.unparsed` (a :class:`RepairedEmailMessage`).
+
+    Raises:
+        msgspec.DecodeError: the body is not JSON or the email has no string ``id``.
+    """
+    try:
+        return _EMAIL_DECODER.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError:
+        if body[:3] == _BOM:
+            return decode_email(body[3:])
+        raise
+    email, _ = _decode_one(msgspec.Raw(body), EmailMessage, RepairedEmailMessage)
+    if email is None:
+        raise msgspec.ValidationError("the email has no string `id`")
+    return email
+
+
 # -- the slow path: one message at a time, then one field at a time -------------------
 
 
@@ -285,11 +508,47 @@ class _RawEnvelope(_Wire, frozen=True):
     trace_id: Any = None
 
 
+_NO_RAW: Final = msgspec.Raw(b"")
+
+
+# Raw, not Any: a value no Python type can hold (1e400) must not cost the page either.
+class _RawExportBody(_Wire, frozen=True):
+    messages: list[msgspec.Raw] = []
+    next_cursor: msgspec.Raw = _NO_RAW
+    total: msgspec.Raw = _NO_RAW
+
+
+class _RawExportEnvelope(_Wire, frozen=True):
+    messages: _RawExportBody | list[msgspec.Raw]
+    next_cursor: msgspec.Raw = _NO_RAW
+    total: msgspec.Raw = _NO_RAW
+    trace_id: msgspec.Raw = _NO_RAW
+
+
+class _RawConversationsReply(_Wire, frozen=True):
+    conversations: list[msgspec.Raw] = []
+    total: msgspec.Raw = _NO_RAW
+    trace_id: msgspec.Raw = _NO_RAW
+
+
+class _RawMessageEnvelope(_Wire, frozen=True):
+    # ``message`` absent: the body is the bare message itself.
+    message: msgspec.Raw = _NO_RAW
+
+
 _RAW_PAGE_DECODER = msgspec.json.Decoder(_RawEnvelope)
-_MESSAGE_DECODER = msgspec.json.Decoder(Message, strict=False)
+_RAW_EXPORT_DECODER = msgspec.json.Decoder(_RawExportEnvelope)
+_RAW_ONE_MESSAGE_DECODER = msgspec.json.Decoder(_RawMessageEnvelope)
+_RAW_CONVERSATIONS_DECODER = msgspec.json.Decoder(_RawConversationsReply)
+_ONE_DECODERS: Final[dict[type[msgspec.Struct], msgspec.json.Decoder[Any]]] = {
+    Message: msgspec.json.Decoder(Message, strict=False),
+    EmailMessage: _EMAIL_DECODER,
+    Conversation: msgspec.json.Decoder(Conversation, strict=False),
+}
 _ANY_DECODER = msgspec.json.Decoder()
 
 _S = TypeVar("_S", bound=msgspec.Struct)
+_W = TypeVar("_W", Message, EmailMessage, Conversation)
 
 # Struct-typed fields are repaired inside rather than lost whole.
 _NESTED: Final[dict[tuple[type[msgspec.Struct], str], type[msgspec.Struct]]] = {
@@ -297,7 +556,7 @@ _NESTED: Final[dict[tuple[type[msgspec.Struct], str], type[msgspec.Struct]]] = {
     (MessageMeta, "call"): CallMeta,
     (MessageMeta, "email"): EmailMeta,
 }
-_DATES: Final = frozenset({(Message, "date_added")})
+_DATES: Final = frozenset({(Message, "date_added"), (EmailMessage, "date_added")})
 # msgspec reads numbers up to the end of year 9999 as epoch seconds; beyond, milliseconds.
 _MAX_EPOCH_SECONDS: Final = 253_402_300_799
 
@@ -309,19 +568,7 @@ def _decode_page_by_message(body: bytes) -> MessagesPage:
         raws, cursor, more = inner, env.last_message_id, env.next_page
     else:
         raws, cursor, more = inner.messages, inner.last_message_id, inner.next_page
-    messages: list[Message] = []
-    repaired = dropped = 0
-    for raw in raws:
-        message, lost = _decode_message(raw)
-        if message is None:
-            dropped += 1
-        else:
-            messages.append(message)
-            repaired += lost
-    if raws and not messages:
-        # Not one message with an id: the shape changed (say, ``id`` renamed), and
-        # dropping them all would end the conversation quietly. Fail it loudly instead.
-        raise msgspec.ValidationError("no message of the page has a string `id`")
+    messages, repaired, dropped = _decode_messages(raws)
     if not isinstance(more, bool):
         # An unreadable nextPage: ask for the following page while this one had
         # messages (the repeated-cursor check and the empty page end it).
@@ -339,19 +586,109 @@ def _decode_page_by_message(body: bytes) -> MessagesPage:
     )
 
 
-def _decode_message(raw: msgspec.Raw) -> tuple[Message | None, int]:
-    """One message typed alone; failing that, field by field. ``(message, fields lost)``."""
+def _decode_export_by_message(body: bytes) -> ExportPage:
+    env = _RAW_EXPORT_DECODER.decode(body)
+    inner = env.messages
+    if isinstance(inner, list):
+        raws, cursor, total = inner, env.next_cursor, env.total
+    else:
+        raws, cursor, total = inner.messages, inner.next_cursor, inner.total
+    messages, repaired, dropped = _decode_messages(raws)
+    trace = _read_raw(env.trace_id)
+    return ExportPage(
+        messages=messages,
+        next_cursor=_read_cursor(_read_raw(cursor)),
+        total=_read_total(_read_raw(total)),
+        trace_id=trace if isinstance(trace, str) else None,
+        repaired=repaired,
+        dropped=dropped,
+    )
+
+
+def _read_raw(raw: msgspec.Raw) -> Any:
+    """A raw envelope value as Python, ``None`` when absent or beyond Python's types."""
+    if not len(raw):
+        return None
     try:
-        return _MESSAGE_DECODER.decode(raw), 0
+        return _ANY_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return _UNREADABLE
+
+
+_UNREADABLE: Final = object()
+
+
+def _read_cursor(value: Any) -> str | None:
+    # An odd cursor must not end the export quietly: keep what can be sent, else fail.
+    if value is None or value is False or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise msgspec.ValidationError(f"nextCursor is not a cursor: {value!r}")
+
+
+def _read_total(value: Any) -> int | None:
+    # A count sent as a whole float (1234.0, or past 2**53 where msgspec refuses it) is
+    # still that count; anything else is unknown, never an error.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    try:
+        return msgspec.convert(value, int | None, strict=False)
+    except msgspec.ValidationError:
+        return None
+
+
+def _decode_messages(raws: list[msgspec.Raw]) -> tuple[list[Message], int, int]:
+    """Type each message alone: ``(messages, fields repaired, messages dropped)``."""
+    return _decode_items(raws, Message, RepairedMessage, "message")
+
+
+def _decode_items(
+    raws: list[msgspec.Raw], cls: type[_W], repaired_cls: Callable[..., _W], what: str
+) -> tuple[list[_W], int, int]:
+    """Type each item alone: ``(items, fields repaired, items dropped)``."""
+    items: list[_W] = []
+    repaired = dropped = 0
+    for raw in raws:
+        item, lost = _decode_one(raw, cls, repaired_cls)
+        if item is None:
+            dropped += 1
+        else:
+            items.append(item)
+            repaired += lost
+    if raws and not items:
+        # Not one item with an id: the shape changed (say, ``id`` renamed), and
+        # dropping them all would end the listing quietly. Fail it loudly instead.
+        raise msgspec.ValidationError(f"no {what} of the page has a string `id`")
+    return items, repaired, dropped
+
+
+def _decode_message(raw: msgspec.Raw | bytes) -> tuple[Message | None, int]:
+    """One message typed alone; failing that, field by field. ``(message, fields lost)``."""
+    return _decode_one(raw, Message, RepairedMessage)
+
+
+def _decode_one(
+    raw: msgspec.Raw | bytes, cls: type[_W], repaired_cls: Callable[..., _W]
+) -> tuple[_W | None, int]:
+    """``cls`` typed alone; failing that, field by field. ``(value, fields lost)``.
+
+    ``None`` when the object has no string ``id``; ``repaired_cls`` (``cls`` with an
+    ``unparsed`` field) when a field had to be left at its default.
+    """
+    try:
+        return _ONE_DECODERS[cls].decode(raw), 0
     except msgspec.ValidationError:
         pass
     fields = _ANY_DECODER.decode(raw)
     if not isinstance(fields, dict) or not isinstance(fields.get("id"), str):
         return None, 0
-    values, unparsed, lost = _repair(Message, fields)
+    values, unparsed, lost = _repair(cls, fields)
     if unparsed:
-        return RepairedMessage(**values, unparsed=unparsed), lost
-    return Message(**values), 0
+        return repaired_cls(**values, unparsed=unparsed), lost
+    return cls(**values), 0
 
 
 def _repair(cls: type[_S], fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -435,9 +772,46 @@ def _number(text: str) -> float:
         raise ValueError(f"not a date: {text!r}") from None
 
 
+def decode_conversations_page(body: bytes) -> ConversationsPage:
+    """Decode a ``/conversations/search`` reply from its bytes, with its ``total``.
+
+    As :func:`decode_page`: one odd value costs that field of that conversation
+    (:attr:`ConversationsPage.repaired`), a conversation without a string ``id`` is left
+    out (:attr:`ConversationsPage.dropped`).
+
+    Raises:
+        msgspec.DecodeError: the body is not JSON, has no ``conversations`` list, or
+            not one of them has a string ``id``.
+    """
+    try:
+        reply = _CONVERSATIONS_DECODER.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError:
+        if body[:3] == _BOM:
+            return decode_conversations_page(body[3:])
+        raise
+    else:
+        return ConversationsPage(
+            conversations=reply.conversations, total=reply.total, trace_id=reply.trace_id
+        )
+    raw = _RAW_CONVERSATIONS_DECODER.decode(body)
+    conversations, repaired, dropped = _decode_items(
+        raw.conversations, Conversation, RepairedConversation, "conversation"
+    )
+    trace = _read_raw(raw.trace_id)
+    return ConversationsPage(
+        conversations=conversations,
+        total=_read_total(_read_raw(raw.total)),
+        trace_id=trace if isinstance(trace, str) else None,
+        repaired=repaired,
+        dropped=dropped,
+    )
+
+
 def decode_conversations(body: bytes) -> list[Conversation]:
-    """Decode a ``/conversations/search`` reply from its bytes."""
-    return _CONVERSATIONS_DECODER.decode(body).conversations
+    """Decode a ``/conversations/search`` reply from its bytes: the conversations only."""
+    return decode_conversations_page(body).conversations
 
 
 class _StrConstants(str, enum.Enum):

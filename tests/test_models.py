@@ -9,7 +9,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ghl_async import Client, FilterType, Message, MessageType
-from ghl_async.models import RepairedMessage, decode_page
+from ghl_async.models import (
+    ConversationsPage,
+    EmailMessage,
+    ExportPage,
+    RepairedConversation,
+    RepairedEmailMessage,
+    RepairedMessage,
+    decode_conversations,
+    decode_conversations_page,
+    decode_email,
+    decode_export_page,
+    decode_message,
+    decode_page,
+)
 from ghl_async.testing import FakeHighLevel
 
 WRAPPED = b"""{
@@ -581,3 +594,273 @@ def test_null_beside_an_odd_value_reads_as_absent_on_the_slow_path_too() -> None
     assert message.unparsed == {"body": 5}
     assert (message.date_added, message.attachments, message.body) == (None, [], None)
     assert message.meta is not None and message.meta.email is None
+
+
+# -- the location export, single messages, emails, the search page ----------------------
+
+
+def export_of(*messages: Any, wrapped: bool, cursor: Any = "c2", total: Any = 3) -> bytes:
+    page = {"messages": list(messages), "nextCursor": cursor, "total": total}
+    return msgspec.json.encode(
+        {"messages": page, "traceId": "t"} if wrapped else {**page, "traceId": "t"}
+    )
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_an_export_page_decodes_flat_or_wrapped(wrapped: bool) -> None:
+    page = decode_export_page(export_of(FULL, neighbour(1), wrapped=wrapped))
+    assert isinstance(page, ExportPage)
+    assert [m.id for m in page.messages] == ["hostile", "n1"]
+    assert page.messages[0] == decode_page(page_of(FULL)).messages[0]
+    assert (page.next_cursor, page.total, page.trace_id) == ("c2", 3, "t")
+    assert (page.repaired, page.dropped, page.is_last) == (0, 0, False)
+
+
+@pytest.mark.parametrize(("path", "value"), HOSTILE)
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_one_odd_value_costs_that_field_only_in_an_export_too(
+    path: str, value: Any, wrapped: bool
+) -> None:
+    odd = with_value(FULL, path, value)
+    body = export_of(neighbour(1), odd, {"id": 7}, neighbour(2), wrapped=wrapped)
+    page = decode_export_page(body)
+    assert [m.id for m in page.messages] == ["n1", "hostile", "n2"]
+    assert page.messages[1] == decode_page(page_of(odd)).messages[0]
+    assert isinstance(page.messages[1], RepairedMessage)
+    assert (page.next_cursor, page.total, page.trace_id) == ("c2", 3, "t")
+    assert (page.repaired, page.dropped) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("cursor", "total", "next_cursor", "read_total", "last"),
+    [
+        (None, 3, None, 3, True),
+        ("", 3, None, 3, True),
+        ("abc==", "12", "abc==", 12, False),
+        ("abc==", 12.0, "abc==", 12, False),
+        ("abc==", 12.5, "abc==", None, False),  # not a whole number: unknown, not an error
+        ("abc==", "many", "abc==", None, False),
+        ("abc==", None, "abc==", None, False),
+        (123, 3, "123", 3, False),  # a number is sent back as its text
+        (False, 3, None, 3, True),
+    ],
+)
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_export_envelope_values(
+    cursor: Any,
+    total: Any,
+    next_cursor: str | None,
+    read_total: int | None,
+    last: bool,
+    wrapped: bool,
+) -> None:
+    page = decode_export_page(export_of(neighbour(1), wrapped=wrapped, cursor=cursor, total=total))
+    assert (page.next_cursor, page.total, page.is_last) == (next_cursor, read_total, last)
+    assert [m.id for m in page.messages] == ["n1"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"nextCursor": "c", "total": 1}',
+        b'{"messages": "x"}',
+        b'{"messages": [{"noId": 1}]}',
+        # A cursor that cannot be sent back: failing beats stopping with the rest unread.
+        b'{"messages": [{"id": "a"}], "nextCursor": {"pit": 1}, "total": 2}',
+        b'{"messages": [{"id": "a", "body": 5}], "nextCursor": [1], "total": 2}',
+    ],
+)
+def test_an_export_reply_of_the_wrong_shape_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_export_page(body)
+
+
+def test_an_empty_export_is_the_last_page_and_a_bom_is_skipped() -> None:
+    page = decode_export_page(b'\xef\xbb\xbf{"messages": [], "nextCursor": null, "total": 0}')
+    assert page.messages == [] and page.total == 0 and page.is_last
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        msgspec.json.encode({"message": FULL, "traceId": "t"}),
+        msgspec.json.encode(FULL),
+        b"\xef\xbb\xbf" + msgspec.json.encode({"message": FULL}),
+    ],
+)
+def test_a_single_message_decodes_wrapped_or_bare(body: bytes) -> None:
+    assert decode_message(body) == decode_page(page_of(FULL)).messages[0]
+
+
+@pytest.mark.parametrize(("path", "value"), HOSTILE[:12])
+def test_a_single_message_with_an_odd_value_keeps_the_rest(path: str, value: Any) -> None:
+    odd = with_value(FULL, path, value)
+    for body in (msgspec.json.encode({"message": odd}), msgspec.json.encode(odd)):
+        got = decode_message(body)
+        assert isinstance(got, RepairedMessage)
+        assert got == decode_page(page_of(odd)).messages[0]
+
+
+@pytest.mark.parametrize(
+    "body", [b"nope", b"[]", b'{"message": {"noId": 1}}', b'{"message": "m1"}', b"{}"]
+)
+def test_a_single_message_without_an_id_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_message(body)
+
+
+EMAIL = {
+    "id": "e1",
+    "altId": "<x@mail>",
+    "threadId": "e0",
+    "locationId": "L",
+    "contactId": "C",
+    "conversationId": "X",
+    "dateAdded": "2024-03-27T18:13:49.000Z",
+    "subject": "Order confirm",
+    "body": "<p>Hi there</p>",
+    "direction": "outbound",
+    "status": "delivered",
+    "contentType": "text/html",
+    "attachments": ["https://a.example/1.pdf"],
+    "provider": "Leadconnector Gmail",
+    "from": "Ann <ann@example.invalid>",
+    "to": ["bob@example.invalid"],
+    "cc": ["cy@example.invalid"],
+    "bcc": [],
+    "replyToMessageId": "e0",
+    "source": "app",
+    "conversationProviderId": "P",
+    "someNewField": 1,
+}
+
+
+def test_an_email_decodes_with_from_as_from_() -> None:
+    email = decode_email(msgspec.json.encode(EMAIL))
+    assert isinstance(email, EmailMessage) and email.unparsed == {}
+    assert email.from_ == "Ann <ann@example.invalid>"
+    assert (email.to, email.cc, email.bcc) == (["bob@example.invalid"], ["cy@example.invalid"], [])
+    assert (email.thread_id, email.reply_to_message_id, email.alt_id) == ("e0", "e0", "<x@mail>")
+    assert email.date_added == datetime(2024, 3, 27, 18, 13, 49, tzinfo=timezone.utc)
+    assert (email.subject, email.provider, email.content_type) == (
+        "Order confirm",
+        "Leadconnector Gmail",
+        "text/html",
+    )
+    row = msgspec.to_builtins(email)
+    assert row["from"] == EMAIL["from"] and "from_" not in row and "someNewField" not in row
+
+
+@pytest.mark.parametrize(
+    ("wire", "value", "attribute", "default"),
+    [
+        ("to", "bob@example.invalid", "to", []),
+        ("cc", [1], "cc", []),
+        ("from", {"name": "Ann"}, "from_", None),
+        ("dateAdded", "yesterday", "date_added", None),
+        ("subject", 5, "subject", None),
+    ],
+)
+def test_one_odd_value_costs_that_email_field_only(
+    wire: str, value: Any, attribute: str, default: Any
+) -> None:
+    email = decode_email(msgspec.json.encode({**EMAIL, wire: value}))
+    assert isinstance(email, RepairedEmailMessage)
+    assert email.unparsed == {wire: value}
+    assert getattr(email, attribute) == default
+    clean = msgspec.to_builtins(decode_email(msgspec.json.encode(EMAIL)))
+    got = msgspec.to_builtins(email)
+    got.pop("unparsed")
+    assert {k: v for k, v in got.items() if k != wire} == {
+        k: v for k, v in clean.items() if k != wire
+    }
+
+
+def test_an_email_date_without_an_offset_is_utc() -> None:
+    email = decode_email(msgspec.json.encode({**EMAIL, "dateAdded": "2024-03-27T18:13:49"}))
+    assert email.date_added == datetime(2024, 3, 27, 18, 13, 49, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("body", [b"x", b"[]", b'{"subject": "no id"}', b'{"id": 5}'])
+def test_an_email_without_an_id_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_email(body)
+
+
+def test_the_search_page_keeps_its_total_and_the_old_decoder_its_list() -> None:
+    body = msgspec.json.encode(
+        {"conversations": [{"id": "c1", "sort": [5]}, {"id": "c2"}], "total": 40, "traceId": "t"}
+    )
+    page = decode_conversations_page(body)
+    assert isinstance(page, ConversationsPage)
+    assert [c.id for c in page.conversations] == ["c1", "c2"]
+    assert (page.total, page.trace_id) == (40, "t")
+    assert decode_conversations(body) == page.conversations
+
+
+def test_export_envelope_values_beyond_python_cost_only_themselves() -> None:
+    body = b'{"messages": [{"id": "a"}], "nextCursor": "c", "total": 1e400, "traceId": 1e999}'
+    page = decode_export_page(body)
+    assert ([m.id for m in page.messages], page.next_cursor) == (["a"], "c")
+    assert (page.total, page.trace_id) == (None, None)
+    with pytest.raises(msgspec.DecodeError):
+        decode_export_page(b'{"messages": [{"id": "a"}], "nextCursor": 1e400}')
+
+
+CONVERSATION = {
+    "id": "c1",
+    "contactId": "C",
+    "locationId": "L",
+    "lastMessageDate": 1711563229000,
+    "lastMessageType": "TYPE_SMS",
+    "unreadCount": 2,
+    "sort": [1711563229000],
+}
+
+
+@pytest.mark.parametrize(
+    ("wire", "value", "attribute", "default"),
+    [
+        ("lastMessageDate", "2024-03-27T18:13:49Z", "last_message_date", None),
+        ("unreadCount", "many", "unread_count", None),
+        ("sort", 5, "sort", []),
+        ("contactId", ["C"], "contact_id", None),
+    ],
+)
+def test_one_odd_value_costs_that_conversation_field_only(
+    wire: str, value: Any, attribute: str, default: Any
+) -> None:
+    odd = {**CONVERSATION, "id": "odd", wire: value}
+    body = msgspec.json.encode(
+        {"conversations": [CONVERSATION, odd, {"noId": 1}], "total": 9, "traceId": "t"}
+    )
+    page = decode_conversations_page(body)
+    assert [c.id for c in page.conversations] == ["c1", "odd"]
+    assert (page.total, page.trace_id, page.repaired, page.dropped) == (9, "t", 1, 1)
+    clean, repaired = page.conversations
+    assert clean.unparsed == {} and not isinstance(clean, RepairedConversation)
+    assert isinstance(repaired, RepairedConversation)
+    assert repaired.unparsed == {wire: value}
+    assert getattr(repaired, attribute) == default
+    assert decode_conversations(body) == page.conversations
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"x", b"[]", b'{"conversations": "x"}', b'{"conversations": [{"noId": 1}], "total": 1}'],
+)
+def test_a_search_reply_of_the_wrong_shape_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_conversations_page(body)
+
+
+def test_a_bom_is_skipped_on_every_reply() -> None:
+    bom = b"\xef\xbb\xbf"
+    assert decode_email(bom + msgspec.json.encode(EMAIL)).id == "e1"
+    search = bom + msgspec.json.encode({"conversations": [CONVERSATION], "total": 1})
+    assert [c.id for c in decode_conversations_page(search).conversations] == ["c1"]
+    odd = b'{"conversations": [{"id": "c"}], "total": 1e400, "traceId": 5}'
+    page = decode_conversations_page(odd)
+    assert (page.total, page.trace_id) == (None, None)

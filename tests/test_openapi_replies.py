@@ -1,9 +1,10 @@
 """Every reply valid under HighLevel's published schema decodes, every field read back.
 
 The strategies are built at test time by walking the OpenAPI schemas
-(``GetMessagesByConversationResponseDto``, ``GetMessageResponseDto``, ``MessageMeta``) kept
-in ``tests/data/conversations_messages.schema.json``: a field the schema gains shows up
-here without anyone writing a strategy for it.
+(``GetMessagesByConversationResponseDto``, ``GetMessageResponseDto``, ``MessageMeta``,
+``ExportMessagesResponseDto``, ``GetEmailMessageResponseDto``) kept in
+``tests/data/conversations_messages.schema.json``: a field the schema gains shows up here
+without anyone writing a strategy for it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ghl_async.models import CallMeta, EmailMeta, Message, MessageMeta, MessagesPage, decode_page
+from ghl_async.models import (
+    CallMeta,
+    EmailMessage,
+    EmailMeta,
+    ExportPage,
+    Message,
+    MessageMeta,
+    MessagesPage,
+    decode_email,
+    decode_export_page,
+    decode_page,
+)
 
 FIXTURE = Path(__file__).parent / "data" / "conversations_messages.schema.json"
 # Where CI keeps the shared API files: beside the clone.
@@ -33,7 +45,14 @@ PAGE, MESSAGE, META = (
     "GetMessageResponseDto",
     "MessageMeta",
 )
-STRUCTS: dict[str, type[msgspec.Struct]] = {MESSAGE: Message, META: MessageMeta}
+EXPORT, EMAIL = "ExportMessagesResponseDto", "GetEmailMessageResponseDto"
+STRUCTS: dict[str, type[msgspec.Struct]] = {
+    MESSAGE: Message,
+    META: MessageMeta,
+    EMAIL: EmailMessage,
+}
+# Fields read as dates: a string the schema allows but no date reads back as unparsed.
+DATES = {(MESSAGE, "dateAdded"), (EMAIL, "dateAdded")}
 
 JSON = st.recursive(
     st.none()
@@ -141,10 +160,10 @@ def assert_reads_back(
             assert_reads_back(ref, value, read, unparsed.get(wire, {}))
         elif wire in unparsed:
             # Only a string the schema allows but the field's type cannot hold is kept raw.
-            assert (name, wire) in {(MESSAGE, "dateAdded"), (META, "callDuration")}
+            assert (name, wire) in DATES | {(META, "callDuration")}
             assert unparsed[wire] == value
             assert read is None
-        elif (name, wire) == (MESSAGE, "dateAdded"):
+        elif (name, wire) in DATES:
             assert read == expected_date(value)
         elif (name, wire) == (META, "callDuration"):
             if value.lower() == "null":
@@ -210,6 +229,37 @@ def _leaves(tree: dict[str, Any]) -> int:
     return count
 
 
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reply=strategy(SCHEMAS[EXPORT]), wrapped=st.booleans(), trace=st.none() | st.text())
+def test_every_export_reply_valid_under_the_schema_decodes_and_reads_back(
+    reply: dict[str, Any], wrapped: bool, trace: str | None
+) -> None:
+    body: dict[str, Any] = {"messages": reply} if wrapped else dict(reply)
+    if trace is not None:
+        body["traceId"] = trace
+    page = decode_export_page(msgspec.json.encode(body))
+    assert page.next_cursor == (reply.get("nextCursor") or None)
+    total = reply["total"]
+    if isinstance(total, float) and not total.is_integer():
+        assert page.total is None  # a count with a fraction is no count: unknown
+    else:
+        assert page.total == total
+    assert page.trace_id == trace
+    assert page.dropped == 0
+    assert len(page.messages) == len(reply["messages"])
+    for wire_message, message in zip(reply["messages"], page.messages, strict=True):
+        assert_reads_back(MESSAGE, wire_message, message, dict(message.unparsed))
+    assert page.is_last == (not page.next_cursor or not page.messages)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reply=strategy(SCHEMAS[EMAIL]))
+def test_every_email_valid_under_the_schema_decodes_and_reads_back(reply: dict[str, Any]) -> None:
+    email = decode_email(msgspec.json.encode(reply))
+    assert_reads_back(EMAIL, reply, email, dict(email.unparsed))
+    assert set(email.unparsed) <= {"dateAdded"}
+
+
 def test_the_message_structs_name_every_field_of_the_schema() -> None:
     for name, struct in STRUCTS.items():
         wire = {f.encode_name for f in msgspec.structs.fields(struct)}
@@ -217,6 +267,12 @@ def test_the_message_structs_name_every_field_of_the_schema() -> None:
     page_fields = {"lastMessageId", "nextPage", "messages"}
     assert set(SCHEMAS[PAGE]["properties"]) == page_fields
     assert {f.encode_name for f in msgspec.structs.fields(CallMeta)} == {"duration", "status"}
+    export_fields = {f.name for f in msgspec.structs.fields(ExportPage)}
+    camel = {
+        re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), w)
+        for w in SCHEMAS[EXPORT]["properties"]
+    }
+    assert camel <= export_fields
 
 
 def test_the_schema_example_reply_decodes_without_repair() -> None:
