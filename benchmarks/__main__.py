@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import budget, decode, footprint, latency, memory, redis_shared, throughput
+from . import budget, decode, footprint, latency, loopwork, memory, redis_shared, throughput
 from ._harness import machine
 from ._report import Section, draw
 
 BENCHMARKS = {
     "decode": decode.run,
     "throughput": throughput.run,
+    "callbacks": loopwork.run,
     "budget": budget.run,
     "latency": latency.run,
     "memory": memory.run,
