@@ -36,24 +36,32 @@ PAGES_CLIENT = "ghl_async fan_out_pages"
 
 
 def child() -> None:
-    """In the child process: ``URL CLIENT PAGES`` as arguments, the ids on stdin."""
+    """In the child process: ``URL CLIENT PAGES CONCURRENCY`` as arguments, ids on stdin."""
     import ghl_async
 
     from ._loopcount import run_counted
 
-    url, name, pages = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    url, name, pages, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     ids = json.loads(sys.stdin.read())
-    asyncio.run(clients(url, ids[:2], sdk=False)[name]())  # warm up: imports, first connect
-    runner = clients(url, ids, sdk=False)[name]
-    cpu0 = time.process_time()
+    warm = clients(url, ids[:2], sdk=False, concurrency=concurrency)[name]
+    asyncio.run(warm())  # imports, first connection
+    runner = clients(url, ids, sdk=False, concurrency=concurrency)[name]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     asyncio.run(runner())
-    cpu = time.process_time() - cpu0
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     _, counts = run_counted(runner)
-    result = {"tree": ghl_async.__file__, "cpu us": cpu / pages * 1e6, **counts.per(pages)}
+    result = {
+        "tree": ghl_async.__file__,
+        "cpu us": cpu / pages * 1e6,
+        "wall s": wall,
+        **counts.per(pages),
+    }
     print(json.dumps(result))
 
 
-def _run_child(tree: Path, url: str, client: str, pages: int, ids: str) -> dict[str, float]:
+def _run_child(
+    tree: Path, url: str, client: str, pages: int, concurrency: int, ids: str
+) -> dict[str, float]:
     # Import this package from here first, then ghl_async from the tree under test.
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r}); import benchmarks; "
@@ -62,7 +70,7 @@ def _run_child(tree: Path, url: str, client: str, pages: int, ids: str) -> dict[
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-c", code, url, client, str(pages)],
+        [sys.executable, "-c", code, url, client, str(pages), str(concurrency)],
         input=ids,
         capture_output=True,
         text=True,
@@ -86,23 +94,41 @@ def main() -> int:
     )
     parser.add_argument("--client", default=PAGES_CLIENT, help="a throughput client's name")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--conversations", type=int)
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="the latency-bound workload instead: 3 pages a conversation, 50 ms a reply, "
+        "64 in flight (default 1,000 conversations)",
+    )
     args = parser.parse_args()
     trees: dict[str, tuple[Path, str]] = {}
     for spec in args.trees:
         label, _, rest = spec.partition("=")
         path, _, client = rest.partition("::")
         trees[label] = (Path(path or ".").resolve(), client or args.client)
-    messages = "1000"
-    pages = pages_of(args.conversations, messages)
+    latency = 0.05 if args.latency else 0.0
+    conversations = args.conversations or (1000 if args.latency else 200)
+    messages, concurrency = ("250", 64) if args.latency else ("1000", 16)
+    pages = pages_of(conversations, messages)
     samples: dict[str, list[dict[str, float]]] = {label: [] for label in trees}
-    with fake_server(conversations=args.conversations, messages=messages) as server:
+    faults = f"latency={latency}" if latency else ""
+    with fake_server(conversations=conversations, messages=messages, faults=faults) as server:
         ids = json.dumps(server.stats()["conversationIds"])
         for number in range(args.rounds):
             for label, (tree, client) in trees.items():
-                samples[label].append(_run_child(tree, server.url, client, pages, ids))
+                sample = _run_child(tree, server.url, client, pages, concurrency, ids)
+                samples[label].append(sample)
             print(f"round {number + 1} of {args.rounds} done", file=sys.stderr, flush=True)
-    print(f"{pages} pages, 16 in flight, median of {args.rounds} alternating rounds")
+    print(
+        f"{pages} pages, {concurrency} in flight, {latency * 1000:.0f} ms a reply, "
+        f"median of {args.rounds} alternating rounds"
+    )
+    if latency:
+        ideal = pages * latency / concurrency
+        for label, rows in samples.items():
+            wall = statistics.median(r["wall s"] for r in rows)
+            print(f"- {label}: {wall:.2f} s, {100 * ideal / wall:.0f}% of ideal ({ideal:.2f} s)")
     columns = ("cpu us", "callbacks", "task step", "task wake-up", "iterations")
     print(f"| tree | {' | '.join(columns)} | events per poll | CPU vs {next(iter(trees))} |")
     print("|---" * (len(columns) + 3) + "|")

@@ -31,20 +31,21 @@ def pages_of(conversations: int, messages: str) -> int:
     return conversations * (int(messages) // 100 + 1)
 
 
-def clients(url: str, ids: list[str], *, sdk: bool) -> dict[str, Callable[[], Awaitable[Any]]]:
+def clients(
+    url: str, ids: list[str], *, sdk: bool, concurrency: int = CONCURRENCY
+) -> dict[str, Callable[[], Awaitable[Any]]]:
     """Every client of the comparison, by the name its rows carry."""
+    n = concurrency
     runs: dict[str, Callable[[], Awaitable[Any]]] = {
-        "ghl_async fan_out_pages": lambda: ghl_async_pages(url, ids, CONCURRENCY),
-        "ghl_async fan_out": lambda: ghl_async_messages(url, ids, CONCURRENCY),
-        "hand-written aiohttp + json": lambda: handwritten(url, ids, CONCURRENCY),
-        "gather + semaphore, aiohttp + msgspec": lambda: handwritten(
-            url, ids, CONCURRENCY, typed=True
-        ),
-        WORKER_FLOOR: lambda: workers(url, ids, CONCURRENCY),
-        RAW_FLOOR: lambda: raw_protocol(url, ids, CONCURRENCY),
+        "ghl_async fan_out_pages": lambda: ghl_async_pages(url, ids, n),
+        "ghl_async fan_out": lambda: ghl_async_messages(url, ids, n),
+        "hand-written aiohttp + json": lambda: handwritten(url, ids, n),
+        "gather + semaphore, aiohttp + msgspec": lambda: handwritten(url, ids, n, typed=True),
+        WORKER_FLOOR: lambda: workers(url, ids, n),
+        RAW_FLOOR: lambda: raw_protocol(url, ids, n),
     }
     if sdk and sdk_available():
-        runs[SDK] = lambda: official_sdk(url, ids, CONCURRENCY)
+        runs[SDK] = lambda: official_sdk(url, ids, n)
     return runs
 
 
