@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
 
-from . import budget, decode, footprint, latency, memory, redis_shared, throughput
+from . import budget, decode, footprint, latency, loopwork, memory, redis_shared, throughput
 from ._harness import machine
 from ._report import Section, draw
 
 BENCHMARKS = {
     "decode": decode.run,
     "throughput": throughput.run,
+    "callbacks": loopwork.run,
     "budget": budget.run,
     "latency": latency.run,
     "memory": memory.run,
@@ -36,6 +38,7 @@ def main() -> int:
     # Only a full run replaces RESULTS.md and the charts the README links to.
     folder = here / "out" if args.smoke or args.only else here
     chosen = args.only or list(BENCHMARKS)
+    load_before = os.getloadavg()[0]
     sections: list[Section] = []
     for name in chosen:
         started = time.perf_counter()
@@ -58,6 +61,7 @@ def main() -> int:
         f"- Python {facts['python']}; {facts['packages']}",
         "- Absolute times on a shared 2-core machine are noisy: read the ratios, measured "
         "side by side in the same run.",
+        f"- load average (1 min) at start and end: {load_before:.1f}, {os.getloadavg()[0]:.1f}",
         "",
     ]
     drawn = [draw(s, folder / "charts") for s in sections] if not args.smoke else []

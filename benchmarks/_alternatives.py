@@ -1,10 +1,13 @@
-"""The three ways a user reads many conversations, each driven the way its users must."""
+"""The ways a user reads many conversations, each driven the way its users must, and the
+floors under them: the least aiohttp (or a bare socket) can do for the same pages.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import aiolimiter
@@ -89,6 +92,130 @@ async def handwritten(
 
         await asyncio.gather(*(one(c) for c in ids))
     return counts
+
+
+async def workers(url: str, ids: list[str], concurrency: int) -> int:
+    """The floor for aiohttp: ``concurrency`` worker tasks looping over the conversations.
+
+    One aiohttp session, a typed msgspec decode, no semaphore (the workers are the bound),
+    no limiter, retries or validation: the least any aiohttp client does per page.
+    """
+    headers = {"Authorization": f"Bearer {FAKE_TOKEN}", "Version": "2021-04-15"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    pending = iter(ids)  # shared: each worker takes the next id when it is free
+    pages = 0
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            nonlocal pages
+            for conversation_id in pending:
+                params = {"limit": "100"}
+                while True:
+                    async with session.get(
+                        f"{url}/conversations/{conversation_id}/messages", params=params
+                    ) as response:
+                        body = await response.read()
+                    pages += 1
+                    page = decode_page(body)
+                    if page.is_last or not page.last_message_id:
+                        break
+                    params = {"limit": "100", "lastMessageId": page.last_message_id}
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return pages
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time, Content-Length bodies."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.head_end = -1
+        self.length = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if self.head_end < 0:
+            self.head_end = buffer.find(b"\r\n\r\n")
+            if self.head_end < 0:
+                return
+            head = bytes(buffer[: self.head_end]).lower()
+            at = head.find(b"\r\ncontent-length:")
+            if at < 0:
+                self._fail(ConnectionError("reply without Content-Length"))
+                return
+            stop = head.find(b"\r\n", at + 2)
+            self.length = int(head[at + 17 : stop if stop > 0 else len(head)])
+        end = self.head_end + 4 + self.length
+        if len(buffer) >= end and self.waiter is not None:
+            status = int(buffer[9:12])
+            body = bytes(buffer[self.head_end + 4 : end])
+            del buffer[:end]
+            self.head_end = -1
+            waiter, self.waiter = self.waiter, None
+            waiter.set_result((status, body))
+
+    def _fail(self, error: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError("connection closed"))
+
+    async def get(self, request: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.waiter
+
+
+async def raw_protocol(url: str, ids: list[str], concurrency: int) -> int:
+    """The physical floor: worker tasks on bare asyncio protocols plus a msgspec decode.
+
+    No HTTP library at all (a request is one formatted bytes string, a reply is cut at
+    its Content-Length): what reading the pages costs in asyncio with the same decode.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = (
+        f"Host: {parts.netloc}\r\nAuthorization: Bearer {FAKE_TOKEN}\r\n"
+        "Version: 2021-04-15\r\nAccept: application/json\r\n\r\n"
+    )
+    loop = asyncio.get_running_loop()
+    pending = iter(ids)
+    pages = 0
+
+    async def worker() -> None:
+        nonlocal pages
+        transport, connection = await loop.create_connection(_Connection, host, port)
+        try:
+            for conversation_id in pending:
+                query = "limit=100"
+                while True:
+                    request = (
+                        f"GET /conversations/{conversation_id}/messages?{query} HTTP/1.1\r\n"
+                        + head
+                    ).encode()
+                    status, body = await connection.get(request)
+                    if status != 200:
+                        raise ConnectionError(f"status {status}")
+                    pages += 1
+                    page = decode_page(body)
+                    if page.is_last or not page.last_message_id:
+                        break
+                    query = f"limit=100&lastMessageId={page.last_message_id}"
+        finally:
+            transport.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return pages
 
 
 async def official_sdk(url: str, ids: list[str], concurrency: int) -> Counts:

@@ -1,0 +1,147 @@
+"""Compare ghl_async trees side by side: CPU per page and event-loop callbacks per page.
+
+For a change to the hot path: check out the versions to compare (``git worktree add``)
+and give each a label::
+
+    python -m benchmarks.compare before=/path/to/main after=.
+    python -m benchmarks.compare before=/path/to/main after=. \
+        "floor=.::floor: 16 workers, aiohttp + msgspec"
+
+(``PATH::CLIENT`` runs another client of the throughput benchmark from that tree.)
+
+Every tree runs in a fresh process per round against one fake server (its own process),
+rounds alternate between trees so drift on a shared machine hits all alike, and each
+process does one warm-up, one timed run and one counted run (benchmarks/_loopcount.py).
+The callbacks are the figure to trust on a busy machine; the CPU ratio is the median of
+the ratios within each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ._harness import fake_server
+from .throughput import clients, pages_of
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES_CLIENT = "ghl_async fan_out_pages"
+
+
+def child() -> None:
+    """In the child process: ``URL CLIENT PAGES CONCURRENCY`` as arguments, ids on stdin."""
+    import ghl_async
+
+    from ._loopcount import run_counted
+
+    url, name, pages, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    ids = json.loads(sys.stdin.read())
+    warm = clients(url, ids[:2], sdk=False, concurrency=concurrency)[name]
+    asyncio.run(warm())  # imports, first connection
+    runner = clients(url, ids, sdk=False, concurrency=concurrency)[name]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    asyncio.run(runner())
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    _, counts = run_counted(runner)
+    result = {
+        "tree": ghl_async.__file__,
+        "cpu us": cpu / pages * 1e6,
+        "wall s": wall,
+        **counts.per(pages),
+    }
+    print(json.dumps(result))
+
+
+def _run_child(
+    tree: Path, url: str, client: str, pages: int, concurrency: int, ids: str
+) -> dict[str, float]:
+    # Import this package from here first, then ghl_async from the tree under test.
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import benchmarks; "
+        f"sys.path.insert(0, {str(tree)!r}); "
+        "from benchmarks.compare import child; child()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, url, client, str(pages), str(concurrency)],
+        input=ids,
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        env=env,
+        check=False,
+    )
+    if done.returncode:
+        raise RuntimeError(f"{tree}: {done.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(done.stdout)
+    imported = Path(str(result.pop("tree"))).resolve()
+    if imported != (tree / "ghl_async" / "__init__.py").resolve():
+        raise RuntimeError(f"{tree}: ghl_async was imported from {imported}")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare")
+    parser.add_argument(
+        "trees", nargs="+", metavar="LABEL=PATH[::CLIENT]", help="a tree with ghl_async/"
+    )
+    parser.add_argument("--client", default=PAGES_CLIENT, help="a throughput client's name")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--conversations", type=int)
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="the latency-bound workload instead: 3 pages a conversation, 50 ms a reply, "
+        "64 in flight (default 1,000 conversations)",
+    )
+    args = parser.parse_args()
+    trees: dict[str, tuple[Path, str]] = {}
+    for spec in args.trees:
+        label, _, rest = spec.partition("=")
+        path, _, client = rest.partition("::")
+        trees[label] = (Path(path or ".").resolve(), client or args.client)
+    latency = 0.05 if args.latency else 0.0
+    conversations = args.conversations or (1000 if args.latency else 200)
+    messages, concurrency = ("250", 64) if args.latency else ("1000", 16)
+    pages = pages_of(conversations, messages)
+    samples: dict[str, list[dict[str, float]]] = {label: [] for label in trees}
+    faults = f"latency={latency}" if latency else ""
+    with fake_server(conversations=conversations, messages=messages, faults=faults) as server:
+        ids = json.dumps(server.stats()["conversationIds"])
+        for number in range(args.rounds):
+            for label, (tree, client) in trees.items():
+                sample = _run_child(tree, server.url, client, pages, concurrency, ids)
+                samples[label].append(sample)
+            print(f"round {number + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    print(
+        f"{pages} pages, {concurrency} in flight, {latency * 1000:.0f} ms a reply, "
+        f"median of {args.rounds} alternating rounds"
+    )
+    if latency:
+        ideal = pages * latency / concurrency
+        for label, rows in samples.items():
+            wall = statistics.median(r["wall s"] for r in rows)
+            print(f"- {label}: {wall:.2f} s, {100 * ideal / wall:.0f}% of ideal ({ideal:.2f} s)")
+    columns = ("cpu us", "callbacks", "task step", "task wake-up", "iterations")
+    print(f"| tree | {' | '.join(columns)} | events per poll | CPU vs {next(iter(trees))} |")
+    print("|---" * (len(columns) + 3) + "|")
+    first = samples[next(iter(trees))]
+    for label, rows in samples.items():
+        med = {key: statistics.median(r.get(key, 0.0) for r in rows) for key in rows[0]}
+        # The ratio within each round, then the median: drift between rounds cancels.
+        pairs = zip(rows, first, strict=True)
+        ratio = statistics.median(r["cpu us"] / f["cpu us"] for r, f in pairs)
+        cells = [f"{med.get(c, 0.0):.{0 if c == 'cpu us' else 2}f}" for c in columns]
+        print(f"| {label} | {' | '.join(cells)} | {med['events per poll']:.2f} | {ratio:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
