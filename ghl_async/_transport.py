@@ -6,6 +6,12 @@ sends an idempotent request a second time inside ``session.get``. That resend ru
 through the request's middleware chain, so a per-request middleware is where the
 limiter is held: the first send uses the slot the caller acquired, any resend acquires
 another. Under a strict budget an unmetered resend is a 429 we caused ourselves.
+
+A caller's session brings its own defaults; every request here overrides the ones that
+would change what a reply means (``raise_for_status``, ``auto_decompress``, redirects,
+timeout, middlewares), so statuses reach the same decisions whatever the session. The
+body is read in chunks against ``max_body_bytes`` (counted after decompression): a
+server cannot make the client hold more than that.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from . import errors
 from .ratelimit import Limiter, Reply
 from .stats import ClientStats
 
-__all__ = ["AiohttpTransport", "RawReply"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport", "RawReply"]
+
+#: The largest reply body read by default (a page of 100 messages is well under 1 MiB).
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    """The body went over ``max_body_bytes``."""
 
 
 @dataclass(slots=True)
@@ -78,6 +91,7 @@ class AiohttpTransport:
         max_connections: the connection pool size for a session opened here.
         timeout: seconds one attempt may take, connecting and reading included.
         stats: where every send that reaches the wire is counted.
+        max_body_bytes: the largest body read; a longer one fails the attempt.
     """
 
     def __init__(
@@ -87,12 +101,14 @@ class AiohttpTransport:
         max_connections: int,
         timeout: float,
         stats: ClientStats,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._stats = stats
         self._session = session
         self._owns_session = session is None
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_body = max_body_bytes
 
     @property
     def is_open(self) -> bool:
@@ -114,6 +130,22 @@ class AiohttpTransport:
                 raise_for_status=False,
             )
             self._owns_session = True
+
+    async def forget_loop(self, *, old_loop_closed: bool) -> None:
+        """Let go of a session this transport opened on an event loop no longer in use.
+
+        Its connections belong to that loop and cannot be closed from another. When that
+        loop is closed its sockets went with it, and closing the connector only marks it
+        closed (no "Unclosed client session" warning follows). :meth:`open` then makes a
+        new session on the current loop.
+        """
+        session = self._session
+        if session is None or not self._owns_session:
+            return
+        self._session = None
+        connector = session.connector
+        if old_loop_closed and connector is not None:
+            await connector.close()
 
     async def aclose(self) -> None:
         """Close the session if this transport opened it; release every connection."""
@@ -138,7 +170,7 @@ class AiohttpTransport:
         session = self._session
         if session is None or session.closed:
             await limiter.release(ticket, None)
-            raise RuntimeError("the client is not open: use 'async with Client(...)'")
+            raise RuntimeError("the client is closed: open it again or make a new Client")
         gate = _Gate(limiter, ticket, self._stats)
         try:
             async with session.get(
@@ -148,8 +180,21 @@ class AiohttpTransport:
                 allow_redirects=False,
                 timeout=self._timeout,
                 middlewares=(gate,),
+                raise_for_status=False,
+                auto_decompress=True,
             ) as response:
-                body = await response.read()
+                try:
+                    body = await self._read(response)
+                except _TooLarge:
+                    # Never hand a half-read connection back to the pool.
+                    response.close()
+                    too_large = errors.TransportError(
+                        f"reply body over max_body_bytes ({self._max_body} bytes): "
+                        "not read further",
+                        status=response.status,
+                    )
+                    too_large.retryable = False
+                    raise too_large from None
                 assert gate.reply is not None  # our middleware saw this response
                 return RawReply(response.status, response.headers, body, gate.reply)
         except asyncio.TimeoutError:
@@ -165,6 +210,25 @@ class AiohttpTransport:
             # its slot here; a send that did has already freed it.
             await gate.release(None)
         raise error
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._max_body
+        length = response.content_length
+        if length is not None and length > cap:
+            raise _TooLarge
+        # The stream yields decompressed bytes, so the count is of what we would hold.
+        content = response.content
+        first = await content.readany()
+        if not first:
+            return b""
+        chunks = [first]
+        total = len(first)
+        while total <= cap and (chunk := await content.readany()):
+            total += len(chunk)
+            chunks.append(chunk)
+        if total > cap:
+            raise _TooLarge
+        return first if len(chunks) == 1 else b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:
