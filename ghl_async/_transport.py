@@ -17,7 +17,8 @@ server cannot make the client hold more than that.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -109,6 +110,7 @@ class AiohttpTransport:
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_body = max_body_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def is_open(self) -> bool:
@@ -130,22 +132,27 @@ class AiohttpTransport:
                 raise_for_status=False,
             )
             self._owns_session = True
+            self._loop = asyncio.get_running_loop()
 
-    async def forget_loop(self, *, old_loop_closed: bool) -> None:
-        """Let go of a session this transport opened on an event loop no longer in use.
+    def abandon(self) -> None:
+        """Let go of a session this transport opened, without awaiting (no warning follows).
 
-        Its connections belong to that loop and cannot be closed from another. When that
-        loop is closed its sockets went with it, and closing the connector only marks it
-        closed (no "Unclosed client session" warning follows). :meth:`open` then makes a
-        new session on the current loop.
+        For a client dropped unclosed, or used again under a new event loop. On a loop
+        still alive the session is closed there, properly, a moment later. On a closed
+        loop its sockets went with the loop, and closing the connector only marks it
+        closed. :meth:`open` makes a new session when one is needed again.
         """
-        session = self._session
-        if session is None or not self._owns_session:
+        session, loop = self._session, self._loop
+        if session is None or not self._owns_session or session.closed or loop is None:
             return
         self._session = None
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: as below
+                loop.call_soon_threadsafe(_close_later, session)
+                return
         connector = session.connector
-        if old_loop_closed and connector is not None:
-            await connector.close()
+        if connector is not None:
+            _finish_now(connector.close())
 
     async def aclose(self) -> None:
         """Close the session if this transport opened it; release every connection."""
@@ -229,6 +236,27 @@ class AiohttpTransport:
         if total > cap:
             raise _TooLarge
         return first if len(chunks) == 1 else b"".join(chunks)
+
+
+# Sessions being closed for abandoned clients (a task is only weakly held by its loop).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(session: aiohttp.ClientSession) -> None:
+    task = asyncio.ensure_future(session.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _finish_now(pending: Awaitable[object]) -> None:
+    # The connector of a closed loop returns an awaitable that completes without ever
+    # suspending (there is nothing left to wait for): run it to the end here.
+    steps = pending.__await__()
+    try:
+        next(steps)
+    except StopIteration:
+        return
+    steps.close()  # it wanted to wait on a loop that is gone: give up quietly
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from types import TracebackType
@@ -42,7 +43,8 @@ Types = Iterable[str] | str | None
 class Client:
     """An asyncio client for HighLevel's ``GET /conversations/{id}/messages``.
 
-    Open it once and keep it for the life of your app or job::
+    Make it once and keep it for the life of your app or job. It opens on first use
+    (``await client.aclose()`` closes it), or use it as a context manager::
 
         async with Client(token) as client:
             page = await client.get_messages("tDtDnQdgm2LXpyiqYvZ6", limit=50)
@@ -166,7 +168,7 @@ class Client:
         engine = self._engine
         if self._loop is not loop:
             if self._loop is not None:
-                await engine.transport.forget_loop(old_loop_closed=self._loop.is_closed())
+                engine.transport.abandon()
                 engine.capacity = anyio.CapacityLimiter(self._max_concurrency)
                 self._auth.forget_loop()
             engine.limiter = (
@@ -189,16 +191,20 @@ class Client:
                 await asyncio.wait(tasks)
         await self._engine.transport.aclose()
 
+    def __del__(self) -> None:
+        # Dropped without aclose() (a notebook cell run again): close the session
+        # quietly rather than leave aiohttp to print "Unclosed client session".
+        with contextlib.suppress(Exception):
+            self._engine.transport.abandon()
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(
                 "the client is closed: open it again ('async with client') or make a new one"
             )
-        if self._loop is None:
-            raise RuntimeError("the client is not open: use 'async with Client(...)'")
 
     async def _ready(self) -> None:
-        """Raise if the client cannot be used; reopen it if the event loop changed."""
+        """Open the client on first use (or under a new event loop); raise if closed."""
         self._check_open()
         if self._loop is not asyncio.get_running_loop():
             await self.open()
@@ -420,7 +426,13 @@ class Client:
         being the cursor to resume it from, and the others go on; a refused token
         (:class:`~ghl_async.errors.AuthenticationError`) or a spent daily budget
         (:class:`~ghl_async.errors.DailyLimitExceeded`) still stops everything and is
-        raised, since every other conversation would fail the same way.
+        raised, since every other conversation would fail the same way. Whatever the
+        server sends for one conversation (a cursor that is not an id, bytes that are not
+        UTF-8, JSON too deep, a body over ``max_body_bytes``) is that conversation's
+        :class:`~ghl_async.errors.GHLError`, the underlying error chained as its
+        ``__cause__``. An error of your own (an id source or token provider raising, a
+        bad id) stops the fan-out and is raised as itself, never in an
+        ``ExceptionGroup``.
 
         Breaking out of the loop, an exception in its body or cancelling the consuming
         task stops every request in flight; the client stays usable. If you keep the
@@ -501,6 +513,7 @@ class Client:
     async def _iter_conversations(
         self, location_id: str, page_size: int, filters: dict[str, str]
     ) -> AsyncGenerator[Conversation, None]:
+        await self._ready()
         url = f"{self._base_url}/conversations/search"
         params = {**filters, "locationId": location_id, "limit": str(page_size)}
         seen_cursor: set[str] = set()

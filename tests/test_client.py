@@ -369,8 +369,6 @@ async def test_the_session_opens_in_aenter_and_closing_releases_everything(
     async with server(conversations=3, messages=20) as fake:
         client = Client(fake.token, base_url=fake.url)
         assert client._engine.transport._session is None
-        with pytest.raises(RuntimeError, match="not open"):
-            await client.get_messages(fake.conversation_ids[0])
         async with client:
             await asyncio.gather(*(client.get_messages(c) for c in fake.conversation_ids))
             assert open_connections(client) == 0
@@ -477,3 +475,58 @@ def test_a_client_works_under_a_second_asyncio_run(caplog: pytest.LogCaptureFixt
     del client_holder[:]
     gc.collect()
     assert "Unclosed" not in caplog.text
+
+
+async def test_a_client_opens_on_first_use_and_aclose_closes_it(server: ServerFactory) -> None:
+    async with server(conversations=3, messages=12) as fake:
+        ids = fake.conversation_ids
+        client = Client(fake.token, base_url=fake.url)
+        assert "closed" in repr(client)
+        assert len((await client.get_messages(ids[0])).messages) == 12
+        assert "open" in repr(client)
+        await client.aclose()
+        assert "closed" in repr(client)
+        with pytest.raises(RuntimeError, match="the client is closed"):
+            await client.get_messages(ids[0])
+        # Every way in opens it: fan-out, iterators, the location's conversations.
+        for use in ("fan_out", "iter_messages", "iter_conversations"):
+            client = Client(fake.token, base_url=fake.url)
+            if use == "fan_out":
+                got = [m async for _, m in client.fan_out(ids)]
+            elif use == "iter_messages":
+                got = [m async for m in client.iter_messages(ids[1])]
+            else:
+                got = [c async for c in client.iter_conversations(fake.location_id)]
+            assert got
+            await client.aclose()
+            assert open_connections_or_none(client) is None
+
+
+def open_connections_or_none(client: Client) -> int | None:
+    session = client._engine.transport._session
+    return None if session is None or session.closed else open_connections(client)
+
+
+async def test_a_client_dropped_without_closing_prints_nothing(
+    server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A notebook cell run twice: the first cell's client is dropped, never closed.
+    async with server(conversations=2, messages=3) as fake:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        try:
+            for _ in range(2):
+                client = Client(fake.token, base_url=fake.url)
+                await client.get_messages(fake.conversation_ids[0])
+                session = client._engine.transport._session
+                assert session is not None
+            del client
+            gc.collect()
+            await asyncio.sleep(0.05)  # the dropped client's session closes on the loop
+            assert session.closed
+            gc.collect()
+        finally:
+            loop.set_exception_handler(None)
+        assert reported == []
+        assert "Unclosed" not in caplog.text

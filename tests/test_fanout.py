@@ -259,8 +259,10 @@ async def test_bad_fan_out_arguments(server: ServerFactory) -> None:
                 async for _ in client.fan_out(["../etc"]):
                     pass
         assert fake.stats.requests == 0
-    with pytest.raises(RuntimeError, match="not open"):
-        Client("t").fan_out(["a"])
+    closed = Client("t")
+    await closed.aclose()
+    with pytest.raises(RuntimeError, match="the client is closed"):
+        closed.fan_out(["a"])
 
 
 async def test_a_refused_token_stops_the_fan_out_even_when_returning_exceptions(
