@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from types import TracebackType
@@ -194,8 +193,12 @@ class Client:
     def __del__(self) -> None:
         # Dropped without aclose() (a notebook cell run again): close the session
         # quietly rather than leave aiohttp to print "Unclosed client session".
-        with contextlib.suppress(Exception):
+        # try/except, not contextlib.suppress: at interpreter exit module globals may
+        # be gone already, and a failed __init__ leaves no engine.
+        try:  # noqa: SIM105
             self._engine.transport.abandon()
+        except Exception:
+            pass
 
     def _check_open(self) -> None:
         if self._closed:
