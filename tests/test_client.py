@@ -530,3 +530,23 @@ async def test_a_client_dropped_without_closing_prints_nothing(
             loop.set_exception_handler(None)
         assert reported == []
         assert "Unclosed" not in caplog.text
+
+
+async def test_a_raise_for_status_session_still_retries_and_maps_statuses(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=2, messages=5) as fake:
+        first, second = fake.conversation_ids
+        async with aiohttp.ClientSession(raise_for_status=True) as session:
+            async with Client(
+                fake.token, base_url=fake.url, retry=FAST, session=session
+            ) as client:
+                fake.inject("server_error", 2, conversation_id=first)
+                fake.inject("429", conversation_id=first)
+                assert len((await client.get_messages(first)).messages) == 5
+                assert client.stats.retries == 3
+                assert client.stats.throttled == 1
+                fake.inject("403", conversation_id=second)
+                with pytest.raises(errors.PermissionDeniedError):
+                    await client.get_messages(second)
+                assert client.stats.retries == 3  # never retried
