@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import anyio
-import msgspec
 
 from . import errors
 from ._auth import TokenSource
@@ -89,13 +88,18 @@ class Engine:
                 if error is None:
                     try:
                         return decode(raw.body)
-                    except msgspec.DecodeError as exc:
+                    except Exception as exc:
+                        # Whatever the bytes make the decoder raise (bad UTF-8, nesting
+                        # too deep for the decoder, a wrong type) is the reply's fault:
+                        # one DecodeError, the decoder's own error chained as its cause.
                         error = errors.DecodeError(
-                            f"reply is not the documented JSON: {exc}",
+                            f"reply is not the documented JSON: {type(exc).__name__}: "
+                            f"{str(exc)[:200]}",
                             status=raw.status,
                             body=raw.body,
                             retryable=not looks_like_json(raw.body),
                         )
+                        error.__cause__ = exc
             except errors.TransportError as exc:
                 error = exc
             assert error is not None

@@ -9,6 +9,12 @@ every in-flight request at once.
 
 The stream's small buffer is the backpressure: a slow consumer slows fetching, and
 memory holds at most ``buffer + concurrency`` pages whatever the total.
+
+Errors: a :class:`~ghl_async.errors.GHLError` belongs to its conversation (yielded as
+its item with ``return_exceptions=True``, else it stops the rest and is raised). Any
+other exception is the caller's own (an id source or token provider raising, a bad id)
+or a bug: it stops the fan-out and is raised as itself. Workers never let an exception
+out of the task group, so the caller never sees an ``ExceptionGroup``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ __all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
 IdSource = Iterable[str] | AsyncIterable[str]
 PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
 # What the stream carries: a page, or a conversation's final error.
-Item = tuple[str, MessagesPage | BaseException]
+Item = tuple[str, MessagesPage | errors.GHLError]
 
 _FATAL = (errors.AuthenticationError, errors.DailyLimitExceeded)
 
@@ -104,33 +110,47 @@ class _Run:
             for _ in range(self.options.concurrency):
                 tg.start_soon(self._worker, tg.cancel_scope)
 
-    async def _worker(self, scope: anyio.CancelScope) -> None:
-        while (conversation_id := await self.ids.next()) is not None:
-            error = await self._one(conversation_id)
-            if error is None:
-                continue
-            # A refused token or a spent day fails every conversation alike: stop all.
-            if self.options.return_exceptions and not isinstance(error, _FATAL):
-                await self.send.send((conversation_id, error))
-                continue
-            if self.error is None:
-                self.error = error
-            scope.cancel()
-            return
+    def _stop(self, error: BaseException, scope: anyio.CancelScope) -> None:
+        if self.error is None:
+            self.error = error
+        scope.cancel()
 
-    async def _one(self, conversation_id: str) -> BaseException | None:
-        last_cursor: str | None = None
+    async def _worker(self, scope: anyio.CancelScope) -> None:
+        try:
+            while (conversation_id := await self.ids.next()) is not None:
+                error = await self._one(conversation_id)
+                if error is None:
+                    continue
+                # A refused token or a spent day fails every conversation alike: stop all.
+                if self.options.return_exceptions and not isinstance(error, _FATAL):
+                    await self.send.send((conversation_id, error))
+                    continue
+                self._stop(error, scope)
+                return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The consumer has gone: nothing is left to deliver, and nobody to tell.
+            scope.cancel()
+        except Exception as exc:
+            self._stop(exc, scope)
+
+    async def _one(self, conversation_id: str) -> errors.GHLError | None:
         try:
             async with aclosing(self.pages(conversation_id)) as pages:
                 async for page in pages:
                     await self.send.send((conversation_id, page))
-                    last_cursor = page.last_message_id or last_cursor
-        except (errors.GHLError, ValueError, TypeError) as exc:
-            if isinstance(exc, errors.GHLError):
+        except errors.GHLError as exc:
+            # The page source marks its errors with the cursor to resume from.
+            if exc.conversation_id is None:
                 exc.conversation_id = conversation_id
-                exc.last_message_id = last_cursor
             return exc
         return None
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # Whatever the producers' task ends with was raised to the consumer or is moot
+    # (the consumer left first): never "Task exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 async def run_fan_out(
@@ -138,11 +158,18 @@ async def run_fan_out(
     pages: PageSource,
     options: FanOutOptions,
     spawn: Callable[[Awaitable[None]], asyncio.Task[None]],
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[Item, None]:
-    """Yield ``(conversation_id, page or error)`` as pages arrive; see the module doc."""
+    """Yield ``(conversation_id, page or error)`` as pages arrive; see the module doc.
+
+    ``ready`` is awaited first, in the consumer's loop (the client opens itself there).
+    """
+    if ready is not None:
+        await ready()
     send, receive = anyio.create_memory_object_stream[Item](options.buffer)
     run = _Run(ids, pages, options, send)
     task = spawn(run.run())
+    task.add_done_callback(_retrieve)
     try:
         with receive:
             async for item in receive:
@@ -156,6 +183,3 @@ async def run_fan_out(
             task.cancel()
             with anyio.move_on_after(_CLOSE_WAIT, shield=True):
                 await asyncio.wait({task})
-        if task.done() and not task.cancelled():
-            # Mark the task's exception as retrieved; it was raised above or is moot.
-            task.exception()

@@ -6,12 +6,19 @@ sends an idempotent request a second time inside ``session.get``. That resend ru
 through the request's middleware chain, so a per-request middleware is where the
 limiter is held: the first send uses the slot the caller acquired, any resend acquires
 another. Under a strict budget an unmetered resend is a 429 we caused ourselves.
+
+A caller's session brings its own defaults; every request here overrides the ones that
+would change what a reply means (``raise_for_status``, ``auto_decompress``, redirects,
+timeout, middlewares), so statuses reach the same decisions whatever the session. The
+body is read in chunks against ``max_body_bytes`` (counted after decompression): a
+server cannot make the client hold more than that.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,7 +27,14 @@ from . import errors
 from .ratelimit import Limiter, Reply
 from .stats import ClientStats
 
-__all__ = ["AiohttpTransport", "RawReply"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport", "RawReply"]
+
+#: The largest reply body read by default (a page of 100 messages is well under 1 MiB).
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    """The body went over ``max_body_bytes``."""
 
 
 @dataclass(slots=True)
@@ -78,6 +92,7 @@ class AiohttpTransport:
         max_connections: the connection pool size for a session opened here.
         timeout: seconds one attempt may take, connecting and reading included.
         stats: where every send that reaches the wire is counted.
+        max_body_bytes: the largest body read; a longer one fails the attempt.
     """
 
     def __init__(
@@ -87,12 +102,15 @@ class AiohttpTransport:
         max_connections: int,
         timeout: float,
         stats: ClientStats,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._stats = stats
         self._session = session
         self._owns_session = session is None
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_body = max_body_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def is_open(self) -> bool:
@@ -114,6 +132,27 @@ class AiohttpTransport:
                 raise_for_status=False,
             )
             self._owns_session = True
+            self._loop = asyncio.get_running_loop()
+
+    def abandon(self) -> None:
+        """Let go of a session this transport opened, without awaiting (no warning follows).
+
+        For a client dropped unclosed, or used again under a new event loop. On a loop
+        still alive the session is closed there, properly, a moment later. On a closed
+        loop its sockets went with the loop, and closing the connector only marks it
+        closed. :meth:`open` makes a new session when one is needed again.
+        """
+        session, loop = self._session, self._loop
+        if session is None or not self._owns_session or session.closed or loop is None:
+            return
+        self._session = None
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: as below
+                loop.call_soon_threadsafe(_close_later, session)
+                return
+        connector = session.connector
+        if connector is not None:
+            _finish_now(connector.close())
 
     async def aclose(self) -> None:
         """Close the session if this transport opened it; release every connection."""
@@ -138,7 +177,7 @@ class AiohttpTransport:
         session = self._session
         if session is None or session.closed:
             await limiter.release(ticket, None)
-            raise RuntimeError("the client is not open: use 'async with Client(...)'")
+            raise RuntimeError("the client is closed: open it again or make a new Client")
         gate = _Gate(limiter, ticket, self._stats)
         try:
             async with session.get(
@@ -148,8 +187,21 @@ class AiohttpTransport:
                 allow_redirects=False,
                 timeout=self._timeout,
                 middlewares=(gate,),
+                raise_for_status=False,
+                auto_decompress=True,
             ) as response:
-                body = await response.read()
+                try:
+                    body = await self._read(response)
+                except _TooLarge:
+                    # Never hand a half-read connection back to the pool.
+                    response.close()
+                    too_large = errors.TransportError(
+                        f"reply body over max_body_bytes ({self._max_body} bytes): "
+                        "not read further",
+                        status=response.status,
+                    )
+                    too_large.retryable = False
+                    raise too_large from None
                 assert gate.reply is not None  # our middleware saw this response
                 return RawReply(response.status, response.headers, body, gate.reply)
         except asyncio.TimeoutError:
@@ -165,6 +217,46 @@ class AiohttpTransport:
             # its slot here; a send that did has already freed it.
             await gate.release(None)
         raise error
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._max_body
+        length = response.content_length
+        if length is not None and length > cap:
+            raise _TooLarge
+        # The stream yields decompressed bytes, so the count is of what we would hold.
+        content = response.content
+        first = await content.readany()
+        if not first:
+            return b""
+        chunks = [first]
+        total = len(first)
+        while total <= cap and (chunk := await content.readany()):
+            total += len(chunk)
+            chunks.append(chunk)
+        if total > cap:
+            raise _TooLarge
+        return first if len(chunks) == 1 else b"".join(chunks)
+
+
+# Sessions being closed for abandoned clients (a task is only weakly held by its loop).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(session: aiohttp.ClientSession) -> None:
+    task = asyncio.ensure_future(session.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _finish_now(pending: Awaitable[object]) -> None:
+    # The connector of a closed loop returns an awaitable that completes without ever
+    # suspending (there is nothing left to wait for): run it to the end here.
+    steps = pending.__await__()
+    try:
+        next(steps)
+    except StopIteration:
+        return
+    steps.close()  # it wanted to wait on a loop that is gone: give up quietly
 
 
 def _describe(exc: BaseException) -> str:

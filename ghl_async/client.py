@@ -15,7 +15,7 @@ from . import errors
 from ._auth import TokenProvider, TokenSource
 from ._engine import Engine
 from ._fanout import FanOutOptions, IdSource, run_fan_out
-from ._transport import AiohttpTransport
+from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
 from ._validation import (
     MAX_PAGE_SIZE,
     check_base_url,
@@ -42,7 +42,8 @@ Types = Iterable[str] | str | None
 class Client:
     """An asyncio client for HighLevel's ``GET /conversations/{id}/messages``.
 
-    Open it once and keep it for the life of your app or job::
+    Make it once and keep it for the life of your app or job. It opens on first use
+    (``await client.aclose()`` closes it), or use it as a context manager::
 
         async with Client(token) as client:
             page = await client.get_messages("tDtDnQdgm2LXpyiqYvZ6", limit=50)
@@ -68,6 +69,8 @@ class Client:
             default all clients of one token in a process share one limiter.
         allow_insecure: allow a plain-http ``base_url`` off loopback.
         user_agent: the ``User-Agent`` header.
+        max_body_bytes: the largest reply body read (after decompression); a longer
+            one fails that request with :class:`~ghl_async.errors.TransportError`.
     """
 
     def __init__(
@@ -83,13 +86,18 @@ class Client:
         limiter: Limiter | None = None,
         allow_insecure: bool = False,
         user_agent: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        self._auth = TokenSource(token)
-        self._base_url = check_base_url(base_url, allow_insecure=allow_insecure)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError("timeout must be a number of seconds")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise TypeError("max_body_bytes must be an int")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
+        self._auth = TokenSource(token, timeout=float(timeout))
+        self._base_url = check_base_url(base_url, allow_insecure=allow_insecure)
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise TypeError("max_concurrency must be an int")
         if max_concurrency < 1:
@@ -112,6 +120,7 @@ class Client:
                 max_connections=max_concurrency,
                 timeout=float(timeout),
                 stats=self.stats,
+                max_body_bytes=max_body_bytes,
             ),
             retry=retry if retry is not None else RetryPolicy(),
             capacity=anyio.CapacityLimiter(max_concurrency),
@@ -119,6 +128,9 @@ class Client:
             stats=self.stats,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        # The event loop the limiter, slots and session belong to (None: never opened).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         state = "open" if self._engine.transport.is_open else "closed"
@@ -145,17 +157,31 @@ class Client:
         await self.aclose()
 
     async def open(self) -> None:
-        """Open the HTTP session and pick the limiter; ``async with`` does this for you."""
-        if self._explicit_limiter is not None:
-            self._engine.limiter = self._explicit_limiter
-        elif self._engine.limiter is None:
-            self._engine.limiter = shared_limiter(
-                asyncio.get_running_loop(), token_key(self._auth.identity), self._rate_limit
+        """Open the HTTP session and pick the limiter; ``async with`` does this for you.
+
+        A client opened under one event loop and used under another (a second
+        ``asyncio.run()``) opens again for the new loop: the session, the shared
+        limiter and the concurrency slots belong to a loop.
+        """
+        loop = asyncio.get_running_loop()
+        engine = self._engine
+        if self._loop is not loop:
+            if self._loop is not None:
+                engine.transport.abandon()
+                engine.capacity = anyio.CapacityLimiter(self._max_concurrency)
+                self._auth.forget_loop()
+            engine.limiter = (
+                self._explicit_limiter
+                if self._explicit_limiter is not None
+                else shared_limiter(loop, token_key(self._auth.identity), self._rate_limit)
             )
-        await self._engine.transport.open()
+            self._loop = loop
+        await engine.transport.open()
+        self._closed = False
 
     async def aclose(self) -> None:
         """Stop running fan-outs and close the session (if the client opened it)."""
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -163,6 +189,28 @@ class Client:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait(tasks)
         await self._engine.transport.aclose()
+
+    def __del__(self) -> None:
+        # Dropped without aclose() (a notebook cell run again): close the session
+        # quietly rather than leave aiohttp to print "Unclosed client session".
+        # try/except, not contextlib.suppress: at interpreter exit module globals may
+        # be gone already, and a failed __init__ leaves no engine.
+        try:  # noqa: SIM105
+            self._engine.transport.abandon()
+        except Exception:
+            pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                "the client is closed: open it again ('async with client') or make a new one"
+            )
+
+    async def _ready(self) -> None:
+        """Open the client on first use (or under a new event loop); raise if closed."""
+        self._check_open()
+        if self._loop is not asyncio.get_running_loop():
+            await self.open()
 
     # -- one conversation ------------------------------------------------------------
 
@@ -197,7 +245,12 @@ class Client:
         type_filter = check_types(types)
         if type_filter is not None:
             params["type"] = type_filter
-        return await self._get_page(conversation_id, params)
+        await self._ready()
+        try:
+            return await self._get_page(conversation_id, params)
+        except errors.GHLError as exc:
+            errors.locate(exc, conversation_id, last_message_id)
+            raise
 
     async def _get_page(self, conversation_id: str, params: dict[str, str]) -> MessagesPage:
         page = await self._engine.get(
@@ -242,26 +295,42 @@ class Client:
         page_size: int,
         cursor: str | None,
     ) -> AsyncGenerator[MessagesPage, None]:
+        await self._ready()
         seen: set[str] = set()
         base: dict[str, str] = {"limit": str(page_size)}
         if type_filter is not None:
             base["type"] = type_filter
         while True:
             params = base if cursor is None else {**base, "lastMessageId": cursor}
-            page = await self._get_page(conversation_id, params)
-            yield page
+            try:
+                page = await self._get_page(conversation_id, params)
+            except errors.GHLError as exc:
+                # ``cursor`` asked for the page that failed: every message before it
+                # was handed out, so it is where to resume.
+                errors.locate(exc, conversation_id, cursor)
+                raise
             if page.is_last:
+                yield page
                 return
+            # The next cursor is checked before the page goes out, so that on an error
+            # ``cursor`` is still exactly where to resume: nothing after it handed out.
             following = page.last_message_id or page.messages[-1].id
             if following in seen or following == cursor:
-                error = errors.PaginationError(
-                    f"the server repeated the cursor {following!r}: stopping instead of looping"
+                raise errors.locate(
+                    errors.PaginationError(
+                        f"the server repeated the cursor {following!r}: "
+                        "stopping instead of looping"
+                    ),
+                    conversation_id,
+                    cursor,
                 )
-                error.conversation_id = conversation_id
-                error.last_message_id = cursor
-                raise error
+            try:
+                check_id(following, "the server's lastMessageId")
+            except (TypeError, ValueError) as exc:
+                # Not an id we could send back: the reply is not the documented JSON.
+                raise errors.locate(errors.DecodeError(str(exc)), conversation_id, cursor) from exc
             seen.add(following)
-            check_id(following, "the server's lastMessageId")
+            yield page
             cursor = following
 
     async def iter_messages(
@@ -293,7 +362,7 @@ class Client:
         page_size: int,
         concurrency: int | None,
         return_exceptions: bool,
-    ) -> AsyncGenerator[tuple[str, MessagesPage | BaseException], None]:
+    ) -> AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None]:
         check_page_size(page_size, "page_size")
         type_filter = check_types(types)
         if concurrency is None:
@@ -304,8 +373,7 @@ class Client:
             raise ValueError("concurrency must be at least 1")
         if isinstance(conversation_ids, (str, bytes)):
             raise TypeError("conversation_ids must be an iterable of ids, not a single str")
-        if self._engine.limiter is None:
-            raise RuntimeError("the client is not open: use 'async with Client(...)'")
+        self._check_open()
 
         def pages(conversation_id: str) -> AsyncGenerator[MessagesPage, None]:
             check_id(conversation_id, "conversation_id")
@@ -316,7 +384,7 @@ class Client:
             return_exceptions=return_exceptions,
             buffer=max(2, concurrency // 2),
         )
-        return run_fan_out(conversation_ids, pages, options, self._spawn)
+        return run_fan_out(conversation_ids, pages, options, self._spawn, self._ready)
 
     @overload
     def fan_out_pages(
@@ -363,7 +431,13 @@ class Client:
         being the cursor to resume it from, and the others go on; a refused token
         (:class:`~ghl_async.errors.AuthenticationError`) or a spent daily budget
         (:class:`~ghl_async.errors.DailyLimitExceeded`) still stops everything and is
-        raised, since every other conversation would fail the same way.
+        raised, since every other conversation would fail the same way. Whatever the
+        server sends for one conversation (a cursor that is not an id, bytes that are not
+        UTF-8, JSON too deep, a body over ``max_body_bytes``) is that conversation's
+        :class:`~ghl_async.errors.GHLError`, the underlying error chained as its
+        ``__cause__``. An error of your own (an id source or token provider raising, a
+        bad id) stops the fan-out and is raised as itself, never in an
+        ``ExceptionGroup``.
 
         Breaking out of the loop, an exception in its body or cancelling the consuming
         task stops every request in flight; the client stays usable. If you keep the
@@ -444,6 +518,7 @@ class Client:
     async def _iter_conversations(
         self, location_id: str, page_size: int, filters: dict[str, str]
     ) -> AsyncGenerator[Conversation, None]:
+        await self._ready()
         url = f"{self._base_url}/conversations/search"
         params = {**filters, "locationId": location_id, "limit": str(page_size)}
         seen_cursor: set[str] = set()
@@ -463,24 +538,15 @@ class Client:
             params = {**params, "startAfterDate": cursor}
 
 
-def _raise_or_keep(error: BaseException) -> errors.GHLError:
-    if isinstance(error, errors.GHLError):
-        return error
-    raise error
-
-
 async def _pages_only(
-    items: AsyncGenerator[tuple[str, MessagesPage | BaseException], None],
+    items: AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None],
     on_page: PageHook | None,
 ) -> AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None]:
     async with aclosing(items):
         async for conversation_id, item in items:
-            if isinstance(item, MessagesPage):
-                if on_page is not None:
-                    on_page(conversation_id, item)
-                yield conversation_id, item
-            else:
-                yield conversation_id, _raise_or_keep(item)
+            if on_page is not None and isinstance(item, MessagesPage):
+                on_page(conversation_id, item)
+            yield conversation_id, item
 
 
 async def _messages_only(

@@ -14,7 +14,7 @@ reported before any request as plain :class:`ValueError` / :class:`TypeError`.
     │   ├── RateLimitError          429 (.retry_after)
     │   │   └── DailyLimitExceeded  429 with X-RateLimit-Daily-Remaining: 0 (.resets_at)
     │   └── ServerError             5xx
-    ├── TransportError              connection reset, timeout, truncated body
+    ├── TransportError              connection reset, timeout, truncated or oversized body
     ├── DecodeError                 a body that is not the documented JSON
     ├── PaginationError             the server repeated a cursor
     └── LimiterUnavailable          a shared limiter (Redis) cannot be reached
@@ -24,6 +24,8 @@ Errors never carry the token: they hold the status, the server's message, the bo
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 __all__ = [
     "APIStatusError",
@@ -168,7 +170,11 @@ class ServerError(APIStatusError):
 
 
 class TransportError(GHLError):
-    """No complete reply: connection refused or reset, timeout, truncated body. Retried."""
+    """No complete reply: connection refused or reset, timeout, truncated body. Retried.
+
+    A body longer than the client's ``max_body_bytes`` is a ``TransportError`` too, but
+    not retried: the server would send it again.
+    """
 
     retryable = True
 
@@ -201,3 +207,18 @@ class LimiterUnavailable(GHLError):
     """A shared rate limiter (Redis) could not be reached; nothing was sent."""
 
     retryable = False
+
+
+E = TypeVar("E", bound=GHLError)
+
+
+def locate(error: E, conversation_id: str, last_message_id: str | None) -> E:
+    """Mark ``error`` as met reading ``conversation_id``, resumable after ``last_message_id``.
+
+    ``last_message_id`` is the cursor of the request that failed: every message before
+    it was handed out, so ``iter_pages(conversation_id, last_message_id=...)`` resumes
+    with nothing lost and nothing twice (``None``: start again from the newest).
+    """
+    error.conversation_id = conversation_id
+    error.last_message_id = last_message_id
+    return error

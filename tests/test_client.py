@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import aiohttp
@@ -368,11 +369,184 @@ async def test_the_session_opens_in_aenter_and_closing_releases_everything(
     async with server(conversations=3, messages=20) as fake:
         client = Client(fake.token, base_url=fake.url)
         assert client._engine.transport._session is None
-        with pytest.raises(RuntimeError, match="not open"):
-            await client.get_messages(fake.conversation_ids[0])
         async with client:
             await asyncio.gather(*(client.get_messages(c) for c in fake.conversation_ids))
             assert open_connections(client) == 0
             session = client._engine.transport._session
         assert session is not None and session.closed
         assert "closed" in repr(client)
+
+
+async def test_a_token_provider_that_hangs_is_bounded_by_the_timeout(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=1) as fake:
+        never = asyncio.Event()
+
+        async def provider() -> str:
+            await never.wait()
+            return fake.token
+
+        async with Client(provider, base_url=fake.url, timeout=0.05, retry=FAST) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(errors.AuthenticationError, match=r"no token within 0\.05 s"):
+                await client.get_messages(fake.conversation_ids[0])
+            assert loop.time() - started < 1.0
+        assert fake.stats.requests == 0
+
+
+async def test_a_provider_raising_timeout_error_raises_it_as_itself(server: ServerFactory) -> None:
+    async with server(conversations=1) as fake:
+        mine = TimeoutError("vault slow")
+
+        async def provider() -> str:
+            raise mine
+
+        async with Client(provider, base_url=fake.url) as client:
+            with pytest.raises(TimeoutError) as caught:
+                await client.get_messages(fake.conversation_ids[0])
+        assert caught.value is mine
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (42, "the token provider returned int, not a str token"),
+        (b"bytes-token", "the token provider returned bytes, not a str token"),
+        (None, "the token provider returned NoneType, not a str token"),
+    ],
+)
+async def test_a_provider_returning_a_non_string_says_so(
+    server: ServerFactory, returned: object, message: str
+) -> None:
+    async with server(conversations=1) as fake:
+
+        async def provider() -> Any:
+            return returned
+
+        async with Client(provider, base_url=fake.url) as client:
+            with pytest.raises(TypeError, match=message):
+                await client.get_messages(fake.conversation_ids[0])
+        assert fake.stats.requests == 0
+
+
+async def test_a_sync_provider_is_told_to_be_async(server: ServerFactory) -> None:
+    async with server(conversations=1) as fake:
+        async with Client(lambda: fake.token, base_url=fake.url) as client:  # type: ignore[arg-type, return-value]
+            with pytest.raises(TypeError, match="must be an async callable; it returned str"):
+                await client.get_messages(fake.conversation_ids[0])
+
+
+async def test_a_closed_client_says_so(server: ServerFactory) -> None:
+    async with server(conversations=2, messages=3) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            await client.get_messages(fake.conversation_ids[0])
+        with pytest.raises(RuntimeError, match="the client is closed"):
+            await client.get_messages(fake.conversation_ids[0])
+        with pytest.raises(RuntimeError, match="the client is closed"):
+            async for _ in client.iter_messages(fake.conversation_ids[0]):
+                pass
+        # Opening it again is allowed and works.
+        async with client:
+            assert len((await client.get_messages(fake.conversation_ids[1])).messages) == 3
+
+
+def test_a_client_works_under_a_second_asyncio_run(caplog: pytest.LogCaptureFixture) -> None:
+    client_holder: list[Client] = []
+
+    async def use(close: bool) -> list[str]:
+        async with FakeHighLevel(conversations=2, messages=7, seed=5, token="pit-same") as fake:
+            if not client_holder:
+                client_holder.append(Client(fake.token, base_url=fake.url))
+            client = client_holder[0]
+            client._base_url = fake.url  # a new fake each run, on a new port
+            await client.open()
+            try:
+                return [m.id async for _, m in client.fan_out(fake.conversation_ids)]
+            finally:
+                if close:
+                    await client.aclose()
+
+    first = asyncio.run(use(close=True))
+    second = asyncio.run(use(close=False))  # left open: its loop closes under it
+    third = asyncio.run(use(close=True))
+    assert len(first) == len(second) == len(third) == 14
+    del client_holder[:]
+    gc.collect()
+    assert "Unclosed" not in caplog.text
+
+
+async def test_a_client_opens_on_first_use_and_aclose_closes_it(server: ServerFactory) -> None:
+    async with server(conversations=3, messages=12) as fake:
+        ids = fake.conversation_ids
+        client = Client(fake.token, base_url=fake.url)
+        assert "closed" in repr(client)
+        assert len((await client.get_messages(ids[0])).messages) == 12
+        assert "open" in repr(client)
+        await client.aclose()
+        assert "closed" in repr(client)
+        with pytest.raises(RuntimeError, match="the client is closed"):
+            await client.get_messages(ids[0])
+        # Every way in opens it: fan-out, iterators, the location's conversations.
+        for use in ("fan_out", "iter_messages", "iter_conversations"):
+            client = Client(fake.token, base_url=fake.url)
+            if use == "fan_out":
+                got = [m async for _, m in client.fan_out(ids)]
+            elif use == "iter_messages":
+                got = [m async for m in client.iter_messages(ids[1])]
+            else:
+                got = [c async for c in client.iter_conversations(fake.location_id)]
+            assert got
+            await client.aclose()
+            assert open_connections_or_none(client) is None
+
+
+def open_connections_or_none(client: Client) -> int | None:
+    session = client._engine.transport._session
+    return None if session is None or session.closed else open_connections(client)
+
+
+async def test_a_client_dropped_without_closing_prints_nothing(
+    server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A notebook cell run twice: the first cell's client is dropped, never closed.
+    async with server(conversations=2, messages=3) as fake:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        try:
+            for _ in range(2):
+                client = Client(fake.token, base_url=fake.url)
+                await client.get_messages(fake.conversation_ids[0])
+                session = client._engine.transport._session
+                assert session is not None
+            del client
+            gc.collect()
+            await asyncio.sleep(0.05)  # the dropped client's session closes on the loop
+            assert session.closed
+            gc.collect()
+        finally:
+            loop.set_exception_handler(None)
+        assert reported == []
+        assert "Unclosed" not in caplog.text
+
+
+async def test_a_raise_for_status_session_still_retries_and_maps_statuses(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=2, messages=5) as fake:
+        first, second = fake.conversation_ids
+        async with aiohttp.ClientSession(raise_for_status=True) as session:
+            async with Client(
+                fake.token, base_url=fake.url, retry=FAST, session=session
+            ) as client:
+                fake.inject("server_error", 2, conversation_id=first)
+                fake.inject("429", conversation_id=first)
+                assert len((await client.get_messages(first)).messages) == 5
+                assert client.stats.retries == 3
+                assert client.stats.throttled == 1
+                fake.inject("403", conversation_id=second)
+                with pytest.raises(errors.PermissionDeniedError):
+                    await client.get_messages(second)
+                assert client.stats.retries == 3  # never retried

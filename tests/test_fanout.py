@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +11,7 @@ from contextlib import aclosing
 
 import pytest
 
-from ghl_async import Client, RateLimit, RetryPolicy, errors
+from ghl_async import Client, RateLimit, RetryPolicy, _fanout, errors
 from ghl_async.testing import Faults
 
 from .conftest import ServerFactory, open_connections, settle
@@ -258,8 +259,10 @@ async def test_bad_fan_out_arguments(server: ServerFactory) -> None:
                 async for _ in client.fan_out(["../etc"]):
                     pass
         assert fake.stats.requests == 0
-    with pytest.raises(RuntimeError, match="not open"):
-        Client("t").fan_out(["a"])
+    closed = Client("t")
+    await closed.aclose()
+    with pytest.raises(RuntimeError, match="the client is closed"):
+        closed.fan_out(["a"])
 
 
 async def test_a_refused_token_stops_the_fan_out_even_when_returning_exceptions(
@@ -271,3 +274,95 @@ async def test_a_refused_token_stops_the_fan_out_even_when_returning_exceptions(
                 async for _ in client.fan_out(fake.conversation_ids, return_exceptions=True):
                     pass
         assert fake.stats.requests <= 4
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_an_error_of_the_callers_own_comes_out_as_itself(
+    server: ServerFactory, return_exceptions: bool
+) -> None:
+    async with server(conversations=10, messages=5, rate_limit=FAST_BUDGET) as fake:
+        mine = RuntimeError("the vault is sealed")
+
+        async def provider() -> str:
+            raise mine
+
+        async with Client(provider, base_url=fake.url, max_concurrency=4) as client:
+            with pytest.raises(RuntimeError) as caught:
+                async for _ in client.fan_out(
+                    fake.conversation_ids,
+                    return_exceptions=return_exceptions,  # type: ignore[call-overload]
+                ):
+                    pass
+            assert caught.value is mine
+            await _assert_clean(client)
+
+        def broken_ids() -> Iterator[str]:
+            yield fake.conversation_ids[0]
+            raise KeyError("from the caller's id source")
+
+        async with Client(fake.token, base_url=fake.url, max_concurrency=4) as client:
+            with pytest.raises(KeyError, match="id source"):
+                async for _ in client.fan_out(
+                    broken_ids(),
+                    return_exceptions=return_exceptions,  # type: ignore[call-overload]
+                ):
+                    pass
+
+
+async def test_a_closed_client_raises_one_clear_runtime_error(server: ServerFactory) -> None:
+    async with server(conversations=10, messages=5, rate_limit=FAST_BUDGET) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            pass
+        with pytest.raises(RuntimeError, match="the client is closed"):
+            client.fan_out(fake.conversation_ids)
+        # Closed while a fan-out waits to start: still one RuntimeError, no group.
+        async with Client(fake.token, base_url=fake.url, max_concurrency=4) as client:
+            pending = client.fan_out_pages(fake.conversation_ids, return_exceptions=True)
+        with pytest.raises(RuntimeError, match="the client is closed"):
+            async for _ in pending:
+                pass
+        assert fake.stats.requests == 0
+
+
+async def test_cancelling_300_consumers_at_once_logs_nothing(
+    server: ServerFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Closing waits a moment for the producers, then leaves them to finish on their
+    # own, as a loaded machine does with 300 at once; what they end with must still
+    # be retrieved.
+    monkeypatch.setattr(_fanout, "_CLOSE_WAIT", 0.0)
+    async with server(
+        conversations=30, messages=300, rate_limit=FAST_BUDGET, faults=Faults(latency=0.01)
+    ) as fake:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        try:
+            async with Client(fake.token, base_url=fake.url, max_concurrency=64) as client:
+                started = 0
+
+                async def consume(offset: int) -> None:
+                    nonlocal started
+                    ids = fake.conversation_ids[offset % 30 :] + fake.conversation_ids
+                    first = True
+                    async for _ in client.fan_out(ids, page_size=5, concurrency=2):
+                        if first:
+                            started += 1
+                            first = False
+                        # A slow consumer: its producers fill the buffer and wait.
+                        await asyncio.sleep(0.01 * (offset % 7))
+
+                tasks = [asyncio.create_task(consume(i)) for i in range(300)]
+                await settle(lambda: started == 300, timeout=60.0)
+                for task in tasks:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in results)
+                await settle(lambda: not client._tasks, timeout=10.0)
+            del tasks, results
+            gc.collect()
+            await asyncio.sleep(0.05)
+        finally:
+            loop.set_exception_handler(None)
+        assert reported == []
+        assert "never retrieved" not in caplog.text
