@@ -21,41 +21,55 @@ slot is re-derived under it at once: the limiter runs at the announced rate from
 first reply on, with no window of slack.
 
 **Beside a neighbour.** Others may spend the same budget (a webhook handler, a second
-app instance, a sync job). Only the server's own count says so. For the server's
-constraint ``(M, I)``, at each send ``s_r`` the limiter notes ``H_r``, the slots held at
-that moment (its own in flight, its own replied within ``I``, and neighbour slots still
-booked), and ``B_r``, how many neighbour slots it had booked in all until then. When the
-reply of ``r`` says ``Remaining = R``, the server had counted ``C_r = M - R`` requests in
-its window when ``r`` arrived at ``a_r`` (``r`` included, unless it was refused). The
-rule::
+app instance, a sync job). Only the server's count says so. When the reply of ``r``
+(sent at ``s_r``, replied at ``f_r``) says ``Remaining = R`` for the server's constraint
+``(M, I)``, the server had counted ``C_r = M - R`` requests in its window
+``(a_r - I, a_r]`` when ``r`` arrived at ``a_r`` (``r`` included unless refused). Compare
+like with like: the neighbour's share is ``C_r`` less ours that the server could have
+counted by then. The rule::
 
-    D_r = C_r - (H_r + [r was accepted]) - (neighbour slots booked since s_r)
-    book min(D_r, M - neighbour slots alive) neighbour slots, expiring at s_r + I
+    ours_r   = our requests in flight at f_r, and those finished and not refused
+               whose round trip's middle (s + f) / 2 is after m_r - I,
+               where m_r = (s_r + f_r) / 2
+    theirs_r = C_r - ours_r
+    if theirs_r > 0: reserve min(theirs_r + 1 + theirs_r // 4, M) neighbour slots
+                     until f_r + I + (f_r - s_r)
 
-*It never blames the neighbour for our own requests.* Write ``C_r = O_r + N_r``: ours
-and the neighbour's in the server's window ``(a_r - I, a_r]``. One of ours, ``q``, sent
-no later than ``s_r`` and counted there arrived after ``a_r - I >= s_r - I`` and replied
-after it arrived, so at ``s_r`` it was in flight or had replied within ``I``: it is in
-``H_r`` (or is ``r``). The rest of ``O_r`` were sent after ``s_r`` and overtook ``r`` on
-the way, ``L_r`` of them. So ``D_r <= N_r + L_r`` minus the neighbour slots already
-booked: the limiter holds back at most what the neighbour really spent, plus what it
-sent itself during ``r``'s outbound trip. Comparing with the count at the reply instead
-(as a count of "now" would) mixes in our requests sent after ``r`` that the server had
-not seen, and misses the neighbour. The same neighbour requests seen by several replies
-are booked once: a later reply only books what earlier bookings, made before or since
-its send, do not cover.
+*It never blames the neighbour for our own requests.* One of ours, ``q``, counted at
+``a_r`` arrived after ``a_r - I`` and was not refused. If it is still in flight at
+``f_r`` it is in ``ours_r``. Otherwise, when every trip back takes as long as the trip
+out, ``a = (s + f) / 2`` for each request, so ``m_q = a_q > a_r - I = m_r - I`` and ``q``
+is in ``ours_r``. So ``theirs_r`` exceeds the neighbour's real count only by our own
+requests whose arrival lies, by the asymmetry of their trips, on the other side of the
+window's edge: a few milliseconds' worth of requests. (Comparing ``Remaining`` with the
+limiter's count as of the reply, as a count of "now" does, mixes in requests the server
+never saw, and misses when the neighbour's requests age out.) Our requests that the
+server had not seen yet make ``theirs_r`` smaller, never larger; of a burst of replies,
+the last to arrive sees the whole burst. A round trip longer than the window (a reply
+that took 0.5 s of a 1 s window) is placed where it belongs, not at its reply.
 
-*It lets go in time.* A neighbour request counted at ``a_r`` arrived after ``a_r - I``;
-the booking ends at ``s_r + I <= a_r + I``, no later than the last of them can still be
-counted. A neighbour that stops costs nothing one interval after our last send that saw
-it. A steady neighbour is re-measured by every reply, so the booking follows its rate.
+*It holds the neighbour's share once, for as long as it is seen.* A reservation moves
+the latest booked slots to its end and adds only what is missing, so replies that see
+the same neighbour requests book them once. It lasts one interval and one round trip
+after the reply: long enough for the replies of the sends it lets through to renew it,
+so a steady neighbour's share is held without a gap at the end of each window (a
+booking that ended at ``s_r + I`` lapsed just when our own slots freed, and the
+simulation showed it: 3% of 429s instead of under 1%). A neighbour that stops ages out
+of the server's window within ``I``; replies after that see nothing to renew, so it
+costs nothing two intervals and a round trip after it stopped.
+
+*It leaves room to grow.* A neighbour we crowd out shows only what the server let it
+have, not what it wants: one slot more, and a quarter, lets it grow to its demand in a
+few intervals; alone, no reply ever shows a neighbour and the limiter keeps the whole
+budget.
 
 *It is bounded.* At most ``M`` neighbour slots are alive (``M`` is clamped to 10,000 when
 read), so no header can make the limiter allocate or loop in proportion to it.
 
 What is not promised: a neighbour that bursts after the last reply we saw can still
 take the window before we know; the 429 that follows pauses every request until the
-window frees, and the burst is booked from that reply on.
+window frees, and the burst is reserved from that reply on. The estimate needs replies
+to learn from: the shorter the round trip against the interval, the closer it follows.
 
 **Pauses and the daily budget.** A 429 pauses every request until ``Retry-After`` (else
 one interval). ``X-RateLimit-Daily-Remaining: 0`` stops every request until the reset
@@ -218,8 +232,6 @@ class _Ticket(NamedTuple):
     """What the book notes at a send, for the neighbour estimate at its reply."""
 
     sent: float
-    held: int  # slots of the server's constraint held at the send
-    booked: int  # neighbour slots booked in all before the send
 
 
 class WindowBook:
@@ -241,9 +253,12 @@ class WindowBook:
         self.daily_until = 0.0
         # Reply times of finished requests, oldest first (a slot per constraint each).
         self._finished: list[float] = []
+        # For the neighbour estimate: the middle of the round trip of each finished
+        # request the server did not refuse, where it most likely saw it.
+        self._middles: list[float] = []
         # Expiry times of neighbour slots (the server's constraint only), soonest first.
         self._booked: list[float] = []
-        self._booked_total = 0
+        self._sends_total = 0
 
     # -- the constraints -----------------------------------------------------------
 
@@ -278,10 +293,12 @@ class WindowBook:
 
     def _prune(self, now: float) -> None:
         horizon = now - max(c.interval for c in self.constraints)
-        finished = self._finished
-        gone = bisect_right(finished, horizon)
+        gone = bisect_right(self._finished, horizon)
         if gone:
-            del finished[:gone]
+            del self._finished[:gone]
+        gone = bisect_right(self._middles, 2 * horizon - now)
+        if gone:
+            del self._middles[:gone]
         booked = self._booked
         gone = bisect_right(booked, now)
         if gone:
@@ -360,11 +377,8 @@ class WindowBook:
 
     def take(self, now: float) -> _Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
-        server = self.server
-        self._prune(now)
-        held = self._held_by(now, server) if server is not None else 0
         self.in_flight += 1
-        return _Ticket(now, held, self._booked_total)
+        return _Ticket(now)
 
     # -- replies -------------------------------------------------------------------
 
@@ -372,6 +386,8 @@ class WindowBook:
         """Record the end of a send (``ticket`` from :meth:`take`); return what changed."""
         self.in_flight -= 1
         insort(self._finished, now)
+        if ticket is not None and (reply is None or reply.status != 429):
+            insort(self._middles, (ticket.sent + now) / 2)
         if reply is None:
             return []
         self.learned = True
@@ -432,22 +448,28 @@ class WindowBook:
             return
         budget = server.max_requests
         counted = budget - min(remaining, budget)
-        ours = ticket.held + (reply.status != 429) + (self._booked_total - ticket.booked)
-        until = ticket.sent + server.interval
-        if counted <= ours or until <= now:
-            return
         self._prune(now)
-        extra = min(counted - ours, budget - len(self._booked))
-        if extra <= 0:
+        edge = (ticket.sent + now) / 2 - server.interval
+        ours = self.in_flight + len(self._middles) - bisect_right(self._middles, edge)
+        theirs = counted - ours
+        if theirs <= 0:
             return
+        # Room to grow: a neighbour we crowd out shows only what it got, not what it
+        # wants.
+        reserve = min(theirs + 1 + theirs // 4, budget)
+        end = now + server.interval + (now - ticket.sent)
+        # Hold ``reserve`` slots until ``end``: move the latest bookings there and add
+        # what is missing, so the same neighbour requests are never booked twice.
         booked = self._booked
-        at = bisect_right(booked, until)
-        booked[at:at] = [until] * extra
-        self._booked_total += extra
-        notes.append(
-            f"server has {remaining} left where {budget - ours} were expected: "
-            f"holding back {extra} for {until - now:.2f} s"
-        )
+        keep = len(booked) - min(reserve, len(booked))
+        extra = reserve - (len(booked) - keep)
+        moved = (max(expiry, end) for expiry in booked[keep:])
+        self._booked = sorted([*booked[:keep], *moved, *[end] * extra])
+        if extra:
+            notes.append(
+                f"server has {remaining} left: a neighbour holds {theirs}; "
+                f"holding back {extra} more"
+            )
 
 
 class LocalLimiter:

@@ -91,15 +91,17 @@ def test_the_default_follows_the_server_up_and_down() -> None:
 def test_a_lower_remaining_than_expected_holds_back() -> None:
     book = learned_book(10, 1.0).book  # holds 1
     ticket = book.take(0.0)
-    # The server says 3 left where we expected 10 - 2 = 8: someone spent 5.
+    # The server says 3 left where we expected 10 - 2 = 8: someone spent 5. They are
+    # held back with room for the neighbour to grow (one more and a quarter: 7).
     book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3), ticket)
-    assert book.held(0.1) == 2 + 5
-    for _ in range(3):
-        assert book.wait_time(0.1) == 0.0
-        book.take(0.1)
-    # The neighbour's 5 are held until one interval after our send (1.0), as is the
-    # probe's slot.
+    assert book.held(0.1) == 2 + 7
+    assert book.wait_time(0.1) == 0.0
+    book.take(0.1)
+    # The probe's slot frees at 1.0; the neighbour's are held until one interval and
+    # one round trip after the reply (1.2).
     assert book.wait_time(0.1) == pytest.approx(0.9)
+    assert book.neighbour_slots(1.19) == 7
+    assert book.neighbour_slots(1.21) == 0
 
 
 def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() -> None:
@@ -372,8 +374,9 @@ async def test_a_pause_longer_than_max_retry_after_fails_every_waiting_request_a
             fake.inject("429")  # Retry-After: 1, longer than the 0.5 allowed
             loop = asyncio.get_running_loop()
             start = loop.time()
+            pairs = zip([a, b] * 3, fake.conversation_ids, strict=True)
             results = await asyncio.gather(
-                *(c.get_messages(i) for c, i in zip([a, b] * 3, fake.conversation_ids)),
+                *(c.get_messages(i) for c, i in pairs),
                 return_exceptions=True,
             )
             elapsed = loop.time() - start
@@ -416,3 +419,36 @@ async def test_a_limiter_without_max_wait_still_works(server: ServerFactory) -> 
     assert len(page.messages) == 20
     assert limiter.acquired == 1
     assert limiter.inner.book.learned
+
+
+def test_a_cap_and_the_announced_budget_both_hold_in_every_window() -> None:
+    # A cap of 30 per 10 s beside a server that allows 10 per 1 s: the same average
+    # as neither, and neither may be broken in any window.
+    book = LocalLimiter(RateLimit(30, 10.0)).book
+    book.finish(0.0, reply(max_requests=10, interval=1.0), book.take(0.0))
+    sends = [0.0]
+    now = 0.0
+    while now < 30.0:
+        wait = book.wait_time(now)
+        assert wait is not None
+        if wait == 0.0:
+            book.finish(now + 0.01, reply(max_requests=10, interval=1.0), book.take(now))
+            sends.append(now)
+        now += max(wait, 0.01) if wait else 0.0
+    for start in sends:
+        assert sum(1 for t in sends if start <= t < start + 1.0) <= 10
+        assert sum(1 for t in sends if start <= t < start + 10.0) <= 30
+    assert len(sends) >= 85  # both hold, and the cap is used (30 per 10 s, 3 windows)
+    assert repr(LocalLimiter(RateLimit(30, 10.0))) == "LocalLimiter(30 per 10 s, in_flight=0)"
+
+
+async def test_an_explicit_cap_does_not_override_a_tighter_server(server: ServerFactory) -> None:
+    # The README's RateLimit(100, 10.0) against a server that allows 10 a second.
+    async with server(
+        conversations=12, messages=(20, 30), seed=15, rate_limit=RateLimit(10, 1.0)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url, rate_limit=RateLimit(100, 10.0)) as c:
+            pages = sum([1 async for _ in c.fan_out_pages(fake.conversation_ids, page_size=10)])
+    assert pages == fake.stats.served
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= 10
