@@ -228,6 +228,32 @@ async def acquire_slot(limiter: Limiter, max_wait: float | None) -> object:
     return await limiter.acquire()
 
 
+def refuse_long_wait(kind: str, wait: float, max_wait: float | None) -> None:
+    """Raise instead of waiting ``wait`` seconds for ``kind`` (``"daily"`` or
+    ``"pause"``) when that exceeds ``max_wait``; a spent daily budget with no
+    ``max_wait`` raises too. Shared by every limiter, so all fail alike.
+    """
+    if max_wait is not None and wait <= max_wait:
+        return
+    if kind == "daily":
+        resets_at = time.time() + wait
+        when = datetime.datetime.fromtimestamp(resets_at, datetime.timezone.utc)
+        raise errors.DailyLimitExceeded(
+            f"the daily request budget is spent until about {when:%Y-%m-%d %H:%M} UTC; "
+            "nothing was sent",
+            status=None,
+            retry_after=wait,
+            resets_at=resets_at,
+        )
+    if max_wait is not None:
+        raise errors.RateLimitError(
+            f"rate limited for {wait:.1f} s more, longer than the {max_wait:g} s "
+            "allowed; nothing was sent",
+            status=None,
+            retry_after=wait,
+        )
+
+
 class _Ticket(NamedTuple):
     """What the book notes at a send, for the neighbour estimate at its reply."""
 
@@ -503,28 +529,8 @@ class LocalLimiter:
 
     def _refuse_long_waits(self, now: float, max_wait: float | None) -> None:
         blocked = self.book.blocked(now)
-        if blocked is None:
-            return
-        kind, wait = blocked
-        if max_wait is not None and wait <= max_wait:
-            return
-        if kind == "daily":
-            resets_at = time.time() + wait
-            when = datetime.datetime.fromtimestamp(resets_at, datetime.timezone.utc)
-            raise errors.DailyLimitExceeded(
-                f"the daily request budget is spent until about {when:%Y-%m-%d %H:%M} UTC; "
-                "nothing was sent",
-                status=None,
-                retry_after=wait,
-                resets_at=resets_at,
-            )
-        if max_wait is not None:
-            raise errors.RateLimitError(
-                f"rate limited for {wait:.1f} s more, longer than the {max_wait:g} s "
-                "allowed; nothing was sent",
-                status=None,
-                retry_after=wait,
-            )
+        if blocked is not None:
+            refuse_long_wait(blocked[0], blocked[1], max_wait)
 
     async def acquire(self, *, max_wait: float | None = None) -> object:
         """Wait for a send slot (first come, first served).
