@@ -15,6 +15,8 @@ from pathlib import Path
 from . import budget, decode, footprint, latency, memory, redis_shared, throughput
 from ._harness import machine
 from ._report import Section, draw
+from .limiter_figures import run as limiter_run
+from .neighbour import run as neighbour_run
 
 BENCHMARKS = {
     "decode": decode.run,
@@ -24,6 +26,8 @@ BENCHMARKS = {
     "memory": memory.run,
     "footprint": footprint.run,
     "redis": redis_shared.run,
+    "neighbour": neighbour_run,
+    "limiter": limiter_run,
 }
 
 

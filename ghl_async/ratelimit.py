@@ -284,7 +284,6 @@ class WindowBook:
         self._middles: list[float] = []
         # Expiry times of neighbour slots (the server's constraint only), soonest first.
         self._booked: list[float] = []
-        self._sends_total = 0
 
     # -- the constraints -----------------------------------------------------------
 
