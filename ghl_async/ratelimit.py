@@ -32,8 +32,8 @@ counted by then. The rule::
                whose round trip's middle (s + f) / 2 is after m_r - I,
                where m_r = (s_r + f_r) / 2
     theirs_r = C_r - ours_r
-    if theirs_r > 0: reserve min(theirs_r + 1 + theirs_r // 4, M) neighbour slots
-                     until f_r + I + (f_r - s_r)
+    if theirs_r > 1, or > 0 on a 429:
+        reserve min(theirs_r + 1, M) neighbour slots until f_r + I + (f_r - s_r)
 
 *It never blames the neighbour for our own requests.* One of ours, ``q``, counted at
 ``a_r`` arrived after ``a_r - I`` and was not refused. If it is still in flight at
@@ -58,10 +58,12 @@ simulation showed it: 3% of 429s instead of under 1%). A neighbour that stops ag
 of the server's window within ``I``; replies after that see nothing to renew, so it
 costs nothing two intervals and a round trip after it stopped.
 
-*It leaves room to grow.* A neighbour we crowd out shows only what the server let it
-have, not what it wants: one slot more, and a quarter, lets it grow to its demand in a
-few intervals; alone, no reply ever shows a neighbour and the limiter keeps the whole
-budget.
+*It leaves room to grow, and ignores noise.* A neighbour we crowd out shows only what
+the server let it have, not what it wants: one slot more than it holds lets it grow to
+its demand, a slot per interval. One request alone on a 2xx is within the estimate's
+noise (our sends follow the window's edge closely, and a reply handled late by a busy
+event loop moves its middle across it): it is ignored until a 429 or a second request
+confirms it. Alone, the limiter keeps the whole budget.
 
 *It is bounded.* At most ``M`` neighbour slots are alive (``M`` is clamped to 10,000 when
 read), so no header can make the limiter allocate or loop in proportion to it.
@@ -477,11 +479,12 @@ class WindowBook:
         edge = (ticket.sent + now) / 2 - server.interval
         ours = self.in_flight + len(self._middles) - bisect_right(self._middles, edge)
         theirs = counted - ours
-        if theirs <= 0:
+        if theirs <= 0 or (theirs == 1 and reply.status != 429):
+            # One request alone is within the estimate's noise (see the docstring).
             return
-        # Room to grow: a neighbour we crowd out shows only what it got, not what it
-        # wants.
-        reserve = min(theirs + 1 + theirs // 4, budget)
+        # One slot of room: a neighbour we crowd out shows only what it got, not what
+        # it wants.
+        reserve = min(theirs + 1, budget)
         end = now + server.interval + (now - ticket.sent)
         # Hold ``reserve`` slots until ``end``: move the latest bookings there and add
         # what is missing, so the same neighbour requests are never booked twice.

@@ -155,8 +155,8 @@ if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
   local ours = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
              + redis.call('ZCOUNT', KEYS[4], '(' .. (middle - sint), '+inf')
   local theirs = counted - ours
-  if theirs > 0 then
-    local reserve = math.min(theirs + 1 + math.floor(theirs / 4), smax)
+  if theirs > 1 or (theirs > 0 and status == 429) then
+    local reserve = math.min(theirs + 1, smax)
     local ends = now + sint + (now - sent)
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
     local n = redis.call('ZCARD', KEYS[5])
