@@ -118,8 +118,8 @@ def run(smoke: bool) -> Section:
         what=f"A neighbour on the same token sends {NEIGHBOUR_RATE:g} requests a second "
         f"(a quarter of a strict {BUDGET} per {INTERVAL:g} s sliding window) from its own "
         f"thread, on a fixed schedule; meanwhile each client reads {conversations * 10} "
-        "pages with 16 at a time. 'Used' is our accepted requests over what the budget "
-        "allowed in that time less what the neighbour got.",
+        "pages with 16 at a time. 'Used' is our rate of accepted requests over what the "
+        "neighbour leaves of the budget's rate (25 a second less what it got).",
         columns=[
             "client",
             "time s",
