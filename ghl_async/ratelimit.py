@@ -25,28 +25,32 @@ app instance, a sync job). Only the server's count says so. When the reply of ``
 (sent at ``s_r``, replied at ``f_r``) says ``Remaining = R`` for the server's constraint
 ``(M, I)``, the server had counted ``C_r = M - R`` requests in its window
 ``(a_r - I, a_r]`` when ``r`` arrived at ``a_r`` (``r`` included unless refused). Compare
-like with like: the neighbour's share is ``C_r`` less ours that the server could have
-counted by then. The rule::
+like with like: the neighbour's share is ``C_r`` less every request of ours the server
+*could* have counted by then. The rule::
 
-    ours_r   = our requests in flight at f_r, and those finished and not refused
-               whose round trip's middle (s + f) / 2 is after m_r - I,
-               where m_r = (s_r + f_r) / 2
+    ours_r   = H_r + [r was accepted] + (our sends after s_r and before f_r)
+               where H_r = our slots held at s_r (in flight, or replied after
+               s_r - I), less those the server refused
     theirs_r = C_r - ours_r
     if theirs_r > 1, or > 0 on a 429:
         reserve min(theirs_r + 1, M) neighbour slots until f_r + I + (f_r - s_r)
 
-*It never blames the neighbour for our own requests.* One of ours, ``q``, counted at
-``a_r`` arrived after ``a_r - I`` and was not refused. If it is still in flight at
-``f_r`` it is in ``ours_r``. Otherwise, when every trip back takes as long as the trip
-out, ``a = (s + f) / 2`` for each request, so ``m_q = a_q > a_r - I = m_r - I`` and ``q``
-is in ``ours_r``. So ``theirs_r`` exceeds the neighbour's real count only by our own
-requests whose arrival lies, by the asymmetry of their trips, on the other side of the
-window's edge: a few milliseconds' worth of requests. (Comparing ``Remaining`` with the
-limiter's count as of the reply, as a count of "now" does, mixes in requests the server
-never saw, and misses when the neighbour's requests age out.) Our requests that the
-server had not seen yet make ``theirs_r`` smaller, never larger; of a burst of replies,
-the last to arrive sees the whole burst. A round trip longer than the window (a reply
-that took 0.5 s of a 1 s window) is placed where it belongs, not at its reply.
+*It never blames the neighbour for our own requests.* Write ``C_r = O_r + N_r``: ours
+and the neighbour's in the server's window. One of ours, ``q``, counted there was not
+refused and was sent before ``r``'s reply. If it was sent after ``s_r``, it is one of
+our sends since. If it was sent no later than ``s_r``, it arrived after
+``a_r - I >= s_r - I`` and replied after it arrived, so at ``s_r`` it was in flight or
+had replied after ``s_r - I``: it is in ``H_r`` (or is ``r``). So ``O_r <= ours_r`` and
+``theirs_r <= N_r``, whatever the delays, the clocks' order of arrival or a busy event
+loop: the limiter never holds back more than the neighbour really had (plus the one
+slot of room below). Comparing ``Remaining`` with the limiter's count as of the reply,
+as a count of "now" does, is not like with like: it mixes in requests the server had
+not seen, and misses when the neighbour's requests age out. The estimate falls short
+of ``N_r`` by our own requests the server had already forgotten or not yet seen: those
+whose slot frees within a round trip after ``s_r``, and those sent during ``r``'s round
+trip that arrived after it. On a local network that is next to nothing; over a 40 ms
+round trip the simulation shows it (``tests/test_limiter_sim.py``). Of a burst of
+replies, the last to arrive sees the whole burst.
 
 *It holds the neighbour's share once, for as long as it is seen.* A reservation moves
 the latest booked slots to its end and adds only what is missing, so replies that see
@@ -59,12 +63,11 @@ were two to three times as many.) A neighbour that stops ages out
 of the server's window within ``I``; replies after that see nothing to renew, so it
 costs nothing two intervals and a round trip after it stopped.
 
-*It leaves room to grow, and ignores noise.* A neighbour we crowd out shows only what
-the server let it have, not what it wants: one slot more than it holds lets it grow to
-its demand, a slot per interval. One request alone on a 2xx is within the estimate's
-noise (our sends follow the window's edge closely, and a reply handled late by a busy
-event loop moves its middle across it): it is ignored until a 429 or a second request
-confirms it. Alone, the limiter keeps the whole budget.
+*It leaves room to grow.* A neighbour we crowd out shows only what the server let it
+have, not what it wants: one slot more than it holds lets it grow to its demand, a slot
+per interval. A lone request on a 2xx gets no reservation (one slot of room would cost
+more than it holds) until a 429 or a second request confirms it. Alone, no reply ever
+shows a neighbour and the limiter keeps the whole budget.
 
 *It is bounded.* At most ``M`` neighbour slots are alive (``M`` is clamped to 10,000 when
 read), so no header can make the limiter allocate or loop in proportion to it.
@@ -262,6 +265,8 @@ class _Ticket(NamedTuple):
     """What the book notes at a send, for the neighbour estimate at its reply."""
 
     sent: float
+    held: int  # our slots of the server's budget held at the send, not refused
+    sends: int  # our sends before this one
 
 
 class WindowBook:
@@ -283,9 +288,11 @@ class WindowBook:
         self.daily_until = 0.0
         # Reply times of finished requests, oldest first (a slot per constraint each).
         self._finished: list[float] = []
-        # For the neighbour estimate: the middle of the round trip of each finished
-        # request the server did not refuse, where it most likely saw it.
-        self._middles: list[float] = []
+        # For the neighbour estimate: reply times of the requests the server refused
+        # (they hold a slot here, but the server did not count them), and a count of
+        # our sends.
+        self._refused: list[float] = []
+        self._sends = 0
         # Expiry times of neighbour slots (the server's constraint only), soonest first.
         self._booked: list[float] = []
 
@@ -325,9 +332,9 @@ class WindowBook:
         gone = bisect_right(self._finished, horizon)
         if gone:
             del self._finished[:gone]
-        gone = bisect_right(self._middles, 2 * horizon - now)
+        gone = bisect_right(self._refused, horizon)
         if gone:
-            del self._middles[:gone]
+            del self._refused[:gone]
         booked = self._booked
         gone = bisect_right(booked, now)
         if gone:
@@ -406,8 +413,17 @@ class WindowBook:
 
     def take(self, now: float) -> _Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
+        held = 0
+        server = self.server
+        if server is not None:
+            self._prune(now)
+            edge = now - server.interval
+            alive = len(self._finished) - bisect_right(self._finished, edge)
+            refused = len(self._refused) - bisect_right(self._refused, edge)
+            held = self.in_flight + alive - refused
         self.in_flight += 1
-        return _Ticket(now)
+        self._sends += 1
+        return _Ticket(now, held, self._sends - 1)
 
     # -- replies -------------------------------------------------------------------
 
@@ -415,10 +431,10 @@ class WindowBook:
         """Record the end of a send (``ticket`` from :meth:`take`); return what changed."""
         self.in_flight -= 1
         insort(self._finished, now)
-        if ticket is not None and (reply is None or reply.status != 429):
-            insort(self._middles, (ticket.sent + now) / 2)
         if reply is None:
             return []
+        if reply.status == 429:
+            insort(self._refused, now)
         self.learned = True
         notes: list[str] = []
         self._learn_budget(now, reply, notes)
@@ -478,11 +494,9 @@ class WindowBook:
         budget = server.max_requests
         counted = budget - min(remaining, budget)
         self._prune(now)
-        edge = (ticket.sent + now) / 2 - server.interval
-        ours = self.in_flight + len(self._middles) - bisect_right(self._middles, edge)
+        ours = ticket.held + (reply.status != 429) + (self._sends - ticket.sends - 1)
         theirs = counted - ours
         if theirs <= 0 or (theirs == 1 and reply.status != 429):
-            # One request alone is within the estimate's noise (see the docstring).
             return
         # One slot of room: a neighbour we crowd out shows only what it got, not what
         # it wants.

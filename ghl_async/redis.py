@@ -22,8 +22,9 @@ own ``TIME``, so the machines' clocks do not matter.
 A 429 seen by any process sets a shared paused-until key; a spent daily budget sets a
 shared daily-until time. Every acquire honours both, and a caller whose ``max_wait`` is
 shorter fails at once instead of sleeping. The budget the server announces is shared
-in a hash. The neighbour estimate is the local one: a second sorted set keeps the middle
-of each finished round trip, a third the reserved neighbour slots. The work of each
+in a hash. The neighbour estimate is the local one: a second sorted set keeps the
+requests the server refused, a third the reserved neighbour slots, and the hash counts
+the sends of every process. The work of each
 script is bounded: a handful of commands, plus at most the budget (clamped to 10,000)
 of reserved slots moved or added. Every key expires on its own.
 
@@ -54,10 +55,11 @@ __all__ = ["RedisLimiter"]
 
 logger = logging.getLogger("ghl_async")
 
-# KEYS: slots (zset), paused-until (string), budget (hash), middles (zset), booked (zset)
+# KEYS: slots (zset), paused-until (string), budget (hash), refused (zset), booked (zset)
 # ARGV: member, default server max (-1: none), default server interval ms, in-flight ms,
 #       shortest poll ms, number of caps, then each cap's max and interval ms
-# Returns {0, now} when a slot was taken (now: the send time, for the release),
+# Returns {0, now, held, sends} when a slot was taken (the send time, our slots of the
+# server's budget held then and not refused, the sends before this one: for the release),
 # {1, ms} to wait for the window, {2, ms} paused after a 429, {3, ms} daily budget spent.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -107,16 +109,22 @@ for _, c in ipairs(limits) do
   end
 end
 if wait > 0 then return {1, math.max(1, wait)} end
+local held = 0
+if smax > 0 and sint > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - sint)
+  held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - sint), '+inf') - redis.call('ZCARD', KEYS[4])
+end
+local sends = redis.call('HINCRBY', KEYS[3], 'sends', 1) - 1
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], longest + tonumber(ARGV[4]) + 60000)
-return {0, now}
+return {0, now, held, sends}
 """
 
-# KEYS: slots, paused-until, budget, middles, booked
+# KEYS: slots, paused-until, budget, refused, booked
 # ARGV: member, status (0: no reply), retry-after ms (-1 none), server max (-1),
 #       server interval ms (-1), remaining (-1), daily remaining (-1),
 #       daily reset in ms (-1), sent (the acquire's now), default server max (-1: none),
-#       default server interval ms, longest cap interval ms
+#       default server interval ms, longest cap interval ms, held and sends at the send
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -143,17 +151,18 @@ if daily == 0 then
   end
   daily_429 = status == 429
 end
-if status ~= 429 then
-  redis.call('ZADD', KEYS[4], (sent + now) / 2, ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 2 * longest)
-  redis.call('PEXPIRE', KEYS[4], 2 * longest + 60000)
+if status == 429 then
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - longest)
+  redis.call('PEXPIRE', KEYS[4], longest + 60000)
 end
 local remaining = tonumber(ARGV[6])
 if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
   local counted = smax - math.min(remaining, smax)
-  local middle = (sent + now) / 2
-  local ours = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-             + redis.call('ZCOUNT', KEYS[4], '(' .. (middle - sint), '+inf')
+  local accepted = 1
+  if status == 429 then accepted = 0 end
+  local sends = tonumber(redis.call('HGET', KEYS[3], 'sends') or '0')
+  local ours = tonumber(ARGV[13]) + accepted + (sends - tonumber(ARGV[14]) - 1)
   local theirs = counted - ours
   if theirs > 1 or (theirs > 0 and status == 429) then
     local reserve = math.min(theirs + 1, smax)
@@ -199,6 +208,8 @@ return notes
 class _Ticket(NamedTuple):
     member: str
     sent: int  # Redis time of the acquire, ms
+    held: int  # our slots of the server's budget held then, not refused
+    sends: int  # sends of every process before this one
 
 
 class _LocalTicket(NamedTuple):
@@ -255,7 +266,7 @@ class RedisLimiter:
             f"{base}:slots",
             f"{base}:paused",
             f"{base}:budget",
-            f"{base}:middles",
+            f"{base}:refused",
             f"{base}:booked",
         ]
         self._on_error = on_redis_error
@@ -276,8 +287,8 @@ class RedisLimiter:
 
     @property
     def keys(self) -> list[str]:
-        """The Redis keys this limiter writes (slots, paused-until, budget, round-trip
-        middles, neighbour slots).
+        """The Redis keys this limiter writes (slots, paused-until, budget, refused
+        requests, neighbour slots).
         """
         return list(self._keys)
 
@@ -328,16 +339,16 @@ class RedisLimiter:
         while True:
             try:
                 with anyio.fail_after(self._timeout):
-                    code, value = await self._acquire_script(keys=self._keys, args=args)
+                    answer = await self._acquire_script(keys=self._keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._unavailable(exc)
                 return _LocalTicket(await self._local.acquire(max_wait=max_wait))
             if self._warned:
                 self._warned = False
                 logger.warning("Redis is back: the shared rate limit applies again")
-            code, value = int(code), int(value)
+            code, value, *more = (int(n) for n in answer)
             if code == 0:
-                return _Ticket(member, value)
+                return _Ticket(member, value, *more)
             wait = value / 1000
             if code == 2:
                 refuse_long_wait("pause", wait, max_wait)
@@ -372,6 +383,8 @@ class RedisLimiter:
             default.max_requests if default else -1,
             _ms(default.interval) if default else -1,
             0 if self._adopt else _ms(self.rate_limit.interval),
+            ticket.held,
+            ticket.sends,
         ]
         try:
             with anyio.fail_after(self._timeout, shield=True):

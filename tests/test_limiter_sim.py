@@ -61,7 +61,6 @@ class Outcome:
     ours: list[tuple[float, bool]] = field(default_factory=list)
     theirs: list[tuple[float, bool]] = field(default_factory=list)
     most_booked: int = 0
-    overbooked: int = 0
 
     def accepted_between(self, who: list[tuple[float, bool]], start: float, end: float) -> int:
         return sum(1 for t, ok in who if ok and start <= t < end)
@@ -155,7 +154,8 @@ def simulate(
             book.finish(now, reply, ticket)
             booked = book.neighbour_slots(now) - before
             # The rule's promise: never more than the neighbour had in the window.
-            outcome.overbooked = max(outcome.overbooked, booked - neighbours)
+            # The rule's promise: never more than the neighbour had, and one of room.
+            assert booked <= neighbours + 1, (now, booked, neighbours)
             outcome.most_booked = max(outcome.most_booked, book.neighbour_slots(now))
             if reply.status == 429:
                 outcome.throttled += 1
@@ -171,50 +171,59 @@ def refused_share(outcome: Outcome) -> float:
     return sum(1 for _, ok in outcome.theirs if not ok) / max(1, len(outcome.theirs))
 
 
+@pytest.mark.parametrize("latency", [0.002, 0.02])
 @pytest.mark.parametrize("seed", range(4))
-def test_alone_the_whole_budget_is_used_without_a_429(seed: int) -> None:
-    outcome = simulate(seed, lambda rng: iter(()))
+def test_alone_the_whole_budget_is_used_without_a_429(seed: int, latency: float) -> None:
+    outcome = simulate(seed, lambda rng: iter(()), latency=latency, jitter=latency / 10)
     assert outcome.throttled == 0
     assert outcome.share_used(2.0, 18.0) >= 0.97
     assert outcome.most_booked == 0  # no phantom neighbour
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_beside_a_steady_neighbour(seed: int) -> None:
-    outcome = simulate(seed, steady(BUDGET * 0.25))
-    # A 40 ms round trip here; the benchmark on a local socket measures none at all.
-    assert outcome.throttled <= 0.025 * outcome.sent
-    assert outcome.share_used(2.0, 18.0) >= 0.92
-    # The neighbour gets most of what it asks for: we do not crowd it out.
-    assert refused_share(outcome) <= 0.40
+def test_beside_a_steady_neighbour_on_a_local_network(seed: int) -> None:
+    outcome = simulate(seed, steady(BUDGET * 0.25), latency=0.002, jitter=0.0002)
+    assert outcome.throttled <= 0.01 * outcome.sent
+    assert outcome.share_used(2.0, 18.0) >= 0.95
     assert outcome.most_booked <= BUDGET // 2
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_beside_a_bursty_neighbour(seed: int) -> None:
+def test_beside_a_steady_neighbour_over_a_40_ms_round_trip(seed: int) -> None:
+    outcome = simulate(seed, steady(BUDGET * 0.25))
+    # The estimate falls short by our requests whose slot frees within a round trip
+    # of a send: a few 429s more, and the neighbour keeps most of what it asks for.
+    assert outcome.throttled <= 0.035 * outcome.sent
+    assert outcome.share_used(2.0, 18.0) >= 0.92
+    assert refused_share(outcome) <= 0.5
+
+
+@pytest.mark.parametrize("latency", [0.002, 0.02])
+@pytest.mark.parametrize("seed", range(4))
+def test_beside_a_bursty_neighbour(seed: int, latency: float) -> None:
     # The same quarter of the budget, in bursts of 12 every 2 s: a burst after our
     # last look can take the window before we know. The 429 that follows pauses us and
     # reserves the burst; few, and most of the rest used.
-    outcome = simulate(seed, bursty(12, 2.0))
-    assert outcome.throttled <= 0.03 * outcome.sent
-    assert outcome.share_used(2.0, 18.0) >= 0.85
+    outcome = simulate(seed, bursty(12, 2.0), latency=latency, jitter=latency / 10)
+    assert outcome.throttled <= 0.035 * outcome.sent
+    assert outcome.share_used(2.0, 18.0) >= 0.95
 
 
+@pytest.mark.parametrize("latency", [0.002, 0.02])
 @pytest.mark.parametrize("seed", range(4))
-def test_a_neighbour_that_stops_is_forgotten(seed: int) -> None:
-    outcome = simulate(seed, steady(BUDGET * 0.5, until=8.0))
+def test_a_neighbour_that_stops_is_forgotten(seed: int, latency: float) -> None:
+    outcome = simulate(seed, steady(BUDGET * 0.5, until=8.0), latency=latency, jitter=latency / 10)
     assert outcome.throttled <= 0.025 * outcome.sent
-    assert outcome.share_used(2.0, 8.0) >= 0.88
+    assert outcome.share_used(2.0, 8.0) >= 0.95
     # Two intervals and a round trip after it stopped, the whole budget is ours again.
     assert outcome.share_used(10.0 + 0.1, 18.1) >= 0.97
 
 
-def test_the_estimate_is_exact_with_even_round_trips() -> None:
+def test_the_estimate_is_a_lower_bound_short_by_one_round_trip_at_most() -> None:
     """Sends every 0.1 s, 20 ms each way; a neighbour has 3 in the server's window."""
     book = WindowBook(RateLimit(10, 1.0))
     book.finish(0.0, Reply(200, RateLimitHeaders(10, 1.0, 9, None, None)), book.take(0.0))
     arrivals = [0.0]
-    now = 0.0
     for step in range(1, 30):
         sent = step * 0.1
         arrival = sent + 0.02
@@ -225,8 +234,12 @@ def test_the_estimate_is_exact_with_even_round_trips() -> None:
         now = sent + 0.04
         book.finish(now, Reply(200, RateLimitHeaders(10, 1.0, remaining, None, None)), ticket)
         held = book.neighbour_slots(now)
-        # Ours alone for the first half; then exactly 3, plus one slot of room.
-        assert held == (0 if step < 15 else 3 + 1), (step, held)
+        if step < 15:
+            assert held == 0  # ours alone: nothing is blamed on a neighbour
+        else:
+            # 3, less our one request whose slot frees within the round trip of the
+            # send (the server forgot it, our book not yet), plus one slot of room.
+            assert held == 3 - 1 + 1, (step, held)
 
 
 def test_bookings_stay_within_the_budget_whatever_the_server_says() -> None:
