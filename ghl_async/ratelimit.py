@@ -413,11 +413,14 @@ class WindowBook:
 
     def take(self, now: float) -> _Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
+        # Our slots the server could still count, over its interval (while unknown, the
+        # longest cap's: more of ours, never a neighbour that is not there).
         held = 0
-        server = self.server
-        if server is not None:
+        if self.constraints:
             self._prune(now)
-            edge = now - server.interval
+            server = self.server
+            window = server.interval if server else max(c.interval for c in self.caps)
+            edge = now - window
             alive = len(self._finished) - bisect_right(self._finished, edge)
             refused = len(self._refused) - bisect_right(self._refused, edge)
             held = self.in_flight + alive - refused

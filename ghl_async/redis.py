@@ -19,7 +19,8 @@ has expired and either takes a slot ("go") or names how long until one frees ("w
 ms"); a waiting process sleeps that long, no polling storm. All times come from Redis's
 own ``TIME``, so the machines' clocks do not matter.
 
-A 429 seen by any process sets a shared paused-until key; a spent daily budget sets a
+Until a reply announces the budget, one request goes at a time across all processes
+(the probe). A 429 seen by any process sets a shared paused-until key; a spent daily budget sets a
 shared daily-until time. Every acquire honours both, and a caller whose ``max_wait`` is
 shorter fails at once instead of sleeping. The budget the server announces is shared
 in a hash. The neighbour estimate is the local one: a second sorted set keeps the
@@ -68,6 +69,11 @@ local daily = tonumber(redis.call('HGET', KEYS[3], 'daily_until') or '0')
 if daily > now then return {3, daily - now} end
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then return {2, paused - now} end
+local known = redis.call('HEXISTS', KEYS[3], 'max') == 1
+if not known and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') > 0 then
+  -- Until a reply says what the budget is, one request at a time (of all processes).
+  return {1, math.max(10, tonumber(ARGV[5]))}
+end
 local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[2])
 local sint = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[3])
 local limits = {}
@@ -109,11 +115,13 @@ for _, c in ipairs(limits) do
   end
 end
 if wait > 0 then return {1, math.max(1, wait)} end
-local held = 0
-if smax > 0 and sint > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - sint)
-  held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - sint), '+inf') - redis.call('ZCARD', KEYS[4])
-end
+-- Our slots the server could still count, over its interval (the longest known while
+-- it is unknown: more of ours, never a neighbour that is not there).
+local window = longest
+if smax > 0 and sint > 0 then window = sint end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+local held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
+             - redis.call('ZCARD', KEYS[4])
 local sends = redis.call('HINCRBY', KEYS[3], 'sends', 1) - 1
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], longest + tonumber(ARGV[4]) + 60000)
