@@ -1,7 +1,7 @@
 """Beside a neighbour: another spender of the same budget, as users run it (issue 10).
 
 A neighbour (a webhook handler, a second app instance) sends a steady quarter of a
-strict 25-per-second budget on the same token, from its own thread; we read pages
+strict 25-per-second budget on the same token, from its own process; we read pages
 meanwhile. Counted: the share of our requests answered 429, the neighbour's share, and
 how much of what the neighbour leaves we used.
 """
@@ -9,10 +9,10 @@ how much of what the neighbour leaves we used.
 from __future__ import annotations
 
 import asyncio
-import threading
+import json
+import subprocess
+import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import aiolimiter
@@ -27,34 +27,23 @@ BUDGET, INTERVAL = 25, 1.0
 NEIGHBOUR_RATE = BUDGET / INTERVAL * 0.25
 
 
-class Neighbour(threading.Thread):
-    """Sends ``rate`` requests a second on a fixed schedule until stopped."""
+class Neighbour:
+    """Sends ``rate`` requests a second on a fixed schedule, from its own process (so
+    that it never waits on our event loop or interpreter lock)."""
 
     def __init__(self, url: str, conversation_id: str, rate: float) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{url}/conversations/{conversation_id}/messages?limit=1"
-        self.rate = rate
-        self.stopped = threading.Event()
-        self.sent: list[tuple[float, bool]] = []  # (time, accepted)
+        target = f"{url}/conversations/{conversation_id}/messages?limit=1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.neighbour_child", target, FAKE_TOKEN, str(rate)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.sent: list[tuple[float, bool]] = []  # (monotonic time, accepted)
 
-    def run(self) -> None:
-        headers = {"Authorization": f"Bearer {FAKE_TOKEN}", "Version": "2021-04-15"}
-        start = time.perf_counter()
-        n = 0
-        while not self.stopped.is_set():
-            due = start + n / self.rate
-            delay = due - time.perf_counter()
-            if delay > 0 and self.stopped.wait(delay):
-                return
-            n += 1
-            request = urllib.request.Request(self.url, headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    response.read()
-                    accepted = True
-            except urllib.error.HTTPError as error:
-                accepted = error.code != 429
-            self.sent.append((time.perf_counter(), accepted))
+    def stop(self) -> None:
+        self.process.terminate()
+        out, _ = self.process.communicate()
+        self.sent = [(t, ok) for t, ok in json.loads(out)]
 
     def between(self, start: float, end: float) -> tuple[int, int]:
         """(accepted, refused) among the requests sent in ``[start, end)``."""
@@ -80,13 +69,11 @@ def measure_beside(
     ) as server:
         ids = server.stats()["conversationIds"]
         neighbour = Neighbour(server.url, ids[-1], neighbour_rate)
-        neighbour.start()
         time.sleep(2.0)  # the neighbour is already spending when we start
-        started = time.perf_counter()
+        started = time.monotonic()
         counts: Counts = asyncio.run(runner(server.url, ids[:-1]))
-        ended = time.perf_counter()
-        neighbour.stopped.set()
-        neighbour.join()
+        ended = time.monotonic()
+        neighbour.stop()
     wall = ended - started
     theirs, refused = neighbour.between(started, ended)
     ours = counts.pages
@@ -117,7 +104,7 @@ def run(smoke: bool) -> Section:
         title="Beside a neighbour",
         what=f"A neighbour on the same token sends {NEIGHBOUR_RATE:g} requests a second "
         f"(a quarter of a strict {BUDGET} per {INTERVAL:g} s sliding window) from its own "
-        f"thread, on a fixed schedule; meanwhile each client reads {conversations * 10} "
+        f"process, on a fixed schedule; meanwhile each client reads {conversations * 10} "
         "pages with 16 at a time. 'Used' is our rate of accepted requests over what the "
         "neighbour leaves of the budget's rate (25 a second less what it got).",
         columns=[
