@@ -16,6 +16,8 @@ from pathlib import Path
 from . import budget, decode, footprint, latency, loopwork, memory, redis_shared, throughput
 from ._harness import machine
 from ._report import Section, draw
+from .limiter_figures import run as limiter_run
+from .neighbour import run as neighbour_run
 
 BENCHMARKS = {
     "decode": decode.run,
@@ -26,6 +28,8 @@ BENCHMARKS = {
     "memory": memory.run,
     "footprint": footprint.run,
     "redis": redis_shared.run,
+    "neighbour": neighbour_run,
+    "limiter": limiter_run,
 }
 
 

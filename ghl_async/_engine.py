@@ -13,7 +13,7 @@ from . import errors
 from ._auth import TokenSource
 from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
 from ._transport import AiohttpTransport
-from .ratelimit import Limiter
+from .ratelimit import Limiter, acquire_slot
 from .retry import RetryPolicy
 from .stats import ClientStats
 
@@ -78,7 +78,7 @@ class Engine:
             rate = None
             try:
                 async with self.capacity:
-                    ticket = await limiter.acquire()
+                    ticket = await acquire_slot(limiter, self.retry.max_retry_after)
                     raw = await self.transport.get(url, params, headers, limiter, ticket)
                 rate = raw.reply.rate
                 self._note_budget(rate)

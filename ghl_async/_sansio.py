@@ -6,6 +6,7 @@ matters), so it is tested by tables without a socket.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 from collections.abc import Mapping
@@ -24,25 +25,56 @@ __all__ = [
     "error_for_reply",
     "looks_like_json",
     "parse_retry_after",
+    "read_count",
+    "seconds_until_daily_reset",
 ]
 
 
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
+# Sane bounds for what the rate-limit headers may say. A value outside them is either
+# clamped (a budget bigger than any real one) or ignored (an interval over an hour, a
+# budget of zero), so no header can make the limiter allocate, loop or sleep in
+# proportion to it.
+MAX_BUDGET = 10_000
+MAX_INTERVAL_MS = 3_600_000
+MAX_DAILY = 100_000_000
+_MAX_DIGITS = 12
+# Retry-After is delta-seconds or an HTTP-date (29 characters); anything longer is junk.
+_MAX_RETRY_AFTER_CHARS = 40
+MAX_RETRY_AFTER = 7 * 86_400.0
+
+
+def read_count(value: str | None) -> int | None:
+    """A header's non-negative integer: ASCII digits only (no sign, ``_``, spaces
+    inside or exponent) and at most 12 of them; anything else is ``None``.
+    """
     if value is None:
         return None
-    try:
-        number = int(value.strip())
-    except ValueError:
+    value = value.strip()
+    if not value or len(value) > _MAX_DIGITS or not (value.isascii() and value.isdigit()):
         return None
-    return number if number >= 0 else None
+    return int(value)
+
+
+def _positive(value: int | None, ceiling: int) -> int | None:
+    """Zero counts as absent; above ``ceiling`` is clamped to it."""
+    if not value:
+        return None
+    return min(value, ceiling)
+
+
+def _clamped(value: int | None, ceiling: int) -> int | None:
+    return None if value is None else min(value, ceiling)
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimitHeaders:
     """What one reply's ``X-RateLimit-*`` headers say about the budget.
 
-    Any field the reply did not carry (or carried garbled) is ``None``.
+    Any field the reply did not carry, or carried unreadable (not plain digits, more
+    than 12 digits, a budget or daily limit of zero, an interval of zero or over an
+    hour), is ``None``. Readable values are clamped to sane bounds: a budget of at most
+    10,000, a daily count of at most 100,000,000, a ``Remaining`` no larger than the
+    budget.
     """
 
     max_requests: int | None = None
@@ -54,13 +86,21 @@ class RateLimitHeaders:
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
         """Read the five documented headers (case-insensitive mapping expected)."""
-        interval_ms = _int_header(headers, "X-RateLimit-Interval-Milliseconds")
+        interval_ms = read_count(headers.get("X-RateLimit-Interval-Milliseconds"))
+        if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
+            interval_ms = None
+        max_requests = _positive(read_count(headers.get("X-RateLimit-Max")), MAX_BUDGET)
+        remaining = _clamped(read_count(headers.get("X-RateLimit-Remaining")), MAX_BUDGET)
+        if remaining is not None and max_requests is not None:
+            remaining = min(remaining, max_requests)
         return cls(
-            max_requests=_int_header(headers, "X-RateLimit-Max"),
+            max_requests=max_requests,
             interval=interval_ms / 1000.0 if interval_ms else None,
-            remaining=_int_header(headers, "X-RateLimit-Remaining"),
-            daily_limit=_int_header(headers, "X-RateLimit-Limit-Daily"),
-            daily_remaining=_int_header(headers, "X-RateLimit-Daily-Remaining"),
+            remaining=remaining,
+            daily_limit=_positive(read_count(headers.get("X-RateLimit-Limit-Daily")), MAX_DAILY),
+            daily_remaining=_clamped(
+                read_count(headers.get("X-RateLimit-Daily-Remaining")), MAX_DAILY
+            ),
         )
 
     @property
@@ -72,16 +112,17 @@ class RateLimitHeaders:
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
 
-    ``now`` is the current Unix time (for the date form). Returns ``None`` when absent or
-    unreadable; never a negative number.
+    ``now`` is the current Unix time (for the date form). Returns ``None`` when absent,
+    unreadable, or zero and below (a wait of nothing is no instruction: back off as
+    without one); at most a week.
     """
     if value is None:
         return None
     value = value.strip()
-    if not value:
+    if not value or len(value) > _MAX_RETRY_AFTER_CHARS:
         return None
     try:
-        seconds = float(value)
+        seconds = float(value) if value.isascii() and "_" not in value else math.nan
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
@@ -89,10 +130,24 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             return None
         if when is None:  # pragma: no cover - older Pythons returned None
             return None
+        if when.tzinfo is None:  # "-0000": UTC with no promise about the source
+            when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - now
-    if math.isnan(seconds) or math.isinf(seconds):
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
         return None
-    return max(0.0, seconds)
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+def seconds_until_daily_reset(now: float, retry_after: float | None = None) -> float:
+    """When a spent daily budget comes back, in seconds from ``now`` (Unix time).
+
+    The reset time is not documented: a ``Retry-After`` on the reply is taken at its
+    word, otherwise the next midnight UTC is assumed.
+    """
+    if retry_after is not None:
+        return retry_after
+    day = 86_400.0
+    return day - (now % day)
 
 
 def looks_like_json(body: bytes) -> bool:
@@ -146,7 +201,7 @@ def error_for_reply(
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
         budget = RateLimitHeaders.from_headers(headers)
         if budget.daily_remaining == 0:
-            resets_at = now + retry_after if retry_after is not None else None
+            resets_at = now + seconds_until_daily_reset(now, retry_after)
             return errors.DailyLimitExceeded(
                 message,
                 status=status,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from . import errors
-from .ratelimit import Limiter, Reply
+from .ratelimit import Limiter, Reply, acquire_slot
 from .stats import ClientStats
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport", "RawReply"]
@@ -67,7 +67,7 @@ class _Gate:
         self.stats.requests += 1
         if not self.held:
             # aiohttp is resending on a fresh connection: that is one more request.
-            self.ticket = await self.limiter.acquire()
+            self.ticket = await acquire_slot(self.limiter, None)
             self.held = True
         self.reply = None
         try:

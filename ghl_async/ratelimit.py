@@ -1,42 +1,115 @@
 """Rate limiting: the budget, the ``Limiter`` protocol, and the in-process limiter.
 
-The guarantee: at most ``max_requests`` requests reach the server in ANY window of
-``interval`` seconds, whether the server counts in fixed or sliding windows, whatever the
-network delay. A plain token or leaky bucket (``aiolimiter.AsyncLimiter(100, 10)``)
-admits a burst of 100 and then 10 a second, about 200 in the first 10 seconds; this one
-does not.
+**The window guarantee.** A budget is a set of constraints ``(max, interval)``: the
+server's announced budget, and any cap the caller set (``RateLimit(100, 10.0)``). For
+each constraint, at most ``max`` requests reach the server in ANY window of
+``interval`` seconds, whether the server counts in fixed or sliding windows, whatever
+the network delay. All constraints hold at once: a cap of 100 per 10 s next to a server
+that allows 10 per 1 s lets 10 go in any second and 100 in any 10 s, never 100 at once.
+A plain token or leaky bucket (``aiolimiter.AsyncLimiter(100, 10)``) admits a burst of
+100 and then 10 a second, about 200 in the first 10 seconds; this one does not.
 
-How: every request holds a *slot* from the moment it is allowed to send until its reply
-headers arrive (or it fails), and for one ``interval`` after that. A new request is sent
-only while fewer than ``max_requests`` slots are held. The server saw each request at
-some moment between its send and its reply, so any server window of ``interval`` that
-contains ``max_requests + 1`` arrivals would have had all of them holding a slot when
-the last one was sent, which the rule forbids. No margin for network delay is needed;
-the price is one round trip per window (about 1% at 100 ms latency on a 10 s window).
+How: for each constraint, every request holds a *slot* from the moment it is allowed
+to send until its reply headers arrive (or it fails), and for one ``interval`` after
+that. A new request is sent only while fewer than ``max`` slots of every constraint are
+held. The server saw each request at some moment between its send and its reply, so
+any server window of ``interval`` that contains ``max + 1`` arrivals would have had all
+of them holding a slot when the last one was sent, which the rule forbids. No margin for
+network delay is needed; the price is one round trip per window. Slots are kept as send
+and reply times, not as expiries, so when a reply announces a different budget every
+slot is re-derived under it at once: the limiter runs at the announced rate from the
+first reply on, with no window of slack.
 
-On top of that the limiter learns from replies: the budget the server announces
-(``X-RateLimit-Max`` / ``-Interval-Milliseconds``) replaces the default or, for an
-explicit :class:`RateLimit`, caps it from below; a ``Remaining`` lower than the limiter's
-own count (another process spends the same budget) makes it hold back; a 429 pauses every
-request of the limiter until the window frees.
+**Beside a neighbour.** Others may spend the same budget (a webhook handler, a second
+app instance, a sync job). Only the server's count says so. When the reply of ``r``
+(sent at ``s_r``, replied at ``f_r``) says ``Remaining = R`` for the server's constraint
+``(M, I)``, the server had counted ``C_r = M - R`` requests in its window
+``(a_r - I, a_r]`` when ``r`` arrived at ``a_r`` (``r`` included unless refused). Compare
+like with like: the neighbour's share is ``C_r`` less every request of ours the server
+*could* have counted by then. The rule::
+
+    ours_r   = H_r + [r was accepted] + (our sends after s_r and before f_r)
+               where H_r = our slots held at s_r (in flight, or replied after
+               s_r - I), less those the server refused
+    theirs_r = C_r - ours_r
+    if theirs_r > 1, or > 0 on a 429:
+        reserve min(theirs_r + 1, M) neighbour slots until f_r + I + (f_r - s_r)
+
+*It never blames the neighbour for our own requests.* Write ``C_r = O_r + N_r``: ours
+and the neighbour's in the server's window. One of ours, ``q``, counted there was not
+refused and was sent before ``r``'s reply. If it was sent after ``s_r``, it is one of
+our sends since. If it was sent no later than ``s_r``, it arrived after
+``a_r - I >= s_r - I`` and replied after it arrived, so at ``s_r`` it was in flight or
+had replied after ``s_r - I``: it is in ``H_r`` (or is ``r``). So ``O_r <= ours_r`` and
+``theirs_r <= N_r``, whatever the delays, the clocks' order of arrival or a busy event
+loop: the limiter never holds back more than the neighbour really had (plus the one
+slot of room below). Comparing ``Remaining`` with the limiter's count as of the reply,
+as a count of "now" does, is not like with like: it mixes in requests the server had
+not seen, and misses when the neighbour's requests age out. The estimate falls short
+of ``N_r`` by our own requests the server had already forgotten or not yet seen: those
+whose slot frees within a round trip after ``s_r``, and those sent during ``r``'s round
+trip that arrived after it. On a local network that is next to nothing; over a 40 ms
+round trip the simulation shows it (``tests/test_limiter_sim.py``). Of a burst of
+replies, the last to arrive sees the whole burst.
+
+*It holds the neighbour's share once, for as long as it is seen.* A reservation moves
+the latest booked slots to its end and adds only what is missing, so replies that see
+the same neighbour requests book them once. It lasts one interval and one round trip
+after the reply: long enough for the replies of the sends it lets through to renew it,
+so a steady neighbour's share is held without a gap at the end of each window. (A
+booking that ended at ``s_r + I`` lapsed just when our own slots freed: in the
+simulation the neighbour was then refused about three requests in four, and our 429s
+were two to three times as many.) A neighbour that stops ages out
+of the server's window within ``I``; replies after that see nothing to renew, so it
+costs nothing two intervals and a round trip after it stopped.
+
+*It leaves room to grow.* A neighbour we crowd out shows only what the server let it
+have, not what it wants: one slot more than it holds lets it grow to its demand, a slot
+per interval. A lone request on a 2xx gets no reservation (one slot of room would cost
+more than it holds) until a 429 or a second request confirms it. Alone, no reply ever
+shows a neighbour and the limiter keeps the whole budget.
+
+*It is bounded.* At most ``M`` neighbour slots are alive (``M`` is clamped to 10,000 when
+read), so no header can make the limiter allocate or loop in proportion to it.
+
+What is not promised: a neighbour that bursts after the last reply we saw can still
+take the window before we know; the 429 that follows pauses every request until the
+window frees, and the burst is reserved from that reply on. The estimate needs replies
+to learn from: the shorter the round trip against the interval, the closer it follows.
+
+**Pauses and the daily budget.** A 429 pauses every request until ``Retry-After`` (else
+one interval). ``X-RateLimit-Daily-Remaining: 0`` stops every request until the reset
+(``Retry-After`` when given, else the next midnight UTC: the reset time is not
+documented). A caller that passes ``max_wait`` to :meth:`Limiter.acquire` is never
+parked on either: when the known wait exceeds it, ``acquire`` raises
+:class:`~ghl_async.errors.RateLimitError` (with ``retry_after``) or
+:class:`~ghl_async.errors.DailyLimitExceeded` (with ``resets_at``) at once, and nothing is
+sent. The client passes ``RetryPolicy.max_retry_after``. Without ``max_wait`` a pause is
+waited out and a spent daily budget still raises at once.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import heapq
+import inspect
+import itertools
 import logging
+import math
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable
+from bisect import bisect_right, insort
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import anyio
 
-from ._sansio import RateLimitHeaders, parse_retry_after
+from . import errors
+from ._sansio import RateLimitHeaders, parse_retry_after, seconds_until_daily_reset
 
-__all__ = ["Limiter", "LocalLimiter", "RateLimit", "Reply", "WindowBook"]
+__all__ = ["Limiter", "LocalLimiter", "RateLimit", "Reply", "WindowBook", "acquire_slot"]
 
 logger = logging.getLogger("ghl_async")
 
@@ -46,8 +119,8 @@ class RateLimit:
     """A request budget: at most ``max_requests`` in any ``interval`` seconds.
 
     The default is HighLevel's documented burst budget, 100 per 10 seconds. Passed to
-    :class:`~ghl_async.Client` explicitly it is a cap: the client uses the smaller of it
-    and what the server announces.
+    :class:`~ghl_async.Client` explicitly it is a cap: it holds in every window of its
+    own, and so does the budget the server announces.
     """
 
     max_requests: int = 100
@@ -60,8 +133,8 @@ class RateLimit:
             raise ValueError("max_requests must be at least 1")
         if not isinstance(self.interval, (int, float)) or isinstance(self.interval, bool):
             raise TypeError("interval must be a number of seconds")
-        if not self.interval > 0:
-            raise ValueError("interval must be positive")
+        if not self.interval > 0 or math.isinf(self.interval):
+            raise ValueError("interval must be positive and finite")
 
     @property
     def per_second(self) -> float:
@@ -81,19 +154,29 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What a limiter learns from one reply: its status and rate-limit headers."""
+    """What a limiter learns from one reply: its status and rate-limit headers.
+
+    ``daily_reset_in`` is set when the reply says the daily budget is spent: seconds
+    until it is expected back.
+    """
 
     status: int
     rate: RateLimitHeaders
     retry_after: float | None = None
+    daily_reset_in: float | None = None
 
     @classmethod
     def from_headers(cls, status: int, headers: Any) -> Reply:
         """Build from a status and a case-insensitive header mapping."""
+        now = time.time()
         retry_after = None
         if status == 429:
-            retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
-        return cls(status, RateLimitHeaders.from_headers(headers), retry_after)
+            retry_after = parse_retry_after(headers.get("Retry-After"), now)
+        rate = RateLimitHeaders.from_headers(headers)
+        reset_in = None
+        if rate.daily_remaining == 0:
+            reset_in = seconds_until_daily_reset(now, retry_after)
+        return cls(status, rate, retry_after, reset_in)
 
 
 @runtime_checkable
@@ -103,15 +186,87 @@ class Limiter(Protocol):
     The client calls :meth:`acquire` right before each send (including any resend
     aiohttp makes on a stale keep-alive connection) and :meth:`release` with the ticket
     once the reply's headers are in (``reply``) or the send failed (``None``).
+
+    An implementation written before ``max_wait`` existed (``acquire(self)``) still
+    works: :func:`acquire_slot` calls it without the keyword, and it simply never fails
+    fast.
     """
 
-    async def acquire(self) -> object:
-        """Wait until one more request may be sent; return a ticket for :meth:`release`."""
+    async def acquire(self, *, max_wait: float | None = None) -> object:
+        """Wait until one more request may be sent; return a ticket for :meth:`release`.
+
+        Raises :class:`~ghl_async.errors.RateLimitError` or
+        :class:`~ghl_async.errors.DailyLimitExceeded` at once, sending nothing, when a
+        pause or the spent daily budget would keep the request waiting longer than
+        ``max_wait`` seconds (``None``: no bound).
+        """
         ...
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         """Report that the request of ``ticket`` got ``reply`` (``None``: no reply)."""
         ...
+
+
+_TAKES_MAX_WAIT: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _takes_max_wait(limiter: Limiter) -> bool:
+    kind = type(limiter)
+    known = _TAKES_MAX_WAIT.get(kind)
+    if known is None:
+        parameters: Mapping[str, inspect.Parameter]
+        try:
+            parameters = inspect.signature(limiter.acquire).parameters
+        except (TypeError, ValueError):  # pragma: no cover - a C callable
+            parameters = {}
+        known = "max_wait" in parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        )
+        _TAKES_MAX_WAIT[kind] = known
+    return known
+
+
+async def acquire_slot(limiter: Limiter, max_wait: float | None) -> object:
+    """``limiter.acquire(max_wait=...)``, or plain ``acquire()`` for a limiter written
+    before the keyword existed (it then waits as it always did).
+    """
+    if _takes_max_wait(limiter):
+        return await limiter.acquire(max_wait=max_wait)
+    return await limiter.acquire()
+
+
+def refuse_long_wait(kind: str, wait: float, max_wait: float | None) -> None:
+    """Raise instead of waiting ``wait`` seconds for ``kind`` (``"daily"`` or
+    ``"pause"``) when that exceeds ``max_wait``; a spent daily budget with no
+    ``max_wait`` raises too. Shared by every limiter, so all fail alike.
+    """
+    if max_wait is not None and wait <= max_wait:
+        return
+    if kind == "daily":
+        resets_at = time.time() + wait
+        when = datetime.datetime.fromtimestamp(resets_at, datetime.timezone.utc)
+        raise errors.DailyLimitExceeded(
+            f"the daily request budget is spent until about {when:%Y-%m-%d %H:%M} UTC; "
+            "nothing was sent",
+            status=None,
+            retry_after=wait,
+            resets_at=resets_at,
+        )
+    if max_wait is not None:
+        raise errors.RateLimitError(
+            f"rate limited for {wait:.1f} s more, longer than the {max_wait:g} s "
+            "allowed; nothing was sent",
+            status=None,
+            retry_after=wait,
+        )
+
+
+class _Ticket(NamedTuple):
+    """What the book notes at a send, for the neighbour estimate at its reply."""
+
+    sent: float
+    held: int  # our slots of the server's budget held at the send, not refused
+    sends: int  # our sends before this one
 
 
 class WindowBook:
@@ -122,112 +277,246 @@ class WindowBook:
     """
 
     def __init__(self, rate_limit: RateLimit | None = None) -> None:
-        self.adopt_server_budget = rate_limit is None
-        self.cap = rate_limit or RateLimit()
-        self.max_requests = self.cap.max_requests
-        self.interval = self.cap.interval
+        # The caller's caps, each a constraint of its own.
+        self.caps: list[RateLimit] = [rate_limit] if rate_limit is not None else []
+        # The server's budget: HighLevel's default until a reply announces one (with no
+        # cap); unknown until then with a cap.
+        self.server: RateLimit | None = None if rate_limit is not None else RateLimit()
         self.learned = False
         self.in_flight = 0
         self.paused_until = 0.0
-        # Times at which finished requests stop counting, oldest first.
-        self._expiries: deque[float] = deque()
-        # How many slots have expired so far (see finish()).
-        self.expired = 0
+        self.daily_until = 0.0
+        # Reply times of finished requests, oldest first (a slot per constraint each).
+        self._finished: list[float] = []
+        # For the neighbour estimate: reply times of the requests the server refused
+        # (they hold a slot here, but the server did not count them), and a count of
+        # our sends.
+        self._refused: list[float] = []
+        self._sends = 0
+        # Expiry times of neighbour slots (the server's constraint only), soonest first.
+        self._booked: list[float] = []
+
+    # -- the constraints -----------------------------------------------------------
+
+    @property
+    def constraints(self) -> tuple[RateLimit, ...]:
+        """Every constraint that holds: the caps, then the server's budget if known."""
+        if self.server is None:
+            return tuple(self.caps)
+        return (*self.caps, self.server)
+
+    @property
+    def tightest(self) -> RateLimit:
+        """The constraint with the lowest steady rate (for display)."""
+        return min(self.constraints, key=lambda c: (c.per_second, c.interval))
+
+    @property
+    def max_requests(self) -> int:
+        """``max_requests`` of :attr:`tightest`."""
+        return self.tightest.max_requests
+
+    @property
+    def interval(self) -> float:
+        """``interval`` of :attr:`tightest`."""
+        return self.tightest.interval
 
     def add_cap(self, now: float, rate_limit: RateLimit) -> None:
-        """Lower the budget to ``rate_limit`` where it is tighter (several callers' caps)."""
-        if self.adopt_server_budget:
-            self.adopt_server_budget = False
-            self.cap = rate_limit
-        elif rate_limit.per_second < self.cap.per_second:
-            self.cap = rate_limit
-        if rate_limit.per_second < self.max_requests / self.interval:
-            self._set_budget(now, rate_limit)
+        """Add ``rate_limit`` as one more constraint (another caller's cap)."""
+        if rate_limit not in self.caps:
+            self.caps.append(rate_limit)
 
-    def _set_budget(self, now: float, budget: RateLimit) -> None:
-        if budget.interval < self.interval:
-            # Slots taken under the longer window end no later than a new one would:
-            # still conservative, and the expiries stay in order.
-            latest = now + budget.interval
-            self._expiries = deque(min(expiry, latest) for expiry in self._expiries)
-        self.max_requests, self.interval = budget.max_requests, budget.interval
+    # -- slots ---------------------------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        horizon = now - max(c.interval for c in self.constraints)
+        gone = bisect_right(self._finished, horizon)
+        if gone:
+            del self._finished[:gone]
+        gone = bisect_right(self._refused, horizon)
+        if gone:
+            del self._refused[:gone]
+        booked = self._booked
+        gone = bisect_right(booked, now)
+        if gone:
+            del booked[:gone]
+
+    def _own_alive(self, now: float, constraint: RateLimit) -> int:
+        """Index of the first finished request still holding a slot of ``constraint``."""
+        return bisect_right(self._finished, now - constraint.interval)
+
+    def _held_by(self, now: float, constraint: RateLimit) -> int:
+        held = self.in_flight + len(self._finished) - self._own_alive(now, constraint)
+        if constraint is self.server:
+            held += len(self._booked)
+        return held
 
     def held(self, now: float) -> int:
-        """Slots held now: requests in flight plus those finished less than a window ago."""
-        expiries = self._expiries
-        while expiries and expiries[0] <= now:
-            expiries.popleft()
-            self.expired += 1
-        return self.in_flight + len(expiries)
+        """The most slots held now of any constraint (requests in flight, finished less
+        than its interval ago, and neighbour slots for the server's budget).
+        """
+        self._prune(now)
+        return max(self._held_by(now, c) for c in self.constraints)
+
+    def neighbour_slots(self, now: float) -> int:
+        """Neighbour slots booked and not yet expired."""
+        self._prune(now)
+        return len(self._booked)
+
+    def _free_at(self, now: float, constraint: RateLimit) -> float | None:
+        """When one more slot of ``constraint`` is free (``now`` if it is), or ``None``
+        when that needs a request in flight to finish first.
+        """
+        first = self._own_alive(now, constraint)
+        finished = self._finished
+        booked = self._booked if constraint is self.server else []
+        finite = len(finished) - first + len(booked)
+        held = self.in_flight + finite
+        if held < constraint.max_requests:
+            return now
+        needed = held - constraint.max_requests + 1
+        if needed > finite:
+            return None
+        interval = constraint.interval
+        expiries = heapq.merge(
+            (f + interval for f in itertools.islice(finished, first, None)), booked
+        )
+        return next(itertools.islice(expiries, needed - 1, None))
+
+    def blocked(self, now: float) -> tuple[str, float] | None:
+        """``("daily", seconds)`` while the daily budget is spent, ``("pause", seconds)``
+        while a 429's pause runs, else ``None``.
+        """
+        if now < self.daily_until:
+            return "daily", self.daily_until - now
+        if now < self.paused_until:
+            return "pause", self.paused_until - now
+        return None
 
     def wait_time(self, now: float) -> float | None:
         """``0.0``: send now; a positive number: look again after that many seconds;
         ``None``: wait until a request in flight finishes.
         """
-        if now < self.paused_until:
-            return self.paused_until - now
+        blocked = self.blocked(now)
+        if blocked is not None:
+            return blocked[1]
         if not self.learned and self.in_flight:
             # Until the first reply says what the budget is, send one request at a time.
             return None
-        held = self.held(now)
-        if held < self.max_requests:
-            return 0.0
-        finished_needed = held - self.max_requests + 1
-        if finished_needed <= len(self._expiries):
-            return self._expiries[finished_needed - 1] - now
-        return None
+        self._prune(now)
+        latest = now
+        for constraint in self.constraints:
+            free_at = self._free_at(now, constraint)
+            if free_at is None:
+                return None
+            latest = max(latest, free_at)
+        return latest - now
 
-    def take(self) -> int:
+    def take(self, now: float) -> _Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
+        # Our slots the server could still count, over its interval (while unknown, the
+        # longest cap's: more of ours, never a neighbour that is not there).
+        held = 0
+        if self.constraints:
+            self._prune(now)
+            server = self.server
+            window = server.interval if server else max(c.interval for c in self.caps)
+            edge = now - window
+            alive = len(self._finished) - bisect_right(self._finished, edge)
+            refused = len(self._refused) - bisect_right(self._refused, edge)
+            held = self.in_flight + alive - refused
         self.in_flight += 1
-        return self.expired
+        self._sends += 1
+        return _Ticket(now, held, self._sends - 1)
 
-    def finish(self, now: float, reply: Reply | None, ticket: int | None = None) -> list[str]:
+    # -- replies -------------------------------------------------------------------
+
+    def finish(self, now: float, reply: Reply | None, ticket: _Ticket | None = None) -> list[str]:
         """Record the end of a send (``ticket`` from :meth:`take`); return what changed."""
         self.in_flight -= 1
-        self._expiries.append(now + self.interval)
+        insort(self._finished, now)
         if reply is None:
             return []
-        self.learned = True
-        self.held(now)  # count what has expired by now
-        # The server counted its Remaining while handling this request: slots that have
-        # expired here since the send may still have counted there.
-        expired_since_send = self.expired - ticket if ticket is not None else 0
-        return self._learn(now, reply, expired_since_send)
-
-    def _learn(self, now: float, reply: Reply, expired_since_send: int) -> list[str]:
-        notes: list[str] = []
-        rate = reply.rate
-        if rate.budget_known:
-            assert rate.max_requests is not None
-            assert rate.interval is not None
-            announced = RateLimit(rate.max_requests, rate.interval)
-            if self.adopt_server_budget or announced.per_second < self.cap.per_second:
-                chosen = announced
-            else:
-                chosen = self.cap
-            if (chosen.max_requests, chosen.interval) != (self.max_requests, self.interval):
-                notes.append(
-                    f"budget now {chosen.max_requests} requests per {chosen.interval:g} s"
-                )
-                self._set_budget(now, chosen)
-        if rate.remaining is not None:
-            believed = self.max_requests - self.held(now) - expired_since_send
-            if rate.remaining < believed:
-                # Someone else spends this budget: count their requests as ours.
-                spent_elsewhere = believed - rate.remaining
-                self._expiries.extend([now + self.interval] * spent_elsewhere)
-                notes.append(
-                    f"server has {rate.remaining} left where {believed} were expected: "
-                    f"holding back {spent_elsewhere}"
-                )
         if reply.status == 429:
-            pause = reply.retry_after if reply.retry_after is not None else self.interval
+            insort(self._refused, now)
+        self.learned = True
+        notes: list[str] = []
+        self._learn_budget(now, reply, notes)
+        daily_spent = self._learn_daily(now, reply, notes)
+        if ticket is not None and not (daily_spent and reply.status == 429):
+            self._estimate_neighbour(now, reply, ticket, notes)
+        if reply.status == 429 and not daily_spent:
+            fallback = self.server.interval if self.server is not None else self.interval
+            pause = reply.retry_after if reply.retry_after is not None else fallback
             until = now + pause
             if until > self.paused_until:
                 self.paused_until = until
                 notes.append(f"429: pausing {pause:.1f} s")
         return notes
+
+    def _learn_budget(self, now: float, reply: Reply, notes: list[str]) -> None:
+        rate = reply.rate
+        if not rate.budget_known:
+            return
+        assert rate.max_requests is not None
+        assert rate.interval is not None
+        announced = RateLimit(rate.max_requests, rate.interval)
+        if announced == self.server:
+            return
+        self.server = announced
+        notes.append(f"server budget now {announced.max_requests} per {announced.interval:g} s")
+        # Own slots follow the new interval by themselves (they are kept as reply
+        # times). Neighbour slots booked under a longer window end no later than a
+        # new booking would, and no more than the new budget stay.
+        latest = now + announced.interval
+        booked = [min(expiry, latest) for expiry in self._booked]
+        self._booked = booked[-announced.max_requests :]
+
+    def _learn_daily(self, now: float, reply: Reply, notes: list[str]) -> bool:
+        left = reply.rate.daily_remaining
+        if left is None:
+            return False
+        if left > 0:
+            self.daily_until = 0.0
+            return False
+        reset_in = reply.daily_reset_in
+        if reset_in is None:
+            reset_in = seconds_until_daily_reset(time.time(), reply.retry_after)
+        if now + reset_in > self.daily_until:
+            self.daily_until = now + reset_in
+            notes.append(f"daily budget spent: stopping for {reset_in:.0f} s")
+        return True
+
+    def _estimate_neighbour(
+        self, now: float, reply: Reply, ticket: _Ticket, notes: list[str]
+    ) -> None:
+        """The rule of the module docstring: book what the server counted beyond us."""
+        server = self.server
+        remaining = reply.rate.remaining
+        if server is None or remaining is None:
+            return
+        budget = server.max_requests
+        counted = budget - min(remaining, budget)
+        self._prune(now)
+        ours = ticket.held + (reply.status != 429) + (self._sends - ticket.sends - 1)
+        theirs = counted - ours
+        if theirs <= 0 or (theirs == 1 and reply.status != 429):
+            return
+        # One slot of room: a neighbour we crowd out shows only what it got, not what
+        # it wants.
+        reserve = min(theirs + 1, budget)
+        end = now + server.interval + (now - ticket.sent)
+        # Hold ``reserve`` slots until ``end``: move the latest bookings there and add
+        # what is missing, so the same neighbour requests are never booked twice.
+        booked = self._booked
+        keep = len(booked) - min(reserve, len(booked))
+        extra = reserve - (len(booked) - keep)
+        moved = (max(expiry, end) for expiry in booked[keep:])
+        self._booked = sorted([*booked[:keep], *moved, *[end] * extra])
+        if extra:
+            notes.append(
+                f"server has {remaining} left: a neighbour holds {theirs}; "
+                f"holding back {extra} more"
+            )
 
 
 class LocalLimiter:
@@ -252,27 +541,40 @@ class LocalLimiter:
 
     def __repr__(self) -> str:
         book = self.book
-        return (
-            f"LocalLimiter({book.max_requests} per {book.interval:g} s, "
-            f"in_flight={book.in_flight})"
-        )
+        budget = " and ".join(f"{c.max_requests} per {c.interval:g} s" for c in book.constraints)
+        return f"LocalLimiter({budget}, in_flight={book.in_flight})"
 
     def add_cap(self, rate_limit: RateLimit) -> None:
-        """Lower the budget to ``rate_limit`` where it is tighter (another client's cap)."""
+        """Add ``rate_limit`` as one more constraint (another client's cap)."""
         self.book.add_cap(self._clock(), rate_limit)
 
-    async def acquire(self) -> object:
-        """Wait for a send slot (first come, first served)."""
+    def _refuse_long_waits(self, now: float, max_wait: float | None) -> None:
+        blocked = self.book.blocked(now)
+        if blocked is not None:
+            refuse_long_wait(blocked[0], blocked[1], max_wait)
+
+    async def acquire(self, *, max_wait: float | None = None) -> object:
+        """Wait for a send slot (first come, first served).
+
+        Raises :class:`~ghl_async.errors.RateLimitError` at once when a 429's pause
+        would keep this request longer than ``max_wait``, and
+        :class:`~ghl_async.errors.DailyLimitExceeded` while the daily budget is spent
+        (unless it comes back within ``max_wait``).
+        """
         book = self.book
         if self._lock is None:
             self._lock = anyio.Lock()
-        elif not self._lock.locked() and book.wait_time(self._clock()) == 0.0:
-            return book.take()
+        elif not self._lock.locked():
+            now = self._clock()
+            if book.wait_time(now) == 0.0:
+                return book.take(now)
         async with self._lock:
             while True:
-                wait = book.wait_time(self._clock())
+                now = self._clock()
+                self._refuse_long_waits(now, max_wait)
+                wait = book.wait_time(now)
                 if wait == 0.0:
-                    return book.take()
+                    return book.take(now)
                 if self._changed is None:
                     self._changed = anyio.Event()
                 changed = self._changed
@@ -284,8 +586,8 @@ class LocalLimiter:
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         """Free the send slot; learn from the reply's headers."""
-        since = ticket if isinstance(ticket, int) else None
-        for note in self.book.finish(self._clock(), reply, since):
+        sent = ticket if isinstance(ticket, _Ticket) else None
+        for note in self.book.finish(self._clock(), reply, sent):
             logger.debug("rate limit: %s", note)
         changed = self._changed
         if changed is not None:

@@ -10,17 +10,24 @@
     async with Client(token, limiter=limiter) as client:
         ...
 
-The same rule as the in-process limiter, kept in Redis: a sorted set holds one member
-per request, scored by the moment its slot frees (while in flight: a far moment;
-once its reply is in: that moment plus one interval). One atomic script per acquire
-drops freed slots and either takes one ("go") or names how long until one frees
-("wait N ms"); a waiting process sleeps that long, no polling storm. All times come
-from Redis's own ``TIME``, so the machines' clocks do not matter.
+The same rules as the in-process limiter (``ghl_async/ratelimit.py`` has the argument),
+kept in Redis. A sorted set holds one member per request, scored by its reply time (while
+in flight: a moment ``in_flight_timeout`` ahead), so each constraint ``(max, interval)``
+counts the members scored after ``now - interval``: the caller's cap and the server's
+announced budget both hold in every window. One atomic script per acquire drops what
+has expired and either takes a slot ("go") or names how long until one frees ("wait N
+ms"); a waiting process sleeps that long, no polling storm. All times come from Redis's
+own ``TIME``, so the machines' clocks do not matter.
 
-A 429 seen by any process sets a shared paused-until key that every acquire honours;
-the budget the server announces and ``Daily-Remaining`` are shared in a hash; a
-``Remaining`` lower than the shared count (a consumer outside the key) adds
-placeholder slots, as the local limiter does. Every key expires on its own.
+Until a reply announces the budget, one request goes at a time across all processes
+(the probe). A 429 seen by any process sets a shared paused-until key; a spent daily budget sets a
+shared daily-until time. Every acquire honours both, and a caller whose ``max_wait`` is
+shorter fails at once instead of sleeping. The budget the server announces is shared
+in a hash. The neighbour estimate is the local one: a second sorted set keeps the
+requests the server refused, a third the reserved neighbour slots, and the hash counts
+the sends of every process. The work of each
+script is bounded: a handful of commands, plus at most the budget (clamped to 10,000)
+of reserved slots moved or added. Every key expires on its own.
 
 When Redis cannot be reached the limiter fails closed: :class:`LimiterUnavailable`
 (nothing is sent). With ``on_redis_error="local"`` it falls back to an in-process
@@ -41,83 +48,155 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("ghl_async.redis needs redis-py: pip install 'ghl-async[redis]'") from exc
 
+from ._sansio import MAX_BUDGET, MAX_INTERVAL_MS
 from .errors import LimiterUnavailable
-from .ratelimit import LocalLimiter, RateLimit, Reply
+from .ratelimit import LocalLimiter, RateLimit, Reply, refuse_long_wait
 
 __all__ = ["RedisLimiter"]
 
 logger = logging.getLogger("ghl_async")
 
-# KEYS: slots (zset), paused-until (string), budget (hash)
-# ARGV: member, max, interval ms, in-flight ms, poll ms
-# Returns {1, expired} when a slot was taken (expired: slots freed so far, for the
-# release), {0, ms} to wait.
+# KEYS: slots (zset), paused-until (string), budget (hash), refused (zset), booked (zset)
+# ARGV: member, default server max (-1: none), default server interval ms, in-flight ms,
+#       shortest poll ms, number of caps, then each cap's max and interval ms
+# Returns {0, now, held, sends} when a slot was taken (the send time, our slots of the
+# server's budget held then and not refused, the sends before this one: for the release),
+# {1, ms} to wait for the window, {2, ms} paused after a 429, {3, ms} daily budget spent.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local daily = tonumber(redis.call('HGET', KEYS[3], 'daily_until') or '0')
+if daily > now then return {3, daily - now} end
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > now then return {0, paused - now} end
-local max = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[2])
-local interval = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[3])
-local inflight = tonumber(ARGV[4])
-local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if freed > 0 then redis.call('HINCRBY', KEYS[3], 'expired', freed) end
-local held = redis.call('ZCARD', KEYS[1])
-if held < max then
-  redis.call('ZADD', KEYS[1], now + inflight, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], inflight + interval)
-  redis.call('PEXPIRE', KEYS[3], 86400000)
-  return {1, tonumber(redis.call('HGET', KEYS[3], 'expired') or '0')}
+if paused > now then return {2, paused - now} end
+local known = redis.call('HEXISTS', KEYS[3], 'max') == 1
+if not known and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') > 0 then
+  -- Until a reply says what the budget is, one request at a time (of all processes).
+  return {1, math.max(10, tonumber(ARGV[5]))}
 end
-local nth = redis.call('ZRANGE', KEYS[1], held - max, held - max, 'WITHSCORES')
-local wait = tonumber(nth[2]) - now
-if wait > interval then
-  -- That slot is still in flight; its reply will shorten it: look again soon.
-  wait = math.min(wait, tonumber(ARGV[5]))
+local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[2])
+local sint = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[3])
+local limits = {}
+if smax > 0 and sint > 0 then table.insert(limits, {smax, sint, true}) end
+local ncaps = tonumber(ARGV[6])
+for i = 1, ncaps do
+  table.insert(limits, {tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i]), false})
 end
-return {0, math.max(1, wait)}
+local longest, shortest = 0, math.huge
+for _, c in ipairs(limits) do
+  longest = math.max(longest, c[2])
+  shortest = math.min(shortest, c[2])
+end
+-- How soon to look again at a slot still in flight: its reply will bring it forward.
+local poll = math.max(tonumber(ARGV[5]), math.floor(shortest / 20))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+local wait = 0
+for _, c in ipairs(limits) do
+  local cmax, cint = c[1], c[2]
+  local held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - cint), '+inf')
+  local booked = 0
+  if c[3] then booked = redis.call('ZCARD', KEYS[5]) end
+  if held + booked >= cmax then
+    -- The soonest slot to free; look again then (a larger shortfall looks again).
+    local free = math.huge
+    local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - cint), '+inf',
+                             'WITHSCORES', 'LIMIT', 0, 1)
+    if first[2] then
+      free = tonumber(first[2]) + cint - now
+      if free > cint then free = math.min(free, poll) end
+    end
+    if booked > 0 then
+      local nb = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+      free = math.min(free, tonumber(nb[2]) - now)
+    end
+    if free == math.huge then free = poll end
+    wait = math.max(wait, free)
+  end
+end
+if wait > 0 then return {1, math.max(1, wait)} end
+-- Our slots the server could still count, over its interval (the longest known while
+-- it is unknown: more of ours, never a neighbour that is not there).
+local window = longest
+if smax > 0 and sint > 0 then window = sint end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+local held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
+             - redis.call('ZCARD', KEYS[4])
+local sends = redis.call('HINCRBY', KEYS[3], 'sends', 1) - 1
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], longest + tonumber(ARGV[4]) + 60000)
+return {0, now, held, sends}
 """
 
-# KEYS: slots, paused-until, budget
-# ARGV: member, status, retry-after ms (-1 none), server max (-1), server interval ms (-1),
-#       remaining (-1), daily remaining (-1), cap max, cap interval ms, adopt server (0/1),
-#       slots expired when this request was sent
+# KEYS: slots, paused-until, budget, refused, booked
+# ARGV: member, status (0: no reply), retry-after ms (-1 none), server max (-1),
+#       server interval ms (-1), remaining (-1), daily remaining (-1),
+#       daily reset in ms (-1), sent (the acquire's now), default server max (-1: none),
+#       default server interval ms, longest cap interval ms, held and sends at the send
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local max = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[8])
-local interval = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[9])
-local smax, sint = tonumber(ARGV[4]), tonumber(ARGV[5])
-if smax > 0 and sint > 0 then
-  local capmax, capint = tonumber(ARGV[8]), tonumber(ARGV[9])
-  if ARGV[10] == '1' or smax / sint < capmax / capint then
-    max, interval = smax, sint
-  else
-    max, interval = capmax, capint
-  end
-  redis.call('HSET', KEYS[3], 'max', max, 'interval', interval)
+local status = tonumber(ARGV[2])
+local sent = tonumber(ARGV[9])
+local amax, aint = tonumber(ARGV[4]), tonumber(ARGV[5])
+if amax > 0 and aint > 0 and aint <= MAXINT then
+  redis.call('HSET', KEYS[3], 'max', math.min(amax, MAXBUDGET), 'interval', aint)
 end
-redis.call('ZADD', KEYS[1], 'XX', now + interval, ARGV[1])
-local daily = tonumber(ARGV[7])
-if daily >= 0 then redis.call('HSET', KEYS[3], 'daily_remaining', daily) end
-redis.call('PEXPIRE', KEYS[3], 86400000)
+local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[10])
+local sint = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[11])
+local longest = math.max(sint, tonumber(ARGV[12]))
+redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
 local notes = {}
+local daily = tonumber(ARGV[7])
+local daily_429 = false
+if daily >= 0 then redis.call('HSET', KEYS[3], 'daily_remaining', daily) end
+if daily > 0 then redis.call('HDEL', KEYS[3], 'daily_until') end
+if daily == 0 then
+  local until_ = now + tonumber(ARGV[8])
+  if until_ > tonumber(redis.call('HGET', KEYS[3], 'daily_until') or '0') then
+    redis.call('HSET', KEYS[3], 'daily_until', until_)
+    table.insert(notes, 'daily budget spent for ' .. ARGV[8] .. ' ms')
+  end
+  daily_429 = status == 429
+end
+if status == 429 then
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - longest)
+  redis.call('PEXPIRE', KEYS[4], longest + 60000)
+end
 local remaining = tonumber(ARGV[6])
-if remaining >= 0 then
-  local freed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  local expired = redis.call('HINCRBY', KEYS[3], 'expired', freed)
-  -- Slots freed since the send may still have counted when the server answered.
-  local believed = max - redis.call('ZCARD', KEYS[1]) - (expired - tonumber(ARGV[11]))
-  if remaining < believed then
-    for i = 1, believed - remaining do
-      redis.call('ZADD', KEYS[1], now + interval, ARGV[1] .. ':elsewhere:' .. i)
+if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
+  local counted = smax - math.min(remaining, smax)
+  local accepted = 1
+  if status == 429 then accepted = 0 end
+  local sends = tonumber(redis.call('HGET', KEYS[3], 'sends') or '0')
+  local ours = tonumber(ARGV[13]) + accepted + (sends - tonumber(ARGV[14]) - 1)
+  local theirs = counted - ours
+  if theirs > 1 or (theirs > 0 and status == 429) then
+    local reserve = math.min(theirs + 1, smax)
+    local ends = now + sint + (now - sent)
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+    local n = redis.call('ZCARD', KEYS[5])
+    local moved = math.min(reserve, n)
+    if moved > 0 then
+      for _, m in ipairs(redis.call('ZRANGE', KEYS[5], n - moved, n - 1)) do
+        redis.call('ZADD', KEYS[5], 'GT', ends, m)
+      end
     end
-    table.insert(notes, 'held back ' .. (believed - remaining))
+    if reserve > moved then
+      local base = redis.call('HINCRBY', KEYS[3], 'booked', reserve - moved)
+      for i = 1, reserve - moved do
+        redis.call('ZADD', KEYS[5], ends, 'n:' .. (base - i))
+      end
+      table.insert(notes, 'a neighbour holds ' .. theirs .. ': holding back '
+                          .. (reserve - moved) .. ' more')
+    end
+    redis.call('PEXPIRE', KEYS[5], ends - now + 60000)
   end
 end
-if ARGV[2] == '429' then
+if status == 429 and not daily_429 then
   local pause = tonumber(ARGV[3])
-  if pause < 0 then pause = interval end
+  if pause <= 0 then pause = sint end
   local until_ = now + pause
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if until_ > current then
@@ -125,14 +204,20 @@ if ARGV[2] == '429' then
     table.insert(notes, 'paused ' .. pause .. ' ms')
   end
 end
-redis.call('PEXPIRE', KEYS[1], interval * 2 + 60000)
+local keep = 86400000
+local daily_until = tonumber(redis.call('HGET', KEYS[3], 'daily_until') or '0')
+if daily_until > now then keep = math.max(keep, daily_until - now + 60000) end
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[1], longest + 120000)
 return notes
-"""
+""".replace("MAXBUDGET", str(MAX_BUDGET)).replace("MAXINT", str(MAX_INTERVAL_MS))
 
 
 class _Ticket(NamedTuple):
     member: str
-    expired: int
+    sent: int  # Redis time of the acquire, ms
+    held: int  # our slots of the server's budget held then, not refused
+    sends: int  # sends of every process before this one
 
 
 class _LocalTicket(NamedTuple):
@@ -185,7 +270,13 @@ class RedisLimiter:
         self._adopt = rate_limit is None
         self.rate_limit = rate_limit or RateLimit()
         base = f"{prefix}{key}"
-        self._keys = [f"{base}:slots", f"{base}:paused", f"{base}:budget"]
+        self._keys = [
+            f"{base}:slots",
+            f"{base}:paused",
+            f"{base}:budget",
+            f"{base}:refused",
+            f"{base}:booked",
+        ]
         self._on_error = on_redis_error
         self._timeout = timeout
         self._in_flight_ms = int(in_flight_timeout * 1000)
@@ -204,7 +295,9 @@ class RedisLimiter:
 
     @property
     def keys(self) -> list[str]:
-        """The Redis keys this limiter writes (slots, paused-until, budget)."""
+        """The Redis keys this limiter writes (slots, paused-until, budget, refused
+        requests, neighbour slots).
+        """
         return list(self._keys)
 
     async def aclose(self) -> None:
@@ -227,30 +320,49 @@ class RedisLimiter:
                 self._local.book.interval,
             )
 
-    async def acquire(self) -> object:
-        """Wait for a slot in the shared window; returns the ticket for :meth:`release`."""
+    def _acquire_args(self, member: str) -> list[str | int]:
+        default = RateLimit() if self._adopt else None
+        cap = self.rate_limit
+        caps: list[int] = [] if self._adopt else [cap.max_requests, _ms(cap.interval)]
+        return [
+            member,
+            default.max_requests if default else -1,
+            _ms(default.interval) if default else -1,
+            self._in_flight_ms,
+            10,
+            len(caps) // 2,
+            *caps,
+        ]
+
+    async def acquire(self, *, max_wait: float | None = None) -> object:
+        """Wait for a slot in the shared window; returns the ticket for :meth:`release`.
+
+        Raises :class:`~ghl_async.errors.RateLimitError` at once when a 429 seen by any
+        process pauses the key longer than ``max_wait``, and
+        :class:`~ghl_async.errors.DailyLimitExceeded` while the daily budget is spent.
+        """
         self._counter += 1
         member = f"{self._process}:{self._counter}"
-        args: list[str | int] = [
-            member,
-            self.rate_limit.max_requests,
-            int(self.rate_limit.interval * 1000),
-            self._in_flight_ms,
-            max(10, int(self.rate_limit.interval * 50)),
-        ]
+        args = self._acquire_args(member)
         while True:
             try:
                 with anyio.fail_after(self._timeout):
-                    taken, value = await self._acquire_script(keys=self._keys, args=args)
+                    answer = await self._acquire_script(keys=self._keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._unavailable(exc)
-                return _LocalTicket(await self._local.acquire())
+                return _LocalTicket(await self._local.acquire(max_wait=max_wait))
             if self._warned:
                 self._warned = False
                 logger.warning("Redis is back: the shared rate limit applies again")
-            if int(taken):
-                return _Ticket(member, int(value))
-            await anyio.sleep(int(value) / 1000)
+            code, value, *more = (int(n) for n in answer)
+            if code == 0:
+                return _Ticket(member, value, *more)
+            wait = value / 1000
+            if code == 2:
+                refuse_long_wait("pause", wait, max_wait)
+            elif code == 3:
+                refuse_long_wait("daily", wait, max_wait)
+            await anyio.sleep(wait)
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         """Report the end of a send: frees the slot after one interval, shares what the
@@ -262,9 +374,10 @@ class RedisLimiter:
         assert isinstance(ticket, _Ticket)
         rate = reply.rate if reply is not None else None
 
-        def number(value: float | int | None, scale: float = 1.0) -> int:
+        def number(value: float | None, scale: float = 1.0) -> int:
             return -1 if value is None else int(value * scale)
 
+        default = RateLimit() if self._adopt else None
         args: list[str | int] = [
             ticket.member,
             reply.status if reply is not None else 0,
@@ -273,10 +386,13 @@ class RedisLimiter:
             number(rate.interval if rate else None, 1000),
             number(rate.remaining if rate else None),
             number(rate.daily_remaining if rate else None),
-            self.rate_limit.max_requests,
-            int(self.rate_limit.interval * 1000),
-            1 if self._adopt else 0,
-            ticket.expired,
+            number(reply.daily_reset_in if reply is not None else None, 1000),
+            ticket.sent,
+            default.max_requests if default else -1,
+            _ms(default.interval) if default else -1,
+            0 if self._adopt else _ms(self.rate_limit.interval),
+            ticket.held,
+            ticket.sends,
         ]
         try:
             with anyio.fail_after(self._timeout, shield=True):
@@ -289,3 +405,7 @@ class RedisLimiter:
             logger.debug(
                 "shared rate limit: %s", note.decode() if isinstance(note, bytes) else note
             )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -26,7 +26,12 @@ class RetryPolicy:
         jitter: full jitter (wait a uniform random time up to the ceiling) when true;
             the ceiling itself when false.
         max_retry_after: the longest a ``Retry-After`` is honoured, in seconds; a longer
-            one raises instead of waiting.
+            one raises instead of waiting. It also bounds every wait on the rate
+            limiter's pause: a request that would wait longer fails at once with
+            :class:`~ghl_async.errors.RateLimitError` (``retry_after`` says when to come
+            back), in this client, other clients of the token and processes sharing a
+            ``RedisLimiter``. A ``Retry-After`` of zero or below is no instruction: the
+            429 backs off as without one.
 
     Example::
 

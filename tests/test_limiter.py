@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import time
 
 import pytest
 
@@ -33,8 +34,7 @@ def reply(
 def learned_book(max_requests: int, interval: float) -> LocalLimiter:
     limiter = LocalLimiter()
     book = limiter.book
-    book.take()
-    book.finish(0.0, reply(max_requests=max_requests, interval=interval))
+    book.finish(0.0, reply(max_requests=max_requests, interval=interval), book.take(0.0))
     return limiter
 
 
@@ -44,11 +44,11 @@ def learned_book(max_requests: int, interval: float) -> LocalLimiter:
 def test_one_request_at_a_time_until_the_first_reply() -> None:
     book = LocalLimiter().book
     assert book.wait_time(0.0) == 0.0
-    book.take()
+    book.take(0.0)
     assert book.wait_time(0.0) is None  # wait for the reply
     book.finish(0.1, None)  # a failed probe lets the next one go
     assert book.wait_time(0.1) == 0.0
-    book.take()
+    book.take(0.1)
     book.finish(0.2, reply(max_requests=5, interval=1.0))
     assert book.learned
     assert (book.max_requests, book.interval) == (5, 1.0)
@@ -58,7 +58,7 @@ def test_a_full_window_waits_for_the_oldest_slot() -> None:
     book = learned_book(3, 1.0).book  # one slot held until t=1.0
     for _ in range(2):
         assert book.wait_time(0.0) == 0.0
-        book.take()
+        book.take(0.0)
     # Two in flight and the probe's slot (until 1.0): the probe's slot frees first.
     assert book.wait_time(0.0) == pytest.approx(1.0)
     book.finish(0.5, None)
@@ -70,39 +70,44 @@ def test_a_full_window_waits_for_the_oldest_slot() -> None:
 
 def test_an_explicit_rate_limit_is_a_cap() -> None:
     book = LocalLimiter(RateLimit(10, 1.0)).book
-    book.take()
+    book.take(0.0)
     book.finish(0.0, reply(max_requests=100, interval=1.0))
     assert (book.max_requests, book.interval) == (10, 1.0)
-    book.take()
+    book.take(0.0)
     book.finish(0.0, reply(max_requests=4, interval=1.0))
     assert (book.max_requests, book.interval) == (4, 1.0)
 
 
 def test_the_default_follows_the_server_up_and_down() -> None:
     book = LocalLimiter().book
-    book.take()
+    book.take(0.0)
     book.finish(0.0, reply(max_requests=25, interval=10.0))
     assert book.max_requests == 25
-    book.take()
+    book.take(0.0)
     book.finish(0.0, reply(max_requests=1000, interval=10.0))
     assert book.max_requests == 1000
 
 
 def test_a_lower_remaining_than_expected_holds_back() -> None:
     book = learned_book(10, 1.0).book  # holds 1
-    book.take()
-    # The server says 3 left where we expected 10 - 2 = 8: someone spent 5.
-    book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3))
-    assert book.held(0.1) == 2 + 5
-    for _ in range(3):
+    ticket = book.take(0.0)
+    # The server says 3 left where we expected 10 - 2 = 8: someone spent 5. They are
+    # held back with one slot of room for the neighbour to grow: 6.
+    book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3), ticket)
+    assert book.held(0.1) == 2 + 6
+    for _ in range(2):
         assert book.wait_time(0.1) == 0.0
-        book.take()
+        book.take(0.1)
+    # The probe's slot frees at 1.0; the neighbour's are held until one interval and
+    # one round trip after the reply (1.2).
     assert book.wait_time(0.1) == pytest.approx(0.9)
+    assert book.neighbour_slots(1.19) == 6
+    assert book.neighbour_slots(1.21) == 0
 
 
 def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() -> None:
     book = learned_book(3, 1.0).book  # the probe's slot frees at 1.0
-    ticket = book.take()  # sent at 0.5; the server counts it and the probe: 1 left
+    ticket = book.take(0.5)  # the server counts it and the probe: 1 left
     # The reply arrives after the probe's slot expired here: the server's "1 left"
     # is older than that, not a sign of someone else spending.
     book.finish(1.01, reply(max_requests=3, interval=1.0, remaining=1), ticket)
@@ -112,22 +117,25 @@ def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() ->
 
 def test_a_429_pauses_for_retry_after_or_the_interval() -> None:
     book = learned_book(10, 2.0).book
-    book.take()
+    book.take(1.0)
     book.finish(1.0, reply(429, retry_after=5.0))
     assert book.wait_time(1.0) == pytest.approx(5.0)
     assert book.wait_time(6.0) == 0.0
-    book.take()
+    book.take(7.0)
     book.finish(7.0, reply(429))
     assert book.wait_time(7.0) == pytest.approx(2.0)
 
 
-def test_shrinking_the_interval_keeps_slots_in_order() -> None:
+def test_a_shorter_announced_interval_re_derives_every_slot_at_once() -> None:
     book = LocalLimiter().book
-    book.take()
+    book.take(0.0)
     book.finish(0.0, reply())  # learned with the default: slot until 10.0
-    book.take()
+    book.take(0.4)
     book.finish(0.5, reply(max_requests=2, interval=1.0))
-    assert book.held(1.49) == 2
+    # Under the announced 1 s window the first slot ends at 1.0, not 10.0: the server
+    # counted that request before 0.0 and forgets it by 1.0.
+    assert book.held(0.99) == 2
+    assert book.held(1.01) == 1
     assert book.held(1.51) == 0
 
 
@@ -150,7 +158,7 @@ def test_no_window_of_server_arrivals_ever_exceeds_the_budget(seed: int) -> None
             wait = book.wait_time(now)
             if wait != 0.0:
                 break
-            book.take()
+            book.take(now)
             sent += 1
             latency = rng.choice([0.001, 0.05, 0.3, 2.5]) * rng.random()
             arrivals.append(now + latency * rng.random())
@@ -250,9 +258,36 @@ async def test_a_spent_daily_budget_raises_at_once(server: ServerFactory) -> Non
             with pytest.raises(errors.DailyLimitExceeded) as caught:
                 async for _ in client.iter_pages(fake.conversation_ids[0], page_size=50):
                     pass
-    assert fake.stats.requests == 5  # no retry after the daily 429
+    # The fourth reply said Daily-Remaining: 0, so the fifth page is refused without
+    # being sent (no retry, no 429 spent on it).
+    assert fake.stats.requests == 4
     assert caught.value.resets_at is not None
+    # No Retry-After: the next midnight UTC.
+    assert caught.value.resets_at == pytest.approx(
+        time.time() + 86400 - time.time() % 86400, abs=5
+    )
     assert client.stats.daily_remaining == 0
+
+
+async def test_every_call_raises_daily_limit_exceeded_at_once_until_the_reset(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=3, messages=30, daily_limit=2) as fake:
+        async with (
+            Client(fake.token, base_url=fake.url) as a,
+            Client(fake.token, base_url=fake.url) as b,
+        ):
+            await a.get_messages(fake.conversation_ids[0])
+            await a.get_messages(fake.conversation_ids[1])  # Daily-Remaining: 0
+            loop = asyncio.get_running_loop()
+            for client in (a, b, a, b):  # every client of the token, every call
+                start = loop.time()
+                with pytest.raises(errors.DailyLimitExceeded) as caught:
+                    await client.get_messages(fake.conversation_ids[2])
+                assert loop.time() - start < 0.5
+                assert caught.value.resets_at is not None
+                assert caught.value.resets_at > time.time()
+    assert fake.stats.requests == 2
 
 
 async def test_clients_of_one_token_share_one_limiter(server: ServerFactory) -> None:
@@ -308,3 +343,113 @@ async def test_a_second_client_with_a_tighter_cap_lowers_the_shared_budget(
             assert loose.limiter is tight.limiter
             assert isinstance(tight.limiter, LocalLimiter)
             assert (tight.limiter.book.max_requests, tight.limiter.book.interval) == (5, 1.0)
+
+
+async def test_a_daily_429_stops_every_later_call_without_sending(server: ServerFactory) -> None:
+    async with server(conversations=3, messages=30, daily_limit=2) as fake:
+        async with Client(fake.token, base_url=fake.url, limiter=LocalLimiter()) as other:
+            for conversation in fake.conversation_ids[:2]:
+                await other.get_messages(conversation)  # someone else spends the day
+        async with Client(fake.token, base_url=fake.url) as client:
+            with pytest.raises(errors.DailyLimitExceeded) as first:
+                await client.get_messages(fake.conversation_ids[2])
+            assert first.value.status == 429 and first.value.resets_at is not None
+            with pytest.raises(errors.DailyLimitExceeded) as later:
+                await client.get_messages(fake.conversation_ids[2])
+            assert later.value.status is None  # refused here, nothing sent
+            assert later.value.resets_at == pytest.approx(first.value.resets_at, abs=2)
+    assert fake.stats.requests == 3
+
+
+async def test_a_pause_longer_than_max_retry_after_fails_every_waiting_request_at_once(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=6, messages=30, rate_limit=RateLimit(1000, 1.0)) as fake:
+        retry = RetryPolicy(max_retry_after=0.5)
+        cap = RateLimit(2, 1.0)  # so that the others wait in the limiter's queue
+        async with (
+            Client(fake.token, base_url=fake.url, retry=retry, rate_limit=cap) as a,
+            Client(fake.token, base_url=fake.url, retry=retry) as b,
+        ):
+            await a.get_messages(fake.conversation_ids[0])
+            fake.inject("429")  # Retry-After: 1, longer than the 0.5 allowed
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            pairs = zip([a, b] * 3, fake.conversation_ids, strict=True)
+            results = await asyncio.gather(
+                *(c.get_messages(i) for c, i in pairs),
+                return_exceptions=True,
+            )
+            elapsed = loop.time() - start
+    assert elapsed < 0.5  # nobody slept on the pause
+    assert all(isinstance(r, errors.RateLimitError) for r in results)
+    refused = [r for r in results if isinstance(r, errors.RateLimitError) and r.status is None]
+    assert len(refused) == 5  # only the first reached the server
+    assert all(r.retry_after is not None and 0.5 < r.retry_after <= 1.0 for r in refused)
+    assert fake.stats.requests == 2
+
+
+async def test_a_pause_within_max_retry_after_is_waited_out(server: ServerFactory) -> None:
+    async with server(conversations=2, messages=30, rate_limit=RateLimit(1000, 1.0)) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            fake.inject("429")  # Retry-After: 1
+            pages = await asyncio.gather(*(client.get_messages(c) for c in fake.conversation_ids))
+    assert [len(p.messages) for p in pages] == [20, 20]  # the default page size
+
+
+class OldStyleLimiter:
+    """A user's limiter written before ``acquire`` took ``max_wait``."""
+
+    def __init__(self) -> None:
+        self.inner = LocalLimiter()
+        self.acquired = 0
+
+    async def acquire(self) -> object:
+        self.acquired += 1
+        return await self.inner.acquire()
+
+    async def release(self, ticket: object, reply: Reply | None) -> None:
+        await self.inner.release(ticket, reply)
+
+
+async def test_a_limiter_without_max_wait_still_works(server: ServerFactory) -> None:
+    limiter = OldStyleLimiter()
+    async with server(conversations=1, messages=30) as fake:
+        async with Client(fake.token, base_url=fake.url, limiter=limiter) as client:
+            page = await client.get_messages(fake.conversation_ids[0])
+    assert len(page.messages) == 20
+    assert limiter.acquired == 1
+    assert limiter.inner.book.learned
+
+
+def test_a_cap_and_the_announced_budget_both_hold_in_every_window() -> None:
+    # A cap of 30 per 10 s beside a server that allows 10 per 1 s: the same average
+    # as neither, and neither may be broken in any window.
+    book = LocalLimiter(RateLimit(30, 10.0)).book
+    book.finish(0.0, reply(max_requests=10, interval=1.0), book.take(0.0))
+    sends = [0.0]
+    now = 0.0
+    while now < 30.0:
+        wait = book.wait_time(now)
+        assert wait is not None
+        if wait == 0.0:
+            book.finish(now + 0.01, reply(max_requests=10, interval=1.0), book.take(now))
+            sends.append(now)
+        now += max(wait, 0.01) if wait else 0.0
+    for start in sends:
+        assert sum(1 for t in sends if start <= t < start + 1.0) <= 10
+        assert sum(1 for t in sends if start <= t < start + 10.0) <= 30
+    assert len(sends) >= 85  # both hold, and the cap is used (30 per 10 s, 3 windows)
+    assert repr(LocalLimiter(RateLimit(30, 10.0))) == "LocalLimiter(30 per 10 s, in_flight=0)"
+
+
+async def test_an_explicit_cap_does_not_override_a_tighter_server(server: ServerFactory) -> None:
+    # The README's RateLimit(100, 10.0) against a server that allows 10 a second.
+    async with server(
+        conversations=12, messages=(20, 30), seed=15, rate_limit=RateLimit(10, 1.0)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url, rate_limit=RateLimit(100, 10.0)) as c:
+            pages = sum([1 async for _ in c.fan_out_pages(fake.conversation_ids, page_size=10)])
+    assert pages == fake.stats.served
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= 10

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -105,6 +106,9 @@ async def test_keys_expire_on_their_own(redis_server: RedisServer) -> None:
     redis = aioredis.Redis.from_url(redis_server.url)
     try:
         ticket = await limiter.acquire()
+        # A neighbour holds 3: all five keys are written.
+        await limiter.release(ticket, Reply(200, RateLimitHeaders(5, 0.2, 1, 1000, 991)))
+        ticket = await limiter.acquire()
         announced = RateLimitHeaders(5, 0.2, 4, 1000, 990)
         await limiter.release(ticket, Reply(429, announced, retry_after=0.1))
         for key in limiter.keys:
@@ -174,3 +178,121 @@ def test_bad_arguments() -> None:
         RedisLimiter("redis://127.0.0.1:1/0", key="k", on_redis_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         RedisLimiter("redis://127.0.0.1:1/0", key="k", local_share=0)
+
+
+async def test_a_cap_and_a_tighter_server_budget_both_hold_across_processes(
+    redis_server: RedisServer,
+) -> None:
+    """The README's arq recipe (RateLimit(100, 10.0)) with two workers against a server
+    that allows 10 a second."""
+    async with FakeHighLevel(
+        conversations=8, messages=(30, 50), seed=42, rate_limit=RateLimit(10, 1.0)
+    ) as fake:
+        ids = fake.conversation_ids
+        workers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.redis_worker",
+                fake.url,
+                fake.token,
+                redis_server.url,
+                "location:arq",
+                "100/10s",
+                *ids[i::2],
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for i in range(2)
+        ]
+        results = []
+        for worker in workers:
+            out, _ = await worker.communicate()
+            assert worker.returncode == 0
+            results.append(json.loads(out))
+    assert sum(r["pages"] for r in results) == fake.stats.served
+    assert fake.stats.throttled <= 1  # at most the probe, before the budget is known
+    assert fake.stats.max_in_window <= 10
+
+
+async def test_a_long_pause_fails_other_processes_at_once(redis_server: RedisServer) -> None:
+    a = RedisLimiter(redis_server.url, key="p", rate_limit=RateLimit(50, 1.0))
+    b = RedisLimiter(redis_server.url, key="p", rate_limit=RateLimit(50, 1.0))
+    try:
+        ticket = await a.acquire()
+        await a.release(ticket, Reply(429, RateLimitHeaders(), retry_after=30.0))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for limiter in (b, a, b):
+            with pytest.raises(errors.RateLimitError) as caught:
+                await limiter.acquire(max_wait=5.0)
+            assert caught.value.retry_after is not None
+            assert 25.0 < caught.value.retry_after <= 30.0
+            assert not isinstance(caught.value, errors.DailyLimitExceeded)
+        assert loop.time() - start < 1.0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_spent_daily_budget_stops_every_process_until_the_reset(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisLimiter(redis_server.url, key="d")
+    b = RedisLimiter(redis_server.url, key="d")
+    try:
+        ticket = await a.acquire()
+        spent = Reply(200, RateLimitHeaders(100, 10.0, 99, 1000, 0), daily_reset_in=600.0)
+        await a.release(ticket, spent)
+        for limiter in (b, a, b):
+            with pytest.raises(errors.DailyLimitExceeded) as caught:
+                await limiter.acquire(max_wait=120.0)
+            assert caught.value.resets_at is not None
+            assert caught.value.resets_at == pytest.approx(time.time() + 600, abs=5)
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_neighbour_seen_by_one_process_holds_back_the_others(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisLimiter(redis_server.url, key="n", rate_limit=RateLimit(10, 1.0))
+    b = RedisLimiter(redis_server.url, key="n", rate_limit=RateLimit(10, 1.0))
+    try:
+        ticket = await a.acquire()
+        # 8 counted where we sent 1: a neighbour holds 7; with room to grow, 8 slots.
+        await a.release(ticket, Reply(200, RateLimitHeaders(10, 1.0, 2, None, None)))
+        redis = aioredis.Redis.from_url(redis_server.url)
+        assert await redis.zcard(a.keys[4]) == 8
+        await redis.aclose()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ticket = await b.acquire()  # 1 of ours and 8 held back: one more may go
+        await b.release(ticket, None)
+        start = loop.time()
+        ticket = await b.acquire()  # now the window is full
+        assert loop.time() - start >= 0.8
+        await b.release(ticket, None)
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_no_header_value_makes_the_script_work_beyond_the_budget(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisLimiter(redis_server.url, key="huge")
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ticket = await limiter.acquire()
+        # Past the parser's clamps, straight to the script: a budget of a billion.
+        absurd = Reply(200, RateLimitHeaders(10**9, 1.0, 0, None, None))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await limiter.release(ticket, absurd)
+        assert loop.time() - start < 1.0
+        assert await redis.hget(limiter.keys[2], "max") == b"10000"
+        assert await redis.zcard(limiter.keys[4]) <= 10_000
+    finally:
+        await limiter.aclose()
+        await redis.aclose()

@@ -88,3 +88,15 @@ def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
 def test_max_attempts_must_be_an_int() -> None:
     with pytest.raises(TypeError):
         RetryPolicy(max_attempts=2.5)  # type: ignore[arg-type]
+
+
+def test_a_retry_after_of_zero_or_below_backs_off_as_without_one() -> None:
+    from ghl_async._sansio import error_for_reply
+
+    policy = RetryPolicy(jitter=False)
+    for value in ("0", "-1", "0.0"):
+        error = error_for_reply(429, {"Retry-After": value}, b"", now=0.0)
+        assert isinstance(error, errors.RateLimitError)
+        assert error.retry_after is None
+        assert policy.delay(error, 1, rate_interval=2.0) == 2.0  # one rate window
+        assert policy.delay(error, 1) == policy.backoff_base  # else the backoff

@@ -3,10 +3,20 @@ from __future__ import annotations
 import email.utils
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from ghl_async import errors
-from ghl_async._sansio import RateLimitHeaders, error_for_reply, parse_retry_after
+from ghl_async._sansio import (
+    MAX_BUDGET,
+    MAX_DAILY,
+    MAX_RETRY_AFTER,
+    RateLimitHeaders,
+    error_for_reply,
+    parse_retry_after,
+    seconds_until_daily_reset,
+)
 
 NOW = 1_700_000_000.0
 
@@ -18,12 +28,16 @@ NOW = 1_700_000_000.0
         ("", None),
         ("7", 7.0),
         (" 2.5 ", 2.5),
-        ("-3", 0.0),
+        ("-3", None),  # zero or below is no instruction: back off as without one
+        ("0", None),
+        ("1_000", None),
+        ("9" * 400, None),
         ("soon", None),
         ("nan", None),
         ("inf", None),
         (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
-        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
+        (email.utils.formatdate(NOW - 30, usegmt=True), None),
+        ("99999999", 7 * 86400.0),  # at most a week
     ],
 )
 def test_retry_after_in_seconds_or_http_date(value: str | None, expected: float | None) -> None:
@@ -142,3 +156,85 @@ def test_error_body_is_capped() -> None:
     error = error_for_reply(500, CIMultiDict(), b"x" * 100_000, now=NOW)
     assert error is not None
     assert len(error.body) == errors.BODY_CAP
+
+
+# -- the server's numbers are hints: clamped, or absent when unreadable -----------
+
+_RATE_HEADERS = (
+    "X-RateLimit-Max",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Interval-Milliseconds",
+    "X-RateLimit-Limit-Daily",
+    "X-RateLimit-Daily-Remaining",
+)
+
+
+@pytest.mark.parametrize(
+    "value", ["lots", "1_000", "9" * 400, "-5", "+5", " ", "1e3", "٣", "0x10", "10.0", "²"]
+)
+def test_unreadable_rate_headers_count_as_absent(value: str) -> None:
+    rate = RateLimitHeaders.from_headers(CIMultiDict(dict.fromkeys(_RATE_HEADERS, value)))
+    assert rate == RateLimitHeaders()
+
+
+def test_a_zero_budget_or_an_interval_over_an_hour_is_not_adopted() -> None:
+    zero = RateLimitHeaders.from_headers(
+        CIMultiDict({"X-RateLimit-Max": "0", "X-RateLimit-Interval-Milliseconds": "0"})
+    )
+    assert zero.max_requests is None and zero.interval is None and not zero.budget_known
+    long = RateLimitHeaders.from_headers(
+        CIMultiDict({"X-RateLimit-Max": "5", "X-RateLimit-Interval-Milliseconds": "3600001"})
+    )
+    assert long.interval is None and not long.budget_known
+    hour = RateLimitHeaders.from_headers(
+        CIMultiDict({"X-RateLimit-Max": "5", "X-RateLimit-Interval-Milliseconds": "3600000"})
+    )
+    assert hour.interval == 3600.0
+
+
+def test_huge_budgets_are_clamped_and_remaining_never_exceeds_the_budget() -> None:
+    rate = RateLimitHeaders.from_headers(
+        CIMultiDict(
+            {
+                "X-RateLimit-Max": "999999999999",
+                "X-RateLimit-Remaining": "999999999999",
+                "X-RateLimit-Interval-Milliseconds": "1000",
+                "X-RateLimit-Limit-Daily": "999999999999",
+                "X-RateLimit-Daily-Remaining": "999999999999",
+            }
+        )
+    )
+    assert rate == RateLimitHeaders(MAX_BUDGET, 1.0, MAX_BUDGET, MAX_DAILY, MAX_DAILY)
+    small = RateLimitHeaders.from_headers(
+        CIMultiDict({"X-RateLimit-Max": "10", "X-RateLimit-Remaining": "50"})
+    )
+    assert small.remaining == 10
+
+
+@given(st.dictionaries(st.sampled_from(_RATE_HEADERS), st.text(max_size=500)))
+def test_any_header_values_give_bounded_numbers(values: dict[str, str]) -> None:
+    rate = RateLimitHeaders.from_headers(CIMultiDict(values))
+    if rate.max_requests is not None:
+        assert 1 <= rate.max_requests <= MAX_BUDGET
+    if rate.interval is not None:
+        assert 0.001 <= rate.interval <= 3600.0
+    if rate.remaining is not None:
+        assert 0 <= rate.remaining <= (rate.max_requests or MAX_BUDGET)
+    for daily in (rate.daily_limit, rate.daily_remaining):
+        assert daily is None or 0 <= daily <= MAX_DAILY
+
+
+@given(st.one_of(st.none(), st.text(max_size=500), st.integers().map(str), st.floats().map(str)))
+def test_any_retry_after_is_a_positive_bounded_wait_or_none(value: str | None) -> None:
+    wait = parse_retry_after(value, NOW)
+    assert wait is None or 0 < wait <= MAX_RETRY_AFTER
+
+
+@given(st.floats(min_value=0, max_value=4e9))
+def test_the_daily_reset_defaults_to_the_next_midnight_utc(now: float) -> None:
+    wait = seconds_until_daily_reset(now)
+    assert 0 < wait <= 86400
+    assert (now + wait) % 86400 == pytest.approx(0, abs=1e-3) or (
+        (now + wait) % 86400 == pytest.approx(86400, abs=1e-3)
+    )
+    assert seconds_until_daily_reset(now, 12.0) == 12.0
