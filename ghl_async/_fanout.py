@@ -45,8 +45,6 @@ PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
 # What the stream carries: a page, or a conversation's final error.
 Item = tuple[str, MessagesPage | errors.GHLError]
 
-_FATAL = (errors.AuthenticationError, errors.DailyLimitExceeded)
-
 # How long closing a fan-out waits for its producers to wind down.
 _CLOSE_WAIT = 1.0
 
@@ -74,15 +72,23 @@ class _Ids:
         self._done = False
 
     async def next(self) -> str | None:
+        if self._sync is not None:
+            # A plain iterator is never awaited inside, so no other task can interleave
+            # with this call: no lock (and no trip through the loop) needed.
+            if self._done:
+                return None
+            try:
+                return next(self._sync)
+            except StopIteration:
+                self._done = True
+                return None
         async with self._lock:
             if self._done:
                 return None
             try:
-                if self._async is not None:
-                    return await self._async.__anext__()
-                assert self._sync is not None
-                return next(self._sync)
-            except (StopIteration, StopAsyncIteration):
+                assert self._async is not None
+                return await self._async.__anext__()
+            except StopAsyncIteration:
                 self._done = True
                 return None
 
@@ -122,7 +128,7 @@ class _Run:
                 if error is None:
                     continue
                 # A refused token or a spent day fails every conversation alike: stop all.
-                if self.options.return_exceptions and not isinstance(error, _FATAL):
+                if self.options.return_exceptions and not error.stops_fan_out:
                     await self.send.send((conversation_id, error))
                     continue
                 self._stop(error, scope)
@@ -137,7 +143,13 @@ class _Run:
         try:
             async with aclosing(self.pages(conversation_id)) as pages:
                 async for page in pages:
-                    await self.send.send((conversation_id, page))
+                    item = (conversation_id, page)
+                    # The request just awaited was this task's checkpoint: wait (and
+                    # checkpoint again) only when the buffer is full.
+                    try:
+                        self.send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await self.send.send(item)
         except errors.GHLError as exc:
             # The page source marks its errors with the cursor to resume from.
             if exc.conversation_id is None:
@@ -172,7 +184,19 @@ async def run_fan_out(
     task.add_done_callback(_retrieve)
     try:
         with receive:
-            async for item in receive:
+            while True:
+                # Take a waiting item without a trip through the loop; the buffer bounds
+                # how many items pass without one, and the consumer's own awaits between
+                # items are checkpoints of its own.
+                try:
+                    item = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                except anyio.EndOfStream:
+                    break
                 yield item
         # The stream ended: the producers are done (or failed).
         await task

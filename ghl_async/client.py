@@ -20,6 +20,7 @@ from ._validation import (
     MAX_PAGE_SIZE,
     check_base_url,
     check_id,
+    check_int,
     check_page_size,
     check_types,
 )
@@ -92,16 +93,10 @@ class Client:
             raise TypeError("timeout must be a number of seconds")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
-            raise TypeError("max_body_bytes must be an int")
-        if max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be at least 1")
+        check_int(max_body_bytes, "max_body_bytes", 1)
         self._auth = TokenSource(token, timeout=float(timeout))
         self._base_url = check_base_url(base_url, allow_insecure=allow_insecure)
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise TypeError("max_concurrency must be an int")
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+        check_int(max_concurrency, "max_concurrency", 1)
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError("rate_limit must be a RateLimit")
         if limiter is not None and not isinstance(limiter, Limiter):
@@ -367,10 +362,8 @@ class Client:
         type_filter = check_types(types)
         if concurrency is None:
             concurrency = self._max_concurrency
-        elif isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError("concurrency must be an int")
-        elif concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        else:
+            check_int(concurrency, "concurrency", 1)
         if isinstance(conversation_ids, (str, bytes)):
             raise TypeError("conversation_ids must be an iterable of ids, not a single str")
         self._check_open()
