@@ -1,5 +1,8 @@
 """Fan-out: many conversations read concurrently, their pages handed to one consumer.
 
+Generic in the page type: any ``id -> async generator of pages`` source fans out the
+same way (a conversation's messages, a contact's messages, an export's pages).
+
 The producers run in a task group inside a task of their own (tracked by the client),
 never inside the consumer's async generator: the generator only reads a bounded memory
 stream and, when it is closed for any reason (loop finished, ``break``, an exception in
@@ -31,19 +34,20 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from . import errors
-from .models import MessagesPage
 
 __all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
 
+P = TypeVar("P")
+
 IdSource = Iterable[str] | AsyncIterable[str]
-PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
-# What the stream carries: a page, or a conversation's final error.
-Item = tuple[str, MessagesPage | errors.GHLError]
+#: Where one id's pages come from (an async generator, closed when the fan-out stops).
+PageSource = Callable[[str], AsyncGenerator[P, None]]
 
 # How long closing a fan-out waits for its producers to wind down.
 _CLOSE_WAIT = 1.0
@@ -93,15 +97,15 @@ class _Ids:
                 return None
 
 
-class _Run:
+class _Run(Generic[P]):
     """The producer side of one fan-out."""
 
     def __init__(
         self,
         ids: IdSource,
-        pages: PageSource,
+        pages: PageSource[P],
         options: FanOutOptions,
-        send: ObjectSendStream[Item],
+        send: MemoryObjectSendStream[tuple[str, P | errors.GHLError]],
     ) -> None:
         self.ids = _Ids(ids)
         self.pages = pages
@@ -167,18 +171,20 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 
 async def run_fan_out(
     ids: IdSource,
-    pages: PageSource,
+    pages: PageSource[P],
     options: FanOutOptions,
     spawn: Callable[[Awaitable[None]], asyncio.Task[None]],
     ready: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncGenerator[Item, None]:
+) -> AsyncGenerator[tuple[str, P | errors.GHLError], None]:
     """Yield ``(conversation_id, page or error)`` as pages arrive; see the module doc.
 
     ``ready`` is awaited first, in the consumer's loop (the client opens itself there).
     """
     if ready is not None:
         await ready()
-    send, receive = anyio.create_memory_object_stream[Item](options.buffer)
+    send, receive = anyio.create_memory_object_stream[tuple[str, P | errors.GHLError]](
+        options.buffer
+    )
     run = _Run(ids, pages, options, send)
     task = spawn(run.run())
     task.add_done_callback(_retrieve)
