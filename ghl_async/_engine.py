@@ -12,7 +12,7 @@ import anyio
 from . import errors
 from ._auth import TokenSource
 from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
-from ._transport import AiohttpTransport
+from ._transport_base import EMPTY, Request, Transport
 from .ratelimit import Limiter
 from .retry import RetryPolicy
 from .stats import ClientStats
@@ -31,7 +31,7 @@ class Engine:
         self,
         *,
         auth: TokenSource,
-        transport: AiohttpTransport,
+        transport: Transport,
         retry: RetryPolicy,
         capacity: anyio.CapacityLimiter,
         user_agent: str,
@@ -65,6 +65,23 @@ class Engine:
 
         ``what`` names the request in log lines (never the URL's query or the token).
         """
+        return await self.request("GET", url, decode, what=what, params=params)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        decode: Callable[[bytes], T],
+        *,
+        what: str,
+        params: Mapping[str, str] = EMPTY,
+        form: Mapping[str, str] | None = None,
+        json: bytes | None = None,
+    ) -> T:
+        """Send one request (a body as ``form`` or encoded ``json``) and decode the reply.
+
+        Retried as the policy allows; a 401 asks the token source for a new token once.
+        """
         limiter = self.limiter
         if limiter is None:
             raise RuntimeError("the client is not open: use 'async with Client(...)'")
@@ -76,10 +93,20 @@ class Engine:
             token = await self.auth.get()
             headers = self._headers(token)
             rate = None
+            request = Request(method, url, params, headers, form, json)
             try:
-                async with self.capacity:
+                capacity = self.capacity
+                try:
+                    # A free slot needs no trip through the loop (the send below is the
+                    # checkpoint); nowait refuses while others wait, so it stays fair.
+                    capacity.acquire_nowait()
+                except anyio.WouldBlock:
+                    await capacity.acquire()
+                try:
                     ticket = await limiter.acquire()
-                    raw = await self.transport.get(url, params, headers, limiter, ticket)
+                    raw = await self.transport.send(request, limiter, ticket)
+                finally:
+                    capacity.release()
                 rate = raw.reply.rate
                 self._note_budget(rate)
                 error: errors.GHLError | None = error_for_reply(

@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from types import TracebackType
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
-import aiohttp
 import anyio
 
 from . import errors
@@ -29,6 +28,9 @@ from .models import Conversation, Message, MessagesPage, decode_conversations, d
 from .ratelimit import Limiter, RateLimit, shared_limiter, token_key
 from .retry import RetryPolicy
 from .stats import ClientStats
+
+if TYPE_CHECKING:  # aiohttp itself is imported by _transport.py only
+    import aiohttp
 
 __all__ = ["DEFAULT_BASE_URL", "Client", "PageHook"]
 
@@ -101,8 +103,6 @@ class Client:
             raise TypeError("rate_limit must be a RateLimit")
         if limiter is not None and not isinstance(limiter, Limiter):
             raise TypeError("limiter must implement the Limiter protocol")
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise TypeError("session must be an aiohttp.ClientSession")
         self._rate_limit = rate_limit
         self._explicit_limiter = limiter
         self._max_concurrency = max_concurrency
