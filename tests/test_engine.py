@@ -7,7 +7,9 @@ proved over real sockets in test_client.py and test_hostile_server.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import aclosing
+from typing import Any
 
 import anyio
 import msgspec
@@ -16,7 +18,11 @@ import pytest
 from ghl_async import errors
 from ghl_async._auth import TokenSource
 from ghl_async._engine import Engine
+from ghl_async._paginate import paginate
+from ghl_async._pagination import next_export_params, next_messages_params, next_search_params
 from ghl_async._transport_base import Request
+from ghl_async._validation import check_id
+from ghl_async.models import decode_conversations, decode_export_page, decode_page
 from ghl_async.retry import RetryPolicy
 from ghl_async.stats import ClientStats
 
@@ -206,3 +212,123 @@ async def test_the_concurrency_slot_is_given_back_whatever_happens() -> None:
             await engine.get("https://h/x", {}, decode_ok, what="t")
     await engine.get("https://h/x", {}, decode_ok, what="t")
     assert engine.capacity.borrowed_tokens == 0
+
+
+# -- the one paging loop ------------------------------------------------------------
+
+
+def pages_of(*bodies: bytes) -> Callable[[Request], Answer]:
+    return script(*[(200, {}, body) for body in bodies])
+
+
+def messages(ids: str, last: str | None, more: bool = True) -> bytes:
+    page = {"messages": [{"id": i} for i in ids.split()], "nextPage": more}
+    if last is not None:
+        page["lastMessageId"] = last
+    return msgspec.json.encode({"messages": page})
+
+
+def search(*pairs: tuple[str, int]) -> bytes:
+    found = [{"id": i, "sort": [s]} for i, s in pairs]
+    return msgspec.json.encode({"conversations": found, "total": 99})
+
+
+async def collect(pages: AsyncGenerator[Any, None]) -> list[Any]:
+    async with aclosing(pages):
+        return [page async for page in pages]
+
+
+def messages_pages(engine: Engine, cursor: str | None = None) -> AsyncGenerator[Any, None]:
+    params = {"limit": "2"} if cursor is None else {"limit": "2", "lastMessageId": cursor}
+    return paginate(
+        engine,
+        "https://h/conversations/c1/messages",
+        params,
+        decode_page,
+        next_messages_params,
+        what="conversation c1",
+        conversation_id="c1",
+        check_cursor=lambda c: check_id(c, "the server's lastMessageId"),
+    )
+
+
+async def test_paging_follows_the_cursor_and_sends_it_back() -> None:
+    engine, transport, _ = make_engine(
+        pages_of(messages("a b", "b"), messages("c", None, more=False))
+    )
+    got = await collect(messages_pages(engine))
+    assert [[m.id for m in p.messages] for p in got] == [["a", "b"], ["c"]]
+    assert [r.params.get("lastMessageId") for r in transport.requests] == [None, "b"]
+
+
+@pytest.mark.parametrize(
+    ("start", "second_cursor", "resume"),
+    [(None, "b", "b"), ("z", "z", "b"), ("z", "b", "b")],
+    ids=["the same cursor twice", "the cursor started from", "a cursor seen before"],
+)
+async def test_a_repeated_messages_cursor_is_a_located_pagination_error(
+    start: str | None, second_cursor: str, resume: str
+) -> None:
+    engine, _, _ = make_engine(pages_of(messages("a b", "b"), messages("c d", second_cursor)))
+    handed: list[Any] = []
+    with pytest.raises(errors.PaginationError) as caught:
+        async with aclosing(messages_pages(engine, start)) as pages:
+            async for page in pages:
+                handed.append(page)
+    # The first page went out; the second did not, so its request's cursor is the resume.
+    assert len(handed) == 1
+    assert (caught.value.conversation_id, caught.value.last_message_id) == ("c1", resume)
+
+
+async def test_a_cursor_that_is_not_an_id_fails_before_its_page_goes_out() -> None:
+    engine, _, _ = make_engine(pages_of(messages("a b", "../x")))
+    handed: list[Any] = []
+    with pytest.raises(errors.DecodeError) as caught:
+        async with aclosing(messages_pages(engine)) as pages:
+            async for page in pages:
+                handed.append(page)
+    assert handed == []
+    assert (caught.value.conversation_id, caught.value.last_message_id) == ("c1", None)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+async def test_an_error_mid_listing_carries_the_cursor_to_resume_from() -> None:
+    engine, _, _ = make_engine(script((200, {}, messages("a b", "b")), (404, {}, b"")), attempts=1)
+    with pytest.raises(errors.NotFoundError) as caught:
+        await collect(messages_pages(engine))
+    assert (caught.value.conversation_id, caught.value.last_message_id) == ("c1", "b")
+
+
+async def test_a_repeated_search_cursor_raises_too_instead_of_stopping() -> None:
+    engine, _, _ = make_engine(pages_of(search(("a", 9), ("b", 7)), search(("c", 8), ("d", 7))))
+    pages = paginate(
+        engine,
+        "https://h/conversations/search",
+        {"locationId": "l1", "limit": "2"},
+        decode_conversations,
+        next_search_params,
+        what="location l1 search",
+    )
+    with pytest.raises(errors.PaginationError, match="repeated the cursor '7'"):
+        await collect(pages)
+
+
+async def test_an_export_pages_through_its_cursor_and_stops_on_null() -> None:
+    def export(ids: str, cursor: str | None) -> bytes:
+        return msgspec.json.encode(
+            {"messages": [{"id": i} for i in ids.split()], "nextCursor": cursor, "total": 3}
+        )
+
+    engine, transport, _ = make_engine(pages_of(export("a b", "c1"), export("c", None)))
+    got = await collect(
+        paginate(
+            engine,
+            "https://h/conversations/messages/export",
+            {"locationId": "l1", "limit": "2"},
+            decode_export_page,
+            next_export_params,
+            what="location l1 export",
+        )
+    )
+    assert [len(p.messages) for p in got] == [2, 1]
+    assert [r.params.get("cursor") for r in transport.requests] == [None, "c1"]
