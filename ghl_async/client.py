@@ -26,7 +26,16 @@ from ._validation import (
     check_types,
 )
 from ._version import __version__
-from .models import Conversation, Message, MessagesPage, decode_conversations, decode_page
+from .models import (
+    Conversation,
+    EmailMessage,
+    Message,
+    MessagesPage,
+    decode_conversations,
+    decode_email,
+    decode_message,
+    decode_page,
+)
 from .ratelimit import Limiter, RateLimit, shared_limiter, token_key
 from .retry import RetryPolicy
 from .stats import ClientStats
@@ -351,6 +360,44 @@ class Client:
             async for page in pages:
                 for message in page.messages:
                     yield message
+
+    # -- single messages -------------------------------------------------------------
+
+    async def get_message(self, message_id: str) -> Message:
+        """Fetch one message by id (``GET /conversations/messages/{id}``).
+
+        Raises:
+            ValueError, TypeError: ``message_id`` is not an id, before any request.
+            ghl_async.errors.NotFoundError: no such message.
+            ghl_async.errors.GHLError: what the server or the network said, after retries.
+        """
+        check_id(message_id, "message_id")
+        await self._ready()
+        return await self._engine.get(
+            f"{self._base_url}/conversations/messages/{message_id}",
+            {},
+            decode_message,
+            what=f"message {message_id}",
+        )
+
+    async def get_email(self, email_message_id: str) -> EmailMessage:
+        """Fetch one email body (``GET /conversations/messages/email/{id}``).
+
+        ``email_message_id`` is one of an email message's ``meta.email.message_ids``.
+
+        Raises:
+            ValueError, TypeError: ``email_message_id`` is not an id, before any request.
+            ghl_async.errors.NotFoundError: no such email.
+            ghl_async.errors.GHLError: what the server or the network said, after retries.
+        """
+        check_id(email_message_id, "email_message_id")
+        await self._ready()
+        return await self._engine.get(
+            f"{self._base_url}/conversations/messages/email/{email_message_id}",
+            {},
+            decode_email,
+            what=f"email {email_message_id}",
+        )
 
     # -- many conversations ----------------------------------------------------------
 
