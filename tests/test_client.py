@@ -595,3 +595,28 @@ async def test_get_email_fetches_an_email_body_by_id(server: ServerFactory) -> N
             with pytest.raises(ValueError, match="email_message_id"):
                 await client.get_email("../x")
             assert client.stats.requests == sent
+
+
+# -- the public surface -------------------------------------------------------------
+
+
+def test_the_public_surface_is_exact_documented_and_enough_for_a_limiter() -> None:
+    import inspect
+    import typing
+
+    import ghl_async
+    from ghl_async import ratelimit
+
+    assert sorted(ghl_async.__all__) == sorted(set(ghl_async.__all__))
+    for name in ghl_async.__all__:
+        value = getattr(ghl_async, name)
+        if isinstance(value, type) or inspect.isfunction(value):
+            assert value.__doc__, name
+    # Everything a Limiter sees (Reply and its fields' types) is importable publicly.
+    public = {getattr(ghl_async, n) for n in ghl_async.__all__}
+    assert {ghl_async.Limiter, ghl_async.Reply} <= public
+    hints = typing.get_type_hints(ratelimit.Reply)
+    assert hints["rate"] is ghl_async.RateLimitHeaders
+    # Nothing private leaks: every exported object comes from a public module or is
+    # re-exported on purpose from one place.
+    assert not [n for n in ghl_async.__all__ if n.startswith("_") and n != "__version__"]
