@@ -155,9 +155,10 @@ class _Run(Generic[P]):
                     except anyio.WouldBlock:
                         await self.send.send(item)
         except errors.GHLError as exc:
-            # The page source marks its errors with the cursor to resume from.
+            # The page source marks its errors with the cursor to resume from; one that
+            # did not (a source of another kind) gets at least the id it was reading.
             if exc.conversation_id is None:
-                exc.conversation_id = conversation_id
+                errors.locate(exc, conversation_id, exc.last_message_id)
             return exc
         return None
 
