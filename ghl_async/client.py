@@ -55,7 +55,9 @@ P = TypeVar("P")
 
 
 class Client:
-    """An asyncio client for HighLevel's ``GET /conversations/{id}/messages``.
+    """An asyncio client for HighLevel's Conversations API: a conversation's messages
+    (one page, every page, many conversations at once), a location's conversations, and
+    single messages and email bodies.
 
     Make it once and keep it for the life of your app or job. It opens on first use
     (``await client.aclose()`` closes it), or use it as a context manager::

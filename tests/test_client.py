@@ -620,3 +620,34 @@ def test_the_public_surface_is_exact_documented_and_enough_for_a_limiter() -> No
     # Nothing private leaks: every exported object comes from a public module or is
     # re-exported on purpose from one place.
     assert not [n for n in ghl_async.__all__ if n.startswith("_") and n != "__version__"]
+
+
+async def test_the_aiohttp_transport_posts_a_form_or_a_json_body() -> None:
+    # What issue 14's POST /oauth/locationToken needs of the seam, over a real socket.
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append((request.method, request.content_type, await request.read()))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/oauth/locationToken", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/oauth/locationToken"
+    try:
+        async with Client("t") as client:
+            engine = client._engine
+            form = {"companyId": "c1", "locationId": "l 1"}
+            for body in ({"form": form}, {"json": b'{"a": 1}'}):
+                got = await engine.request("POST", url, msgspec.json.decode, what="t", **body)
+                assert got == {"ok": True}
+            assert client.stats.requests == 2
+    finally:
+        await runner.cleanup()
+    assert seen == [
+        ("POST", "application/x-www-form-urlencoded", b"companyId=c1&locationId=l+1"),
+        ("POST", "application/json", b'{"a": 1}'),
+    ]
