@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import anyio
 
@@ -53,19 +53,20 @@ class Engine:
             self._headers_for = cached
         return cached[1]
 
-    async def get(
+    def get(
         self,
         url: str,
         params: Mapping[str, str],
         decode: Callable[[bytes], T],
         *,
         what: str,
-    ) -> T:
-        """GET ``url`` and decode the body, retrying as the policy allows.
+    ) -> Coroutine[Any, Any, T]:
+        """GET ``url`` and decode the body, retrying as the policy allows (await it).
 
         ``what`` names the request in log lines (never the URL's query or the token).
         """
-        return await self.request("GET", url, decode, what=what, params=params)
+        # Hands back request()'s coroutine itself: no second coroutine frame per page.
+        return self.request("GET", url, decode, what=what, params=params)
 
     async def request(
         self,
