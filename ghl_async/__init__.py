@@ -10,6 +10,7 @@
 """
 
 from . import errors
+from ._sansio import RateLimitHeaders
 from ._version import __version__
 from .client import DEFAULT_BASE_URL, Client, PageHook
 from .errors import GHLError
@@ -49,6 +50,7 @@ __all__ = [
     "MessagesPage",
     "PageHook",
     "RateLimit",
+    "RateLimitHeaders",
     "Reply",
     "RetryPolicy",
     "__version__",

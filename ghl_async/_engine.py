@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import anyio
 
 from . import errors
 from ._auth import TokenSource
 from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
-from ._transport import AiohttpTransport
+from ._transport_base import EMPTY, Request, Transport
 from .ratelimit import Limiter, acquire_slot
 from .retry import RetryPolicy
 from .stats import ClientStats
@@ -31,7 +31,7 @@ class Engine:
         self,
         *,
         auth: TokenSource,
-        transport: AiohttpTransport,
+        transport: Transport,
         retry: RetryPolicy,
         capacity: anyio.CapacityLimiter,
         user_agent: str,
@@ -53,17 +53,35 @@ class Engine:
             self._headers_for = cached
         return cached[1]
 
-    async def get(
+    def get(
         self,
         url: str,
         params: Mapping[str, str],
         decode: Callable[[bytes], T],
         *,
         what: str,
-    ) -> T:
-        """GET ``url`` and decode the body, retrying as the policy allows.
+    ) -> Coroutine[Any, Any, T]:
+        """GET ``url`` and decode the body, retrying as the policy allows (await it).
 
         ``what`` names the request in log lines (never the URL's query or the token).
+        """
+        # Hands back request()'s coroutine itself: no second coroutine frame per page.
+        return self.request("GET", url, decode, what=what, params=params)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        decode: Callable[[bytes], T],
+        *,
+        what: str,
+        params: Mapping[str, str] = EMPTY,
+        form: Mapping[str, str] | None = None,
+        json: bytes | None = None,
+    ) -> T:
+        """Send one request (a body as ``form`` or encoded ``json``) and decode the reply.
+
+        Retried as the policy allows; a 401 asks the token source for a new token once.
         """
         limiter = self.limiter
         if limiter is None:
@@ -76,10 +94,20 @@ class Engine:
             token = await self.auth.get()
             headers = self._headers(token)
             rate = None
+            request = Request(method, url, params, headers, form, json)
             try:
-                async with self.capacity:
+                capacity = self.capacity
+                try:
+                    # A free slot needs no trip through the loop (the send below is the
+                    # checkpoint); nowait refuses while others wait, so it stays fair.
+                    capacity.acquire_nowait()
+                except anyio.WouldBlock:
+                    await capacity.acquire()
+                try:
                     ticket = await acquire_slot(limiter, self.retry.max_retry_after)
-                    raw = await self.transport.get(url, params, headers, limiter, ticket)
+                    raw = await self.transport.send(request, limiter, ticket)
+                finally:
+                    capacity.release()
                 rate = raw.reply.rate
                 self._note_budget(rate)
                 error: errors.GHLError | None = error_for_reply(

@@ -493,8 +493,9 @@ async def export_messages(
     Raises:
         ExportRefused: before anything is written, when the output cannot be used.
         OutputError: when writing fails part way.
-        errors.AuthenticationError, errors.DailyLimitExceeded: these stop a whole
-            export; conversations that fail for good are in the summary instead.
+        errors.GHLError: one whose ``stops_fan_out`` is true (a refused token, a spent
+            daily budget) stops a whole export; conversations that fail for good are
+            in the summary instead.
     """
     if source is None:
         if not isinstance(ids, (list, tuple)):
@@ -522,7 +523,7 @@ async def export_messages(
         async with aclosing(items):
             async for conversation_id, item in items:
                 if isinstance(item, errors.GHLError):
-                    if isinstance(item, (errors.AuthenticationError, errors.DailyLimitExceeded)):
+                    if item.stops_fan_out:
                         raise item
                     summary.failed[conversation_id] = item
                 else:

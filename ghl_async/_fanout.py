@@ -1,5 +1,8 @@
 """Fan-out: many conversations read concurrently, their pages handed to one consumer.
 
+Generic in the page type: any ``id -> async generator of pages`` source fans out the
+same way (a conversation's messages, a contact's messages, an export's pages).
+
 The producers run in a task group inside a task of their own (tracked by the client),
 never inside the consumer's async generator: the generator only reads a bounded memory
 stream and, when it is closed for any reason (loop finished, ``break``, an exception in
@@ -31,21 +34,20 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from . import errors
-from .models import MessagesPage
 
 __all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
 
-IdSource = Iterable[str] | AsyncIterable[str]
-PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
-# What the stream carries: a page, or a conversation's final error.
-Item = tuple[str, MessagesPage | errors.GHLError]
+P = TypeVar("P")
 
-_FATAL = (errors.AuthenticationError, errors.DailyLimitExceeded)
+IdSource = Iterable[str] | AsyncIterable[str]
+#: Where one id's pages come from (an async generator, closed when the fan-out stops).
+PageSource = Callable[[str], AsyncGenerator[P, None]]
 
 # How long closing a fan-out waits for its producers to wind down.
 _CLOSE_WAIT = 1.0
@@ -74,28 +76,36 @@ class _Ids:
         self._done = False
 
     async def next(self) -> str | None:
+        if self._sync is not None:
+            # A plain iterator is never awaited inside, so no other task can interleave
+            # with this call: no lock (and no trip through the loop) needed.
+            if self._done:
+                return None
+            try:
+                return next(self._sync)
+            except StopIteration:
+                self._done = True
+                return None
         async with self._lock:
             if self._done:
                 return None
             try:
-                if self._async is not None:
-                    return await self._async.__anext__()
-                assert self._sync is not None
-                return next(self._sync)
-            except (StopIteration, StopAsyncIteration):
+                assert self._async is not None
+                return await self._async.__anext__()
+            except StopAsyncIteration:
                 self._done = True
                 return None
 
 
-class _Run:
+class _Run(Generic[P]):
     """The producer side of one fan-out."""
 
     def __init__(
         self,
         ids: IdSource,
-        pages: PageSource,
+        pages: PageSource[P],
         options: FanOutOptions,
-        send: ObjectSendStream[Item],
+        send: MemoryObjectSendStream[tuple[str, P | errors.GHLError]],
     ) -> None:
         self.ids = _Ids(ids)
         self.pages = pages
@@ -122,7 +132,7 @@ class _Run:
                 if error is None:
                     continue
                 # A refused token or a spent day fails every conversation alike: stop all.
-                if self.options.return_exceptions and not isinstance(error, _FATAL):
+                if self.options.return_exceptions and not error.stops_fan_out:
                     await self.send.send((conversation_id, error))
                     continue
                 self._stop(error, scope)
@@ -137,11 +147,18 @@ class _Run:
         try:
             async with aclosing(self.pages(conversation_id)) as pages:
                 async for page in pages:
-                    await self.send.send((conversation_id, page))
+                    item = (conversation_id, page)
+                    # The request just awaited was this task's checkpoint: wait (and
+                    # checkpoint again) only when the buffer is full.
+                    try:
+                        self.send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await self.send.send(item)
         except errors.GHLError as exc:
-            # The page source marks its errors with the cursor to resume from.
+            # The page source marks its errors with the cursor to resume from; one that
+            # did not (a source of another kind) gets at least the id it was reading.
             if exc.conversation_id is None:
-                exc.conversation_id = conversation_id
+                errors.locate(exc, conversation_id, exc.last_message_id)
             return exc
         return None
 
@@ -155,24 +172,38 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 
 async def run_fan_out(
     ids: IdSource,
-    pages: PageSource,
+    pages: PageSource[P],
     options: FanOutOptions,
     spawn: Callable[[Awaitable[None]], asyncio.Task[None]],
     ready: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncGenerator[Item, None]:
+) -> AsyncGenerator[tuple[str, P | errors.GHLError], None]:
     """Yield ``(conversation_id, page or error)`` as pages arrive; see the module doc.
 
     ``ready`` is awaited first, in the consumer's loop (the client opens itself there).
     """
     if ready is not None:
         await ready()
-    send, receive = anyio.create_memory_object_stream[Item](options.buffer)
+    send, receive = anyio.create_memory_object_stream[tuple[str, P | errors.GHLError]](
+        options.buffer
+    )
     run = _Run(ids, pages, options, send)
     task = spawn(run.run())
     task.add_done_callback(_retrieve)
     try:
         with receive:
-            async for item in receive:
+            while True:
+                # Take a waiting item without a trip through the loop; the buffer bounds
+                # how many items pass without one, and the consumer's own awaits between
+                # items are checkpoints of its own.
+                try:
+                    item = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                except anyio.EndOfStream:
+                    break
                 yield item
         # The stream ended: the producers are done (or failed).
         await task

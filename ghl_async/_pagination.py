@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Final, TypeVar
 
-from ._validation import check_id
+from ._validation import check_id, check_int
 from .models import Conversation, ConversationsPage, ExportPage, Message, MessagesPage
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "EXPORT_PAGE_MAX",
     "EXPORT_PAGE_MIN",
     "check_cursor",
-    "check_export_page_size",
     "cursor_of",
     "cut_conversations_since",
     "cut_since",
@@ -256,17 +255,6 @@ def format_export_date(when: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def check_export_page_size(value: object, what: str = "page_size") -> int:
-    """Return ``value`` if it is an int in 10..500 (the export's ``limit``), else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not EXPORT_PAGE_MIN <= value <= EXPORT_PAGE_MAX:
-        raise ValueError(
-            f"{what} must be between {EXPORT_PAGE_MIN} and {EXPORT_PAGE_MAX}, got {value}"
-        )
-    return value
-
-
 def check_cursor(value: object, what: str = "cursor") -> str:
     """Return ``value`` if it can be an opaque cursor: a non-empty str, printable, short.
 
@@ -314,7 +302,7 @@ def export_params(
     """
     params: Params = {
         "locationId": check_id(location_id, "location_id"),
-        "limit": str(check_export_page_size(page_size)),
+        "limit": str(check_int(page_size, "page_size", EXPORT_PAGE_MIN, EXPORT_PAGE_MAX)),
         "sortBy": _choice(sort_by, "sort_by", _SORT_FIELDS),
         "sortOrder": _choice(order, "order", {o: o for o in _ORDERS}),
     }

@@ -1,4 +1,6 @@
-"""The one module that speaks aiohttp: send a GET, get ``(status, headers, body)`` back.
+"""The one module that speaks aiohttp: send a request, get ``(status, headers, body)`` back.
+
+:class:`AiohttpTransport` implements :class:`ghl_async._transport_base.Transport`.
 
 Every send that reaches the wire passes the rate limiter, including the one aiohttp
 makes on its own: when a reused keep-alive connection turns out to be closed, aiohttp
@@ -18,16 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable
 
 import aiohttp
 
 from . import errors
+from ._transport_base import RawReply, Request
 from .ratelimit import Limiter, Reply, acquire_slot
 from .stats import ClientStats
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport", "RawReply"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport"]
 
 #: The largest reply body read by default (a page of 100 messages is well under 1 MiB).
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -35,18 +37,6 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 class _TooLarge(Exception):
     """The body went over ``max_body_bytes``."""
-
-
-@dataclass(slots=True)
-class RawReply:
-    """A complete reply: status, headers (case-insensitive), the whole body, and what its
-    rate-limit headers say (parsed once, for the limiter and the client's stats).
-    """
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    reply: Reply
 
 
 class _Gate:
@@ -67,7 +57,7 @@ class _Gate:
         self.stats.requests += 1
         if not self.held:
             # aiohttp is resending on a fresh connection: that is one more request.
-            self.ticket = await acquire_slot(self.limiter, None)
+            self.ticket = await acquire_slot(self.limiter, None)  # the resend's own rate slot
             self.held = True
         self.reply = None
         try:
@@ -84,7 +74,7 @@ class _Gate:
 
 
 class AiohttpTransport:
-    """GET requests over one long-lived :class:`aiohttp.ClientSession`.
+    """Requests over one long-lived :class:`aiohttp.ClientSession`.
 
     Args:
         session: a caller-owned session (never closed here), or ``None`` to open one in
@@ -104,6 +94,8 @@ class AiohttpTransport:
         stats: ClientStats,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError("session must be an aiohttp.ClientSession")
         self._stats = stats
         self._session = session
         self._owns_session = session is None
@@ -160,15 +152,8 @@ class AiohttpTransport:
         if session is not None and self._owns_session and not session.closed:
             await session.close()
 
-    async def get(
-        self,
-        url: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        limiter: Limiter,
-        ticket: object,
-    ) -> RawReply:
-        """Send one GET holding ``ticket`` of ``limiter`` and read the whole reply.
+    async def send(self, request: Request, limiter: Limiter, ticket: object) -> RawReply:
+        """Send ``request`` holding ``ticket`` of ``limiter`` and read the whole reply.
 
         Raises:
             ghl_async.errors.TransportError: no complete reply (the aiohttp error is not
@@ -178,12 +163,19 @@ class AiohttpTransport:
         if session is None or session.closed:
             await limiter.release(ticket, None)
             raise RuntimeError("the client is closed: open it again or make a new Client")
+        headers = request.headers
+        data: object = request.form
+        if request.json is not None:
+            data = request.json
+            headers = {**headers, "Content-Type": "application/json"}
         gate = _Gate(limiter, ticket, self._stats)
         try:
-            async with session.get(
-                url,
-                params=params,
+            async with session.request(
+                request.method,
+                request.url,
+                params=request.params,
                 headers=headers,
+                data=data,
                 allow_redirects=False,
                 timeout=self._timeout,
                 middlewares=(gate,),

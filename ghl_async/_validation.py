@@ -30,13 +30,25 @@ def check_id(value: object, what: str) -> str:
     return value
 
 
-def check_page_size(value: object, what: str) -> int:
-    """Return ``value`` if it is an int in 1..100, else raise."""
+def check_int(value: object, what: str, low: int, high: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) in ``low..high``, else raise.
+
+    The one int/range check of every argument (page sizes, concurrency, byte caps), so
+    they all refuse alike: ``TypeError`` for the wrong type, ``ValueError`` out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise ValueError(f"{what} must be between 1 and {MAX_PAGE_SIZE}, got {value}")
+    if high is None:
+        if value < low:
+            raise ValueError(f"{what} must be at least {low}, got {value}")
+    elif not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
     return value
+
+
+def check_page_size(value: object, what: str) -> int:
+    """Return ``value`` if it is an int in 1..100 (a messages or search page), else raise."""
+    return check_int(value, what, 1, MAX_PAGE_SIZE)
 
 
 def check_types(types: Iterable[str] | str | None) -> str | None:

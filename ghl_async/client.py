@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
-import aiohttp
 import anyio
 
 from . import errors
 from ._auth import TokenProvider, TokenSource
 from ._engine import Engine
 from ._fanout import FanOutOptions, IdSource, run_fan_out
+from ._paginate import paginate
+from ._pagination import next_messages_params, next_search_params
 from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
 from ._validation import (
     MAX_PAGE_SIZE,
     check_base_url,
     check_id,
+    check_int,
     check_page_size,
     check_types,
 )
 from ._version import __version__
-from .models import Conversation, Message, MessagesPage, decode_conversations, decode_page
+from .models import (
+    Conversation,
+    EmailMessage,
+    Message,
+    MessagesPage,
+    decode_conversations,
+    decode_email,
+    decode_message,
+    decode_page,
+)
 from .ratelimit import Limiter, RateLimit, shared_limiter, token_key
 from .retry import RetryPolicy
 from .stats import ClientStats
+
+if TYPE_CHECKING:  # aiohttp itself is imported by _transport.py only
+    import aiohttp
 
 __all__ = ["DEFAULT_BASE_URL", "Client", "PageHook"]
 
@@ -37,10 +51,13 @@ DEFAULT_BASE_URL = "https://services.leadconnectorhq.com"
 PageHook = Callable[[str, MessagesPage], None]
 
 Types = Iterable[str] | str | None
+P = TypeVar("P")
 
 
 class Client:
-    """An asyncio client for HighLevel's ``GET /conversations/{id}/messages``.
+    """An asyncio client for HighLevel's Conversations API: a conversation's messages
+    (one page, every page, many conversations at once), a location's conversations, and
+    single messages and email bodies.
 
     Make it once and keep it for the life of your app or job. It opens on first use
     (``await client.aclose()`` closes it), or use it as a context manager::
@@ -92,22 +109,14 @@ class Client:
             raise TypeError("timeout must be a number of seconds")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
-            raise TypeError("max_body_bytes must be an int")
-        if max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be at least 1")
+        check_int(max_body_bytes, "max_body_bytes", 1)
         self._auth = TokenSource(token, timeout=float(timeout))
         self._base_url = check_base_url(base_url, allow_insecure=allow_insecure)
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise TypeError("max_concurrency must be an int")
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+        check_int(max_concurrency, "max_concurrency", 1)
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError("rate_limit must be a RateLimit")
         if limiter is not None and not isinstance(limiter, Limiter):
             raise TypeError("limiter must implement the Limiter protocol")
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise TypeError("session must be an aiohttp.ClientSession")
         self._rate_limit = rate_limit
         self._explicit_limiter = limiter
         self._max_concurrency = max_concurrency
@@ -259,11 +268,15 @@ class Client:
             decode_page,
             what=f"conversation {conversation_id}",
         )
-        self.stats.pages += 1
-        self.stats.messages += len(page.messages)
-        self.stats.repaired_fields += page.repaired
-        self.stats.dropped_messages += page.dropped
+        self._count_page(page)
         return page
+
+    def _count_page(self, page: MessagesPage) -> None:
+        stats = self.stats
+        stats.pages += 1
+        stats.messages += len(page.messages)
+        stats.repaired_fields += page.repaired
+        stats.dropped_messages += page.dropped
 
     def iter_pages(
         self,
@@ -288,50 +301,53 @@ class Client:
             check_id(last_message_id, "last_message_id")
         return self._iter_pages(conversation_id, type_filter, page_size, last_message_id)
 
-    async def _iter_pages(
+    def _iter_pages(
         self,
         conversation_id: str,
         type_filter: str | None,
         page_size: int,
         cursor: str | None,
     ) -> AsyncGenerator[MessagesPage, None]:
-        await self._ready()
-        seen: set[str] = set()
-        base: dict[str, str] = {"limit": str(page_size)}
+        params: dict[str, str] = {"limit": str(page_size)}
         if type_filter is not None:
-            base["type"] = type_filter
-        while True:
-            params = base if cursor is None else {**base, "lastMessageId": cursor}
-            try:
-                page = await self._get_page(conversation_id, params)
-            except errors.GHLError as exc:
-                # ``cursor`` asked for the page that failed: every message before it
-                # was handed out, so it is where to resume.
-                errors.locate(exc, conversation_id, cursor)
-                raise
-            if page.is_last:
-                yield page
-                return
-            # The next cursor is checked before the page goes out, so that on an error
-            # ``cursor`` is still exactly where to resume: nothing after it handed out.
-            following = page.last_message_id or page.messages[-1].id
-            if following in seen or following == cursor:
-                raise errors.locate(
-                    errors.PaginationError(
-                        f"the server repeated the cursor {following!r}: "
-                        "stopping instead of looping"
-                    ),
-                    conversation_id,
-                    cursor,
-                )
-            try:
-                check_id(following, "the server's lastMessageId")
-            except (TypeError, ValueError) as exc:
-                # Not an id we could send back: the reply is not the documented JSON.
-                raise errors.locate(errors.DecodeError(str(exc)), conversation_id, cursor) from exc
-            seen.add(following)
-            yield page
-            cursor = following
+            params["type"] = type_filter
+        if cursor is not None:
+            params["lastMessageId"] = cursor
+        return self._paged(
+            self._messages_url(conversation_id),
+            params,
+            decode_page,
+            next_messages_params,
+            what=f"conversation {conversation_id}",
+            conversation_id=conversation_id,
+            check_cursor=_check_server_cursor,
+            on_page=self._count_page,
+        )
+
+    def _paged(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        decode: Callable[[bytes], P],
+        next_params: Callable[[Mapping[str, str], P], Mapping[str, str] | None],
+        *,
+        what: str,
+        conversation_id: str | None = None,
+        check_cursor: Callable[[str], object] | None = None,
+        on_page: Callable[[P], None] | None = None,
+    ) -> AsyncGenerator[P, None]:
+        return paginate(
+            self._engine,
+            url,
+            params,
+            decode,
+            next_params,
+            what=what,
+            conversation_id=conversation_id,
+            check_cursor=check_cursor,
+            on_page=on_page,
+            ready=self._ready,  # opens the client on first use, in the consumer's loop
+        )
 
     async def iter_messages(
         self,
@@ -346,6 +362,44 @@ class Client:
             async for page in pages:
                 for message in page.messages:
                     yield message
+
+    # -- single messages -------------------------------------------------------------
+
+    async def get_message(self, message_id: str) -> Message:
+        """Fetch one message by id (``GET /conversations/messages/{id}``).
+
+        Raises:
+            ValueError, TypeError: ``message_id`` is not an id, before any request.
+            ghl_async.errors.NotFoundError: no such message.
+            ghl_async.errors.GHLError: what the server or the network said, after retries.
+        """
+        check_id(message_id, "message_id")
+        await self._ready()
+        return await self._engine.get(
+            f"{self._base_url}/conversations/messages/{message_id}",
+            {},
+            decode_message,
+            what=f"message {message_id}",
+        )
+
+    async def get_email(self, email_message_id: str) -> EmailMessage:
+        """Fetch one email body (``GET /conversations/messages/email/{id}``).
+
+        ``email_message_id`` is one of an email message's ``meta.email.message_ids``.
+
+        Raises:
+            ValueError, TypeError: ``email_message_id`` is not an id, before any request.
+            ghl_async.errors.NotFoundError: no such email.
+            ghl_async.errors.GHLError: what the server or the network said, after retries.
+        """
+        check_id(email_message_id, "email_message_id")
+        await self._ready()
+        return await self._engine.get(
+            f"{self._base_url}/conversations/messages/email/{email_message_id}",
+            {},
+            decode_email,
+            what=f"email {email_message_id}",
+        )
 
     # -- many conversations ----------------------------------------------------------
 
@@ -367,10 +421,8 @@ class Client:
         type_filter = check_types(types)
         if concurrency is None:
             concurrency = self._max_concurrency
-        elif isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError("concurrency must be an int")
-        elif concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        else:
+            check_int(concurrency, "concurrency", 1)
         if isinstance(conversation_ids, (str, bytes)):
             raise TypeError("conversation_ids must be an iterable of ids, not a single str")
         self._check_open()
@@ -518,24 +570,22 @@ class Client:
     async def _iter_conversations(
         self, location_id: str, page_size: int, filters: dict[str, str]
     ) -> AsyncGenerator[Conversation, None]:
-        await self._ready()
-        url = f"{self._base_url}/conversations/search"
         params = {**filters, "locationId": location_id, "limit": str(page_size)}
-        seen_cursor: set[str] = set()
-        while True:
-            batch = await self._engine.get(
-                url, params, decode_conversations, what=f"location {location_id} search"
-            )
-            for conversation in batch:
-                yield conversation
-            if len(batch) < page_size:
-                return
-            last = batch[-1]
-            cursor = str(last.sort[0]) if last.sort else str(last.last_message_date or "")
-            if not cursor or cursor in seen_cursor:
-                return
-            seen_cursor.add(cursor)
-            params = {**params, "startAfterDate": cursor}
+        batches = self._paged(
+            f"{self._base_url}/conversations/search",
+            params,
+            decode_conversations,
+            next_search_params,
+            what=f"location {location_id} search",
+        )
+        async with aclosing(batches):
+            async for batch in batches:
+                for conversation in batch:
+                    yield conversation
+
+
+def _check_server_cursor(cursor: str) -> None:
+    check_id(cursor, "the server's lastMessageId")
 
 
 async def _pages_only(

@@ -60,9 +60,13 @@ class GHLError(Exception):
         last_message_id: the cursor of the last page read in full before the error,
             so that ``iter_pages(conversation_id, last_message_id=...)`` resumes after it.
         retryable: whether ghl_async would retry this error on its own.
+        stops_fan_out: whether this error ends a whole fan-out or export even with
+            ``return_exceptions=True`` (every other conversation would fail alike: a
+            refused token, a spent daily budget).
     """
 
     retryable: bool = False
+    stops_fan_out: bool = False
 
     def __init__(
         self,
@@ -105,6 +109,8 @@ class BadRequestError(APIStatusError):
 class AuthenticationError(APIStatusError):
     """401: the token is missing, invalid or expired (after one refresh, if any)."""
 
+    stops_fan_out = True
+
 
 class PermissionDeniedError(APIStatusError):
     """403: the token lacks the scope or the location. Never retried."""
@@ -146,6 +152,7 @@ class DailyLimitExceeded(RateLimitError):
     """
 
     retryable = False
+    stops_fan_out = True
 
     def __init__(
         self,

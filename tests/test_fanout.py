@@ -6,7 +6,7 @@ import asyncio
 import gc
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 
 import pytest
@@ -15,6 +15,8 @@ from ghl_async import Client, RateLimit, RetryPolicy, _fanout, errors
 from ghl_async.testing import Faults
 
 from .conftest import ServerFactory, open_connections, settle
+
+_SpawnFn = Callable[[Awaitable[None]], asyncio.Task[None]]
 
 pytestmark = pytest.mark.anyio
 
@@ -366,3 +368,62 @@ async def test_cancelling_300_consumers_at_once_logs_nothing(
             loop.set_exception_handler(None)
         assert reported == []
         assert "never retrieved" not in caplog.text
+
+
+# -- the fan-out core over any page source -------------------------------------------
+
+
+def _spawn_into(tasks: set[asyncio.Task[None]]) -> _SpawnFn:
+    def spawn(work: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        return task
+
+    return spawn
+
+
+async def test_any_page_type_fans_out_and_a_fatal_error_class_stops_it() -> None:
+    # Pages here are plain ints: the core knows nothing of MessagesPage.
+    async def numbers(item_id: str) -> AsyncGenerator[int, None]:
+        if item_id == "bad":
+            raise errors.NotFoundError("gone", status=404)
+        for n in range(3):
+            yield n
+
+    options = _fanout.FanOutOptions(concurrency=2, return_exceptions=True, buffer=2)
+    tasks: set[asyncio.Task[None]] = set()
+    got: list[tuple[str, int | errors.GHLError]] = []
+    items = _fanout.run_fan_out(["a", "bad", "b"], numbers, options, _spawn_into(tasks))
+    async with aclosing(items):
+        async for item in items:
+            got.append(item)
+    assert sorted((i, n) for i, n in got if isinstance(n, int)) == [
+        (i, n) for i in "ab" for n in range(3)
+    ]
+    [(bad, error)] = [(i, e) for i, e in got if isinstance(e, errors.GHLError)]
+    assert bad == "bad" and isinstance(error, errors.NotFoundError)
+    assert error.conversation_id == "bad"
+
+    # An error class that says it stops a fan-out does, even when returning errors.
+    class Fatal(errors.GHLError):
+        stops_fan_out = True
+
+    async def fatal(item_id: str) -> AsyncGenerator[int, None]:
+        raise Fatal("no")
+        yield 0  # pragma: no cover - makes this an async generator
+
+    items = _fanout.run_fan_out(["a", "b"], fatal, options, _spawn_into(tasks))
+    with pytest.raises(Fatal):
+        async with aclosing(items):
+            async for _ in items:
+                pass
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_only_a_refused_token_and_a_spent_day_stop_a_fan_out() -> None:
+    stopping = {
+        cls.__name__
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.GHLError) and cls.stops_fan_out
+    }
+    assert stopping == {"AuthenticationError", "DailyLimitExceeded"}

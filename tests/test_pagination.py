@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from ghl_async._pagination import (
     CHANNELS,
+    EXPORT_PAGE_MAX,
+    EXPORT_PAGE_MIN,
     check_cursor,
-    check_export_page_size,
     cursor_of,
     cut_conversations_since,
     cut_since,
@@ -30,6 +31,7 @@ from ghl_async._pagination import (
     next_messages_params,
     next_search_params,
 )
+from ghl_async._validation import check_int
 from ghl_async.models import (
     Conversation,
     ConversationsPage,
@@ -408,7 +410,7 @@ def test_export_params_refuse_bad_arguments_before_the_network(
 def test_export_params_check_the_location() -> None:
     with pytest.raises(ValueError, match="location_id"):
         export_params("loc?x=1")
-    assert check_export_page_size(10) == 10
+    assert check_int(10, "page_size", EXPORT_PAGE_MIN, EXPORT_PAGE_MAX) == 10
     assert check_cursor("a+b/c==") == "a+b/c=="
 
 

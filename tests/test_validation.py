@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ghl_async import Client, RateLimit
+from ghl_async._validation import check_int
 from ghl_async.testing import FakeHighLevel
 
 from .conftest import ServerFactory
@@ -166,3 +169,31 @@ def test_rate_limits_parse_from_text(text: str, expected: RateLimit) -> None:
 def test_bad_rate_limit_text_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         RateLimit.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "error", "match"),
+    [
+        (True, 1, None, TypeError, "n must be an int, not bool"),
+        (1.0, 1, None, TypeError, "n must be an int, not float"),
+        ("3", 1, 10, TypeError, "n must be an int, not str"),
+        (0, 1, None, ValueError, "n must be at least 1, got 0"),
+        (11, 1, 10, ValueError, "n must be between 1 and 10, got 11"),
+        (9, 10, 500, ValueError, "n must be between 10 and 500, got 9"),
+    ],
+)
+def test_check_int_refuses_alike_everywhere(
+    value: object, low: int, high: int | None, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        check_int(value, "n", low, high)
+
+
+@given(st.integers(), st.integers(-5, 5), st.one_of(st.none(), st.integers(-5, 5)))
+def test_check_int_accepts_exactly_the_range(value: int, low: int, high: int | None) -> None:
+    inside = value >= low and (high is None or value <= high)
+    if inside:
+        assert check_int(value, "n", low, high) == value
+    else:
+        with pytest.raises(ValueError):
+            check_int(value, "n", low, high)
