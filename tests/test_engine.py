@@ -177,14 +177,15 @@ async def test_a_second_401_after_the_refresh_is_raised() -> None:
 
 
 async def test_the_reply_budget_reaches_the_stats_and_429s_are_counted() -> None:
-    engine, _, limiter = make_engine(script((429, {"Retry-After": "0", **BUDGET}, b""), OK))
+    # (A Retry-After of 0 or below counts as absent: 0.01 keeps the test quick.)
+    engine, _, limiter = make_engine(script((429, {"Retry-After": "0.01", **BUDGET}, b""), OK))
     await engine.get("https://h/x", {}, decode_ok, what="t")
     assert engine.stats.throttled == 1
     assert engine.stats.server_remaining == 7
     assert engine.stats.server_max_requests == 100
     assert engine.stats.server_interval == 10.0
     first = limiter.released[0]
-    assert first is not None and first.status == 429 and first.retry_after == 0.0
+    assert first is not None and first.status == 429 and first.retry_after == 0.01
 
 
 async def test_a_post_carries_its_form_or_json_body_to_the_transport() -> None:
