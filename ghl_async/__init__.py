@@ -7,29 +7,40 @@
     async with Client(token) as client:
         async for message in client.iter_messages(conversation_id):
             print(message.date_added, message.message_type, message.body)
+
+The names below are imported on first use: ``import ghl_async`` (which pytest does in
+every session through the ``fake_highlevel`` plugin) loads neither aiohttp nor the client
+until a name is asked for.
 """
 
-from . import errors
-from ._sansio import RateLimitHeaders
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .client import DEFAULT_BASE_URL, Client, PageHook
-from .errors import GHLError
-from .models import (
-    CallMeta,
-    Conversation,
-    EmailMessage,
-    EmailMeta,
-    ExportPage,
-    FilterType,
-    Message,
-    MessageMeta,
-    MessagesPage,
-    MessageType,
-)
-from .ratelimit import Limiter, LocalLimiter, RateLimit, Reply
-from .records import to_records
-from .retry import RetryPolicy
-from .stats import ClientStats
+
+if TYPE_CHECKING:
+    from . import errors
+    from ._sansio import RateLimitHeaders
+    from .client import DEFAULT_BASE_URL, Client, PageHook
+    from .errors import GHLError
+    from .models import (
+        CallMeta,
+        Conversation,
+        EmailMessage,
+        EmailMeta,
+        ExportPage,
+        FilterType,
+        Message,
+        MessageMeta,
+        MessagesPage,
+        MessageType,
+    )
+    from .ratelimit import Limiter, LocalLimiter, RateLimit, Reply
+    from .records import to_records
+    from .retry import RetryPolicy
+    from .stats import ClientStats
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -57,3 +68,44 @@ __all__ = [
     "errors",
     "to_records",
 ]
+
+# Where each public name lives; ``None``: the name is that module itself.
+_HOMES: dict[str, tuple[str, str | None]] = {
+    "DEFAULT_BASE_URL": (".client", "DEFAULT_BASE_URL"),
+    "CallMeta": (".models", "CallMeta"),
+    "Client": (".client", "Client"),
+    "ClientStats": (".stats", "ClientStats"),
+    "Conversation": (".models", "Conversation"),
+    "EmailMessage": (".models", "EmailMessage"),
+    "EmailMeta": (".models", "EmailMeta"),
+    "ExportPage": (".models", "ExportPage"),
+    "FilterType": (".models", "FilterType"),
+    "GHLError": (".errors", "GHLError"),
+    "Limiter": (".ratelimit", "Limiter"),
+    "LocalLimiter": (".ratelimit", "LocalLimiter"),
+    "Message": (".models", "Message"),
+    "MessageMeta": (".models", "MessageMeta"),
+    "MessageType": (".models", "MessageType"),
+    "MessagesPage": (".models", "MessagesPage"),
+    "PageHook": (".client", "PageHook"),
+    "RateLimit": (".ratelimit", "RateLimit"),
+    "RateLimitHeaders": ("._sansio", "RateLimitHeaders"),
+    "Reply": (".ratelimit", "Reply"),
+    "RetryPolicy": (".retry", "RetryPolicy"),
+    "errors": (".errors", None),
+    "to_records": (".records", "to_records"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(home[0], __name__)
+    value = module if home[1] is None else getattr(module, home[1])
+    globals()[name] = value  # once found, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -137,3 +137,31 @@ def test_the_testing_package_resolves_its_names_on_first_use() -> None:
     assert callable(testing.make_conversations)
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         _ = testing.Nothing
+
+
+_PLUGIN_COST = """
+import sys
+import ghl_async.testing.pytest_plugin
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("aiohttp", "anyio", "msgspec"))
+print(" ".join(heavy))
+"""
+
+
+def test_the_plugin_loads_no_http_stack_in_a_session_that_does_not_use_it() -> None:
+    # pytest imports the plugin, and so the ghl_async package, in every session of every
+    # project where ghl_async is installed: neither may pull in aiohttp, anyio or msgspec.
+    result = subprocess.run(
+        [sys.executable, "-c", _PLUGIN_COST], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == []
+
+
+def test_the_package_resolves_every_public_name_on_first_use() -> None:
+    import ghl_async
+
+    for name in ghl_async.__all__:
+        assert getattr(ghl_async, name) is not None, name
+    assert set(ghl_async.__all__) <= set(dir(ghl_async))
+    assert ghl_async.errors.GHLError is ghl_async.GHLError
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = ghl_async.Nothing  # type: ignore[attr-defined]
