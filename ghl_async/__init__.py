@@ -12,7 +12,7 @@
 from . import errors
 from ._sansio import RateLimitHeaders
 from ._version import __version__
-from .client import DEFAULT_BASE_URL, Client, PageHook
+from .client import DEFAULT_BASE_URL, Client, LocationPage, MessageWithEmails, PageHook
 from .errors import GHLError
 from .models import (
     CallMeta,
@@ -44,9 +44,11 @@ __all__ = [
     "GHLError",
     "Limiter",
     "LocalLimiter",
+    "LocationPage",
     "Message",
     "MessageMeta",
     "MessageType",
+    "MessageWithEmails",
     "MessagesPage",
     "PageHook",
     "RateLimit",

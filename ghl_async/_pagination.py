@@ -40,6 +40,7 @@ __all__ = [
     "EXPORT_PAGE_MAX",
     "EXPORT_PAGE_MIN",
     "check_cursor",
+    "check_since",
     "cursor_of",
     "cut_conversations_since",
     "cut_since",
@@ -161,6 +162,16 @@ def _aware(when: datetime, what: str) -> datetime:
             "a naive datetime would be read in an unknown zone"
         )
     return when
+
+
+def check_since(when: datetime, what: str = "since") -> datetime:
+    """Return ``when`` if it is a timezone-aware datetime.
+
+    Raises:
+        TypeError: not a datetime.
+        ValueError: naive (its zone is unknown).
+    """
+    return _aware(when, what)
 
 
 def _cut(
