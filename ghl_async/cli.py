@@ -1,4 +1,4 @@
-"""The ``ghl-async`` command: ``export``, ``demo`` and ``serve-fake``.
+"""The ``ghl-async`` command: ``export``, ``sync``, ``demo`` and ``serve-fake``.
 
 Every error ends in one line on stderr (``ghl-async: ...``), never a traceback.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from . import errors
 from ._cli_args import UsageError, build_parser, read_ids, read_token
-from ._cli_location import export_location, location_flags_problem
+from ._cli_location import export_location, location_flags_problem, sync_command
 from ._export import ExportRefused, ExportSummary, OutputError, export_messages
 from ._progress import Progress, budget_of, summary_table
 from .client import Client
@@ -251,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _say(f"ghl-async: {exc}")
         return EXIT_USAGE
-    runner = {"export": _export, "demo": _demo, "serve-fake": _serve}[args.command]
+    runner = {"export": _export, "demo": _demo, "serve-fake": _serve, "sync": sync_command}[
+        args.command
+    ]
     try:
         return asyncio.run(runner(args))
     except UsageError as exc:
