@@ -55,7 +55,8 @@ async def _measure(conversations: int) -> Section:
 
             with tempfile.TemporaryDirectory() as folder:
                 await run_sync(client, fake.location_id, folder)  # the first run: everything
-                since = datetime.now(timezone.utc)
+                now = datetime.now(timezone.utc)  # cut to the ms: the fake's precision
+                since = now.replace(microsecond=now.microsecond // 1000 * 1000)
                 changed = fake.conversation_ids[: max(1, conversations // 100)]
                 for conversation_id in changed:
                     fake.add_message(conversation_id)

@@ -258,15 +258,25 @@ def add_sync_parser(sub: Any) -> None:
         "number. Load the files in order and upsert by id. A run with nothing new "
         "writes nothing.",
     )
-    sync.add_argument("--location", type=location_arg, required=True, metavar="LOCATION_ID")
-    sync.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+    sync.add_argument(
+        "--location",
+        type=location_arg,
+        required=True,
+        metavar="LOCATION_ID",
+        help="the location to sync",
+    )
+    sync.add_argument(
+        "--out", required=True, metavar="DIR", help="the directory of numbered files and state"
+    )
     sync.add_argument(
         "--email-bodies", action="store_true", help="fetch each email's bodies into 'emails'"
     )
     sync.add_argument(
         "--concurrency", type=count_arg(1, 256), default=16, help="requests in flight (16)"
     )
-    sync.add_argument("--base-url", type=base_url_arg, default=DEFAULT_BASE_URL)
+    sync.add_argument(
+        "--base-url", type=base_url_arg, default=DEFAULT_BASE_URL, help="the API root"
+    )
     sync.add_argument("--token-file", metavar="FILE", help="read the token from this file")
     sync.add_argument("--rate", type=rate_arg, help="cap the budget, e.g. 100/10s")
 

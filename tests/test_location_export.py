@@ -27,6 +27,13 @@ FAST = RetryPolicy(max_attempts=3, backoff_base=0.001, backoff_cap=0.01)
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 
+def now_ms() -> datetime:
+    """Now, cut to the millisecond below: the fake stamps what is added after it at or
+    after this (a finer ``since`` could be a fraction past a message added next)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 def all_ids(fake: Any) -> set[str]:
     return {m["id"] for c in fake.conversation_ids for m in fake.messages(c)}
 
@@ -236,7 +243,7 @@ async def test_since_boundary_on_iter_messages_and_fan_out(server: ServerFactory
 
 async def test_a_conversation_with_nothing_new_costs_one_request(server: ServerFactory) -> None:
     async with server(conversations=10, messages=(150, 250), seed=9) as fake:
-        since = datetime.now(timezone.utc)
+        since = now_ms()
         async with Client(fake.token, base_url=fake.url) as client:
             got = [m async for _, m in client.fan_out(fake.conversation_ids, since=since)]
             assert got == []
@@ -255,7 +262,7 @@ async def test_iter_conversations_since_stops_at_the_first_untouched(
     server: ServerFactory,
 ) -> None:
     async with server(conversations=60, messages=(1, 5), seed=6) as fake:
-        since = datetime.now(timezone.utc)
+        since = now_ms()
         touched = fake.conversation_ids[10:13]
         for conversation in touched:
             fake.add_message(conversation)
@@ -274,7 +281,7 @@ async def test_iter_conversations_since_stops_at_the_first_untouched(
 
 async def test_export_since_and_updated_at_find_new_and_edited(server: ServerFactory) -> None:
     async with server(conversations=6, messages=(5, 20), seed=8) as fake:
-        since = datetime.now(timezone.utc)
+        since = now_ms()
         old = fake.messages(fake.conversation_ids[0])[-1]["id"]
         added = fake.add_message(fake.conversation_ids[1])["id"]
         email = fake.add_message(fake.conversation_ids[2], messageType="TYPE_EMAIL", type=3)["id"]
