@@ -13,7 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import budget, decode, footprint, latency, loopwork, memory, redis_shared, throughput
+from . import (
+    budget,
+    decode,
+    footprint,
+    latency,
+    location_export,
+    loopwork,
+    memory,
+    redis_shared,
+    throughput,
+)
 from ._harness import machine
 from ._report import Section, draw
 from .limiter_figures import run as limiter_run
@@ -30,6 +40,7 @@ BENCHMARKS = {
     "redis": redis_shared.run,
     "neighbour": neighbour_run,
     "limiter": limiter_run,
+    "location": location_export.run,
 }
 
 

@@ -23,7 +23,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from . import errors
     from ._sansio import RateLimitHeaders
-    from .client import DEFAULT_BASE_URL, Client, PageHook
+    from .client import DEFAULT_BASE_URL, Client, LocationPage, MessageWithEmails, PageHook
     from .errors import GHLError
     from .models import (
         CallMeta,
@@ -55,9 +55,11 @@ __all__ = [
     "GHLError",
     "Limiter",
     "LocalLimiter",
+    "LocationPage",
     "Message",
     "MessageMeta",
     "MessageType",
+    "MessageWithEmails",
     "MessagesPage",
     "PageHook",
     "RateLimit",
@@ -74,6 +76,8 @@ _HOMES: dict[str, tuple[str, str | None]] = {
     "DEFAULT_BASE_URL": (".client", "DEFAULT_BASE_URL"),
     "CallMeta": (".models", "CallMeta"),
     "Client": (".client", "Client"),
+    "LocationPage": ("._location_export", "LocationPage"),
+    "MessageWithEmails": ("._emails", "MessageWithEmails"),
     "ClientStats": (".stats", "ClientStats"),
     "Conversation": (".models", "Conversation"),
     "EmailMessage": (".models", "EmailMessage"),

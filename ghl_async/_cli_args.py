@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable
 from typing import NoReturn
 
+from ._cli_location import add_export_flags, add_sync_parser
 from ._validation import check_base_url, check_id
 from ._version import __version__
 from .client import DEFAULT_BASE_URL
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--rate", type=rate_arg, help="cap the budget below the server's, e.g. 100/10s"
     )
+    add_export_flags(export)
     progress = export.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress",
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     progress.add_argument(
         "--no-progress", dest="progress", action="store_false", help="never show progress"
     )
+
+    add_sync_parser(sub)
 
     demo = sub.add_parser("demo", help="export from an in-process fake server")
     demo.add_argument(

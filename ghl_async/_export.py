@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any
 
 import msgspec
@@ -105,6 +106,8 @@ def _describe_source(source: str) -> str:
     kind, _, value = source.partition(":")
     if kind == "location":
         return f"--location {value}"
+    if kind == "export":
+        return f"the location export {value}"
     return "another list of conversation ids"
 
 
@@ -368,6 +371,14 @@ class _Sink:
     def page(self, conversation_id: str, page: MessagesPage) -> None:
         """Write a page's lines; its record follows at the next commit."""
         data = b"".join(message_line(conversation_id, m) for m in page.messages)
+        self.write(conversation_id, data, page_cursor(page), page.is_last)
+
+    def write(self, key: str, data: bytes, cursor: str | None, done: bool) -> None:
+        """Write ``data`` (whole lines) and record ``key``'s ``cursor`` after it.
+
+        ``key`` is a conversation id, or the location export's own key; ``done`` marks
+        it finished.
+        """
         try:
             self._out.write(data)
             self._out.flush()
@@ -376,7 +387,7 @@ class _Sink:
         self._size += len(data)
         if self._checkpoint is None:
             return
-        record = _Record(conversation_id, page_cursor(page), page.is_last, self._size)
+        record = _Record(key, cursor, done, self._size)
         self._pending.append(_record_encoder.encode(record) + b"\n")
         if self._clock() - self._committed >= self._commit_every:
             self.commit()
@@ -461,6 +472,8 @@ async def _resumed_pages(
                 types=options.get("types"),
                 page_size=options.get("page_size", 100),
                 last_message_id=cursor,
+                since=options.get("since"),
+                email_bodies=options.get("email_bodies", False),
             ):
                 yield conversation_id, page
         except errors.GHLError as error:
@@ -483,12 +496,15 @@ async def export_messages(
     concurrency: int | None = None,
     on_page: Callable[[str, MessagesPage], None] | None = None,
     on_progress: Callable[[ExportSummary], None] | None = None,
+    since: datetime | None = None,
+    email_bodies: bool = False,
 ) -> ExportSummary:
     """Write every message of ``ids`` to ``out`` (JSON Lines), resumably.
 
     The checkpoint lives beside the output as ``out + ".checkpoint"`` (none for stdout,
     a pipe or a device). ``source`` names the ids in the checkpoint (default: a digest
-    of ``ids``, which must then be a list or tuple).
+    of ``ids``, which must then be a list or tuple). ``since`` and ``email_bodies`` are
+    :meth:`Client.fan_out`'s.
 
     Raises:
         ExportRefused: before anything is written, when the output cannot be used.
@@ -519,6 +535,8 @@ async def export_messages(
             types=types,
             page_size=page_size,
             concurrency=concurrency,
+            since=since,
+            email_bodies=email_bodies,
         )
         async with aclosing(items):
             async for conversation_id, item in items:

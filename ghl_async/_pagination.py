@@ -27,7 +27,7 @@ as ``seen`` drops exactly those, so each item is delivered once.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Final, TypeVar
 
@@ -40,6 +40,7 @@ __all__ = [
     "EXPORT_PAGE_MAX",
     "EXPORT_PAGE_MIN",
     "check_cursor",
+    "check_since",
     "cursor_of",
     "cut_conversations_since",
     "cut_since",
@@ -49,6 +50,7 @@ __all__ = [
     "next_export_params",
     "next_messages_params",
     "next_search_params",
+    "updated_at",
 ]
 
 Params = dict[str, str]
@@ -163,6 +165,16 @@ def _aware(when: datetime, what: str) -> datetime:
     return when
 
 
+def check_since(when: datetime, what: str = "since") -> datetime:
+    """Return ``when`` if it is a timezone-aware datetime.
+
+    Raises:
+        TypeError: not a datetime.
+        ValueError: naive (its zone is unknown).
+    """
+    return _aware(when, what)
+
+
 def _cut(
     items: Sequence[_T], keys: Iterable[datetime | None], since: datetime, seen: Collection[str]
 ) -> tuple[list[_T], bool]:
@@ -218,17 +230,25 @@ def _from_millis(millis: int | None) -> datetime | None:
         return None  # out of datetime's range: no usable date
 
 
-def high_water(messages: Iterable[Message]) -> tuple[datetime | None, frozenset[str]]:
+def updated_at(message: Message) -> datetime | None:
+    """When a message last changed: ``date_updated``, else ``date_added``."""
+    return message.date_updated or message.date_added
+
+
+def high_water(
+    messages: Iterable[Message], key: Callable[[Message], datetime | None] | None = None
+) -> tuple[datetime | None, frozenset[str]]:
     """The newest ``date_added`` among ``messages`` and the ids of the messages at it.
 
     Pass them to the next run's :func:`cut_since` (``since=mark, seen=ids``): messages
     at the mark that were already delivered are dropped, later ones with the same
-    timestamp are not. ``(None, frozenset())`` when no message has a date.
+    timestamp are not. ``(None, frozenset())`` when no message has a date. ``key``
+    picks another date (:func:`updated_at` for a sync sorted by ``updatedAt``).
     """
     mark: datetime | None = None
     ids: set[str] = set()
     for message in messages:
-        when = message.date_added
+        when = message.date_added if key is None else key(message)
         if when is None:
             continue
         if mark is None or when > mark:

@@ -1,4 +1,4 @@
-"""The ``ghl-async`` command: ``export``, ``demo`` and ``serve-fake``.
+"""The ``ghl-async`` command: ``export``, ``sync``, ``demo`` and ``serve-fake``.
 
 Every error ends in one line on stderr (``ghl-async: ...``), never a traceback.
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._cli_args import UsageError, build_parser, read_ids, read_token
+from ._cli_location import export_location, location_flags_problem, sync_command
 from ._export import ExportRefused, ExportSummary, OutputError, export_messages
 from ._progress import Progress, budget_of, summary_table
 from .client import Client
@@ -99,6 +100,9 @@ def _output_failed(exc: OutputError) -> _Exit:
 async def _export(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)
     ids = read_ids(args)
+    problem = location_flags_problem(args)
+    if problem is not None:
+        raise UsageError(problem)
     client = Client(
         token, base_url=args.base_url, max_concurrency=args.concurrency, rate_limit=args.rate
     )
@@ -109,18 +113,24 @@ async def _export(args: argparse.Namespace) -> int:
         else:
             source, origin = ids, None
         try:
-            summary = await _run_export(
-                client,
-                source,
-                total=len(ids) if ids is not None else None,
-                show=args.progress,
-                out=args.out,
-                resume=args.resume,
-                force=args.force,
-                types=args.types,
-                source=origin,
-                concurrency=args.concurrency,
-            )
+            if ids is None:
+                # The location export, falling back to search + fan-out when refused.
+                summary = await export_location(client, args, _run_export)
+            else:
+                summary = await _run_export(
+                    client,
+                    source,
+                    total=len(ids),
+                    show=args.progress,
+                    out=args.out,
+                    resume=args.resume,
+                    force=args.force,
+                    types=args.types,
+                    source=origin,
+                    concurrency=args.concurrency,
+                    since=args.since,
+                    email_bodies=args.email_bodies,
+                )
         except ExportRefused as exc:
             raise UsageError(str(exc)) from None
         except OutputError as exc:
@@ -310,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _say(f"ghl-async: {exc}")
         return EXIT_USAGE
-    runner = {"export": _export, "demo": _demo, "serve-fake": _serve}[args.command]
+    runner = {"export": _export, "demo": _demo, "serve-fake": _serve, "sync": sync_command}[
+        args.command
+    ]
     try:
         return asyncio.run(runner(args))
     except UsageError as exc:

@@ -5,17 +5,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 import anyio
+import msgspec
 
 from . import errors
 from ._auth import TokenProvider, TokenSource
+from ._emails import MessageWithEmails, attach_emails
 from ._engine import Engine
 from ._fanout import FanOutOptions, IdSource, run_fan_out
+from ._location_export import LocationPage, pass_admits, plan_passes, resume_token
 from ._paginate import paginate
-from ._pagination import next_messages_params, next_search_params
+from ._pagination import (
+    EXPORT_PAGE_MAX,
+    check_cursor,
+    check_since,
+    cut_conversations_since,
+    cut_since,
+    export_params,
+    next_export_params,
+    next_messages_params,
+    next_search_params,
+)
 from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
 from ._validation import (
     MAX_PAGE_SIZE,
@@ -29,10 +43,12 @@ from ._version import __version__
 from .models import (
     Conversation,
     EmailMessage,
+    ExportPage,
     Message,
     MessagesPage,
     decode_conversations,
     decode_email,
+    decode_export_page,
     decode_message,
     decode_page,
 )
@@ -43,7 +59,7 @@ from .stats import ClientStats
 if TYPE_CHECKING:  # aiohttp itself is imported by _transport.py only
     import aiohttp
 
-__all__ = ["DEFAULT_BASE_URL", "Client", "PageHook"]
+__all__ = ["DEFAULT_BASE_URL", "Client", "LocationPage", "MessageWithEmails", "PageHook"]
 
 DEFAULT_BASE_URL = "https://services.leadconnectorhq.com"
 
@@ -284,12 +300,22 @@ class Client:
         types: Types = None,
         page_size: int = MAX_PAGE_SIZE,
         last_message_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        email_bodies: bool = False,
     ) -> AsyncGenerator[MessagesPage, None]:
         """Every page of a conversation, newest first, following ``lastMessageId``.
 
         Stops after a page with ``nextPage`` false or an empty page (an empty final
         page is still yielded, so ``page.is_last`` marks the end). Resumes after
         ``last_message_id`` when given.
+
+        ``since`` (timezone-aware): only messages dated at or after it. Paging stops at
+        the first older message (left out, and its page is the last, ``is_last``
+        true): a conversation with nothing new costs one request. A message dated
+        exactly ``since`` is delivered.
+
+        ``email_bodies=True``: email messages come with their bodies (see :meth:`fan_out`).
 
         Raises:
             ghl_async.errors.PaginationError: the server repeated a cursor.
@@ -299,7 +325,16 @@ class Client:
         type_filter = check_types(types)
         if last_message_id is not None:
             check_id(last_message_id, "last_message_id")
-        return self._iter_pages(conversation_id, type_filter, page_size, last_message_id)
+        if since is not None:
+            check_since(since)
+        return self._iter_pages(
+            conversation_id,
+            type_filter,
+            page_size,
+            last_message_id,
+            since=since,
+            email_bodies=email_bodies,
+        )
 
     def _iter_pages(
         self,
@@ -307,13 +342,16 @@ class Client:
         type_filter: str | None,
         page_size: int,
         cursor: str | None,
+        *,
+        since: datetime | None = None,
+        email_bodies: bool = False,
     ) -> AsyncGenerator[MessagesPage, None]:
         params: dict[str, str] = {"limit": str(page_size)}
         if type_filter is not None:
             params["type"] = type_filter
         if cursor is not None:
             params["lastMessageId"] = cursor
-        return self._paged(
+        pages = self._paged(
             self._messages_url(conversation_id),
             params,
             decode_page,
@@ -323,6 +361,30 @@ class Client:
             check_cursor=_check_server_cursor,
             on_page=self._count_page,
         )
+        if since is None and not email_bodies:
+            return pages
+        return self._refined(pages, since, email_bodies)
+
+    async def _refined(
+        self,
+        pages: AsyncGenerator[MessagesPage, None],
+        since: datetime | None,
+        email_bodies: bool,
+    ) -> AsyncGenerator[MessagesPage, None]:
+        """Pages cut at ``since`` (the first older message ends paging), bodies attached."""
+        async with aclosing(pages):
+            async for page in pages:
+                messages: list[Message] = page.messages
+                reached = False
+                if since is not None:
+                    messages, reached = cut_since(messages, since)
+                if email_bodies:
+                    messages = await attach_emails(messages, self.get_email)
+                yield msgspec.structs.replace(
+                    page, messages=messages, next_page=page.next_page and not reached
+                )
+                if reached:
+                    return  # closing ``pages`` here: no request for the next page
 
     def _paged(
         self,
@@ -355,9 +417,14 @@ class Client:
         types: Types = None,
         page_size: int = MAX_PAGE_SIZE,
         last_message_id: str | None = None,
+        *,
+        since: datetime | None = None,
     ) -> AsyncGenerator[Message, None]:
-        """Every message of a conversation, newest first (see :meth:`iter_pages`)."""
-        pages = self.iter_pages(conversation_id, types, page_size, last_message_id)
+        """Every message of a conversation, newest first (see :meth:`iter_pages`).
+
+        ``since``: only messages dated at or after it (one request when there are none).
+        """
+        pages = self.iter_pages(conversation_id, types, page_size, last_message_id, since=since)
         async with aclosing(pages):
             async for page in pages:
                 for message in page.messages:
@@ -416,8 +483,12 @@ class Client:
         page_size: int,
         concurrency: int | None,
         return_exceptions: bool,
+        since: datetime | None = None,
+        email_bodies: bool = False,
     ) -> AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None]:
         check_page_size(page_size, "page_size")
+        if since is not None:
+            check_since(since)
         type_filter = check_types(types)
         if concurrency is None:
             concurrency = self._max_concurrency
@@ -429,7 +500,14 @@ class Client:
 
         def pages(conversation_id: str) -> AsyncGenerator[MessagesPage, None]:
             check_id(conversation_id, "conversation_id")
-            return self._iter_pages(conversation_id, type_filter, page_size, None)
+            return self._iter_pages(
+                conversation_id,
+                type_filter,
+                page_size,
+                None,
+                since=since,
+                email_bodies=email_bodies,
+            )
 
         options = FanOutOptions(
             concurrency=concurrency,
@@ -447,6 +525,8 @@ class Client:
         concurrency: int | None = ...,
         return_exceptions: Literal[False] = ...,
         on_page: PageHook | None = ...,
+        since: datetime | None = ...,
+        email_bodies: bool = ...,
     ) -> AsyncGenerator[tuple[str, MessagesPage], None]: ...
 
     @overload
@@ -459,6 +539,8 @@ class Client:
         *,
         return_exceptions: Literal[True],
         on_page: PageHook | None = ...,
+        since: datetime | None = ...,
+        email_bodies: bool = ...,
     ) -> AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None]: ...
 
     def fan_out_pages(
@@ -469,6 +551,8 @@ class Client:
         concurrency: int | None = None,
         return_exceptions: bool = False,
         on_page: PageHook | None = None,
+        since: datetime | None = None,
+        email_bodies: bool = False,
     ) -> AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None]:
         """Pages of many conversations, fetched concurrently, as they arrive.
 
@@ -495,9 +579,22 @@ class Client:
         task stops every request in flight; the client stays usable. If you keep the
         iterator in a variable, Python cannot close it for you when you break: wrap it in
         ``contextlib.aclosing`` (until closed, fetching just pauses on the full buffer).
+
+        ``since`` (timezone-aware): each conversation only down to its first message
+        older than ``since`` (as :meth:`iter_pages`): one request for a conversation with
+        nothing new. ``email_bodies=True``: each email message comes as a
+        :class:`MessageWithEmails` with its bodies in ``emails`` (fetched concurrently,
+        under the same limiter and ``concurrency``, before its page is handed out, so
+        messages stay in order).
         """
         items = self._fan_out_items(
-            conversation_ids, types, page_size, concurrency, return_exceptions
+            conversation_ids,
+            types,
+            page_size,
+            concurrency,
+            return_exceptions,
+            since=since,
+            email_bodies=email_bodies,
         )
         return _pages_only(items, on_page)
 
@@ -510,6 +607,8 @@ class Client:
         concurrency: int | None = ...,
         return_exceptions: Literal[False] = ...,
         on_page: PageHook | None = ...,
+        since: datetime | None = ...,
+        email_bodies: bool = ...,
     ) -> AsyncGenerator[tuple[str, Message], None]: ...
 
     @overload
@@ -522,6 +621,8 @@ class Client:
         *,
         return_exceptions: Literal[True],
         on_page: PageHook | None = ...,
+        since: datetime | None = ...,
+        email_bodies: bool = ...,
     ) -> AsyncGenerator[tuple[str, Message | errors.GHLError], None]: ...
 
     def fan_out(
@@ -532,6 +633,8 @@ class Client:
         concurrency: int | None = None,
         return_exceptions: bool = False,
         on_page: PageHook | None = None,
+        since: datetime | None = None,
+        email_bodies: bool = False,
     ) -> AsyncGenerator[tuple[str, Message | errors.GHLError], None]:
         """Messages of many conversations as ``(conversation_id, message)`` pairs.
 
@@ -541,7 +644,13 @@ class Client:
                 rows.append(msgspec.to_builtins(message))
         """
         items = self._fan_out_items(
-            conversation_ids, types, page_size, concurrency, return_exceptions
+            conversation_ids,
+            types,
+            page_size,
+            concurrency,
+            return_exceptions,
+            since=since,
+            email_bodies=email_bodies,
         )
         return _messages_only(_pages_only(items, on_page))
 
@@ -552,6 +661,7 @@ class Client:
         location_id: str,
         *,
         page_size: int = MAX_PAGE_SIZE,
+        since: datetime | None = None,
         **filters: str,
     ) -> AsyncGenerator[Conversation, None]:
         """Every conversation of a location, through ``GET /conversations/search``.
@@ -559,16 +669,30 @@ class Client:
         Pages with the ``startAfterDate`` cursor (the sort value of the last item) and
         stops on a short page. ``filters`` are passed as query parameters (for instance
         ``status="unread"``, ``sort="asc"``).
+
+        ``since`` (timezone-aware): only conversations whose last message is dated at
+        or after it. The search is sorted by last message date, newest first
+        (``sortBy=last_message_date``, ``sort=desc``) and stops at the first older
+        conversation, so finding what changed costs in proportion to what changed.
         """
         check_id(location_id, "location_id")
         check_page_size(page_size, "page_size")
         for name, value in filters.items():
             if not isinstance(value, str) or not value or any(c in value for c in "\r\n\0"):
                 raise ValueError(f"filter {name} must be a non-empty str")
-        return self._iter_conversations(location_id, page_size, dict(filters))
+        if since is not None:
+            check_since(since)
+            if filters.get("sort", "desc") != "desc":
+                raise ValueError("since needs the newest-first order (sort='desc')")
+            filters = {"sortBy": "last_message_date", "sort": "desc", **filters}
+        return self._iter_conversations(location_id, page_size, dict(filters), since)
 
     async def _iter_conversations(
-        self, location_id: str, page_size: int, filters: dict[str, str]
+        self,
+        location_id: str,
+        page_size: int,
+        filters: dict[str, str],
+        since: datetime | None = None,
     ) -> AsyncGenerator[Conversation, None]:
         params = {**filters, "locationId": location_id, "limit": str(page_size)}
         batches = self._paged(
@@ -580,8 +704,210 @@ class Client:
         )
         async with aclosing(batches):
             async for batch in batches:
-                for conversation in batch:
+                kept, reached = batch, False
+                if since is not None:
+                    kept, reached = cut_conversations_since(batch, since)
+                for conversation in kept:
                     yield conversation
+                if reached:
+                    return
+
+    # -- a whole location: the export endpoint ---------------------------------------
+
+    def iter_location_pages(
+        self,
+        location_id: str,
+        *,
+        channel: str | None = None,
+        contact_id: str | None = None,
+        conversation_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort_by: str = "createdAt",
+        order: str = "desc",
+        page_size: int = EXPORT_PAGE_MAX,
+        cursor: str | None = None,
+        email_bodies: bool = False,
+    ) -> AsyncGenerator[LocationPage, None]:
+        """Every page of a location's messages (``GET /conversations/messages/export``).
+
+        Up to 500 messages a request, five times the messages endpoint's 100, and no
+        conversation search first. ``channel`` (Call, SMS, Email, WhatsApp, Instagram,
+        Facebook), ``contact_id`` and ``conversation_id`` filter; ``since``/``until``
+        (timezone-aware, both inclusive) bound the ``sort_by`` field (``"createdAt"``
+        or ``"updatedAt"``: the latter catches edits such as delivered/read as well as
+        new messages); ``order`` is ``"desc"`` or ``"asc"``.
+
+        Without ``channel`` it means *everything*: the endpoint leaves emails out unless
+        asked for ``channel=Email``, so this makes two passes, every other message then
+        the emails, and never delivers a message twice. Each page says its pass
+        (:attr:`LocationPage.channel`); to resume, pass a page's
+        :attr:`LocationPage.resume` as ``cursor=`` to the same call (same other
+        arguments): it goes on after that page, in whichever pass.
+
+        ``email_bodies=True``: each email message comes as a :class:`MessageWithEmails`
+        (see :meth:`fan_out`).
+
+        Same limiter, retries and errors as every other call.
+
+        Raises:
+            TypeError, ValueError: a bad argument, before any request.
+            ghl_async.errors.LocationExportUnavailable: the first request was refused
+                (401/403: the token lacks the scope; 404: not on this plan). Fall back
+                to :meth:`iter_conversations` and :meth:`fan_out`.
+            ghl_async.errors.PaginationError: the server repeated a cursor.
+        """
+        params = export_params(
+            location_id,
+            channel=channel,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            since=since,
+            until=until,
+            sort_by=sort_by,
+            order=order,
+            page_size=page_size,
+        )
+        channels, start = plan_passes(params.get("channel"), cursor)
+        params.pop("channel", None)
+        return self._iter_location(
+            location_id,
+            params,
+            channels,
+            start,
+            unfiltered=channel is None,
+            email_bodies=email_bodies,
+        )
+
+    async def _iter_location(
+        self,
+        location_id: str,
+        params: dict[str, str],
+        channels: list[str | None],
+        start: str | None,
+        *,
+        unfiltered: bool,
+        email_bodies: bool,
+    ) -> AsyncGenerator[LocationPage, None]:
+        url = f"{self._base_url}/conversations/messages/export"
+        first = True
+        for index, channel in enumerate(channels):
+            query = dict(params)
+            if channel is not None:
+                query["channel"] = channel
+            if index == 0 and start is not None:
+                query["cursor"] = start
+            pages = self._paged(
+                url,
+                query,
+                decode_export_page,
+                next_export_params,
+                what=f"location {location_id} export",
+                check_cursor=_check_export_cursor,
+                on_page=self._count_export_page,
+            )
+            async with aclosing(pages):
+                while True:
+                    try:
+                        page = await anext(pages)
+                    except StopAsyncIteration:
+                        break
+                    except (
+                        errors.AuthenticationError,
+                        errors.PermissionDeniedError,
+                        errors.NotFoundError,
+                    ) as exc:
+                        if not first:
+                            raise
+                        raise _unavailable(location_id, exc) from exc
+                    first = False
+                    messages = page.messages
+                    kept = (
+                        [m for m in messages if pass_admits(channel, m)]
+                        if unfiltered
+                        else messages
+                    )
+                    if email_bodies:
+                        kept = await attach_emails(kept, self.get_email)
+                    following = page.next_cursor if not page.is_last else None
+                    yield LocationPage(
+                        messages=kept,
+                        channel=channel,
+                        next_cursor=following,
+                        total=page.total,
+                        resume=resume_token(channels, index, following, unfiltered),
+                        trace_id=page.trace_id,
+                        repaired=page.repaired,
+                        dropped=page.dropped + len(messages) - len(kept),
+                    )
+
+    def _count_export_page(self, page: ExportPage) -> None:
+        stats = self.stats
+        stats.pages += 1
+        stats.messages += len(page.messages)
+        stats.repaired_fields += page.repaired
+        stats.dropped_messages += page.dropped
+
+    async def iter_location_messages(
+        self,
+        location_id: str,
+        *,
+        channel: str | None = None,
+        contact_id: str | None = None,
+        conversation_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort_by: str = "createdAt",
+        order: str = "desc",
+        page_size: int = EXPORT_PAGE_MAX,
+        cursor: str | None = None,
+        email_bodies: bool = False,
+    ) -> AsyncGenerator[Message, None]:
+        """Every message of a location, one at a time (see :meth:`iter_location_pages`).
+
+        Without ``channel``, every message once: the non-email pass, then the emails::
+
+            async for message in client.iter_location_messages(location_id):
+                ...
+        """
+        pages = self.iter_location_pages(
+            location_id,
+            channel=channel,
+            contact_id=contact_id,
+            conversation_id=conversation_id,
+            since=since,
+            until=until,
+            sort_by=sort_by,
+            order=order,
+            page_size=page_size,
+            cursor=cursor,
+            email_bodies=email_bodies,
+        )
+        async with aclosing(pages):
+            async for page in pages:
+                for message in page.messages:
+                    yield message
+
+
+def _check_export_cursor(cursor: str) -> None:
+    check_cursor(cursor, "the server's nextCursor")
+
+
+def _unavailable(location_id: str, cause: errors.GHLError) -> errors.LocationExportUnavailable:
+    reason = (
+        "this plan has no such endpoint"
+        if isinstance(cause, errors.NotFoundError)
+        else "the token lacks the scope"
+    )
+    error = errors.LocationExportUnavailable(
+        f"the location export (GET /conversations/messages/export) is not available for "
+        f"location {location_id}: {reason} ({cause.message}); fall back to "
+        "iter_conversations + fan_out",
+        status=cause.status,
+        body=cause.body,
+        trace_id=cause.trace_id,
+    )
+    return error
 
 
 def _check_server_cursor(cursor: str) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "DecodeError",
     "GHLError",
     "LimiterUnavailable",
+    "LocationExportUnavailable",
     "NotFoundError",
     "PaginationError",
     "PermissionDeniedError",
@@ -118,6 +119,16 @@ class PermissionDeniedError(APIStatusError):
 
 class NotFoundError(APIStatusError):
     """404: no such conversation (or message). Never retried."""
+
+
+class LocationExportUnavailable(APIStatusError):
+    """The location-wide export (``GET /conversations/messages/export``) was refused.
+
+    401/403: the token lacks the scope; 404: the plan has no such endpoint. The
+    server's own error is chained as ``__cause__``. Fall back to
+    :meth:`~ghl_async.Client.iter_conversations` plus
+    :meth:`~ghl_async.Client.fan_out` (``ghl-async export`` does so on its own).
+    """
 
 
 class RateLimitError(APIStatusError):

@@ -126,6 +126,9 @@ class Message(_Wire, frozen=True):
     attachments: list[str] = []
     meta: MessageMeta | None = None
     source: str | None = None
+    # Last edit (status, delivered/read), as the export's ``sortBy=updatedAt`` sees it;
+    # incremental sync's high-water mark. Not every endpoint sends it.
+    date_updated: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     user_id: str | None = None
     alt_id: str | None = None
     conversation_provider_id: str | None = None
@@ -556,7 +559,9 @@ _NESTED: Final[dict[tuple[type[msgspec.Struct], str], type[msgspec.Struct]]] = {
     (MessageMeta, "call"): CallMeta,
     (MessageMeta, "email"): EmailMeta,
 }
-_DATES: Final = frozenset({(Message, "date_added"), (EmailMessage, "date_added")})
+_DATES: Final = frozenset(
+    {(Message, "date_added"), (Message, "date_updated"), (EmailMessage, "date_added")}
+)
 # msgspec reads numbers up to the end of year 9999 as epoch seconds; beyond, milliseconds.
 _MAX_EPOCH_SECONDS: Final = 253_402_300_799
 

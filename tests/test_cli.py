@@ -109,7 +109,12 @@ async def test_ids_file_and_a_whole_location(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with server(conversations=130, messages=(0, 12), seed=33, rate_limit=ROOMY) as fake:
+    # export_refusal: --location then takes the search + fan-out path (the fallback),
+    # whose output is grouped per conversation; tests/test_cli_location.py covers the
+    # location export itself.
+    async with server(
+        conversations=130, messages=(0, 12), seed=33, rate_limit=ROOMY, export_refusal=404
+    ) as fake:
         token_file = tmp_path / "token"
         token_file.write_text(fake.token + "\n")
         ids_file = tmp_path / "ids.txt"
