@@ -31,7 +31,7 @@ from ghl_async.oauth import (
     refresh_token_form,
 )
 from ghl_async.ratelimit import RateLimit
-from ghl_async.testing import FakeAgency
+from ghl_async.testing import FakeAgency, FakeHighLevel
 
 pytestmark = pytest.mark.anyio
 
@@ -534,3 +534,55 @@ async def test_serve_fake_refuses_a_token_for_an_agency() -> None:
     _, err = await process.communicate()
     assert process.returncode == 2
     assert b"--token is for one location" in err
+
+
+async def test_info_and_an_agency_route_without_the_agency_token(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeAgency(2, conversations=1, messages=2, uninstalled=1) as agency:
+        info = agency.info()
+        assert (info["url"], info["companyId"], info["appId"]) == (
+            agency.url,
+            agency.company_id,
+            agency.app_id,
+        )
+        assert [loc["id"] for loc in info["locations"]] == agency.location_ids
+        assert [loc["token"] for loc in info["locations"]] == [
+            agency.locations[i].token for i in agency.location_ids
+        ]
+        assert [loc["messages"] for loc in info["locations"]] == [2, 2]
+        assert len(agency.directory) == 3
+        params = installed_locations_params(agency.company_id, agency.app_id)
+        url = agency.url + INSTALLED_LOCATIONS_PATH
+        # A location's token is not the agency's.
+        status, body, _ = await call(
+            session, "GET", url, agency.locations[agency.location_ids[0]].token, params=params
+        )
+        assert (status, json.loads(body)) == (401, UNAUTHORIZED)
+        status, _, _ = await call(session, "GET", url, None, params=params)
+        assert status == 401
+
+
+async def test_a_lone_fake_moves_its_clock_instead_of_sleeping(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeHighLevel(conversations=1, rate_limit=RateLimit(2, 10.0)) as fake:
+        query = {"locationId": fake.location_id}
+        url = f"{fake.url}/conversations/search"
+        statuses = [
+            (await call(session, "GET", url, fake.token, version=API["Version"], params=query))[0]
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        fake.advance(10.0)
+        status, _, _ = await call(
+            session, "GET", url, fake.token, version=API["Version"], params=query
+        )
+        assert status == 200
+        # Not a Bearer header: refused as an invalid token.
+        async with session.get(
+            url, params=query, headers={"Authorization": fake.token, **API}
+        ) as response:
+            assert response.status == 401
+        with pytest.raises(ValueError, match="forward"):
+            fake.advance(-0.5)

@@ -170,7 +170,9 @@ class FakeHighLevel:
     the documented error bodies, the budget counted in a sliding window (all five
     ``X-RateLimit-*`` headers on every admitted reply, 429 past it), the daily budget,
     faults, in-flight counting and :attr:`stats`. The fake serves one location,
-    :attr:`location_id`; other location ids are refused with 403.
+    :attr:`location_id`; other location ids are refused with 403. Its clock moves with
+    :meth:`advance`, so a test of the window need not sleep. For an agency's many
+    locations, each with its own budget, see :class:`~ghl_async.testing.FakeAgency`.
 
     Args:
         conversations: how many synthetic conversations, or your own mapping of
