@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from ._cli_args import UsageError, parse_location_ids
@@ -109,7 +111,9 @@ async def run_worker(args: argparse.Namespace) -> int:
         burst=args.burst,
         poll_delay=args.poll_delay,
     )
-    worker = Worker(**settings, redis_pool=pool)
+    # arq's SIGINT/SIGTERM handlers need the main thread (an embedding may run us in another).
+    main_thread = threading.current_thread() is threading.main_thread()
+    worker = Worker(**settings, redis_pool=pool, handle_signals=main_thread)
     print(
         f"ghl-async worker: {len(tokens)} location token(s), up to {args.max_jobs} jobs "
         f"at once, on {_safe_url(args.redis)}",
@@ -121,7 +125,10 @@ async def run_worker(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         pass  # arq's own SIGINT/SIGTERM handler stops the worker this way
     finally:
-        await worker.close()
+        with warnings.catch_warnings():
+            # arq closes its pool with redis-py's deprecated close(): not ours to show.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await worker.close()
     return EXIT_OK
 
 
