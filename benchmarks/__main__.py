@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import budget, decode, footprint, latency, loopwork, memory, redis_shared, throughput
+from . import workers as arq_workers
 from ._harness import machine
 from ._report import Section, draw
 
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "memory": memory.run,
     "footprint": footprint.run,
     "redis": redis_shared.run,
+    "workers": arq_workers.run,
 }
 
 
