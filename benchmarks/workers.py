@@ -102,7 +102,7 @@ def run(smoke: bool) -> Section:
     from tests.redis_fixtures import RedisServer  # the tests' throwaway redis-server
 
     locations = 6 if smoke else 40
-    conversations = 4 if smoke else 25
+    conversations = 4 if smoke else 50
     budget, interval = 50, 1.0
     rate = f"{budget}/{interval:g}s"
     summed = locations * budget / interval

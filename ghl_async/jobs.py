@@ -415,6 +415,8 @@ async def export_location(
         progress(summary)
         if summary.failed:
             _write_failed(part + ".failed", summary.failed)
+            first, error = next(iter(summary.failed.items()))
+            state.error = f"{len(summary.failed)} conversation(s) failed, first {first}: {error}"
         state.state = "done"
     except ExportRefused as exc:
         state.state, state.error = "failed", str(exc)
