@@ -51,7 +51,7 @@ def _start_workers(
 
 async def _one_run(
     workers: int, info: dict[str, Any], info_path: Path, redis_url: str, folder: Path, rate: str
-) -> tuple[float, float, int, int, int]:
+) -> tuple[float, float, int, int, int, list[str]]:
     from arq import create_pool
     from arq.connections import RedisSettings
 
@@ -89,13 +89,14 @@ async def _one_run(
         for proc in procs:
             proc.wait(timeout=30)
         await pool.aclose()
-    assert run.ok, run
+    errors = [s.error for s in run.locations if s.error]
     after = _fake_stats(info["url"])
     pages = sum(
         after["locations"][lid]["requests"] - before["locations"][lid]["requests"]
         for lid in after["locations"]
     )
-    return wall, cpu, pages, run.messages, after["throttled"] - before["throttled"]
+    throttled = after["throttled"] - before["throttled"]
+    return wall, cpu, pages, run.messages, throttled, errors
 
 
 def run(smoke: bool) -> Section:
@@ -120,6 +121,7 @@ def run(smoke: bool) -> Section:
             "worker CPU ms/page",
             "pages per worker CPU s",
             "429s",
+            "locations with failures",
         ],
     )
     if shutil.which("redis-server") is None:
@@ -163,7 +165,7 @@ def run(smoke: bool) -> Section:
             fake_cpu = _cpu_seconds(fake.pid)
             for workers in (1, 2, 3):
                 time.sleep(interval)  # a fresh window for every location
-                wall, cpu, pages, messages, throttled = asyncio.run(
+                wall, cpu, pages, messages, throttled, errors = asyncio.run(
                     _one_run(workers, info, info_path, redis.url, folder, rate)
                 )
                 section.rows.append(
@@ -175,8 +177,11 @@ def run(smoke: bool) -> Section:
                         1000 * cpu / max(1, pages),
                         pages / max(1e-9, cpu),
                         throttled,
+                        len(errors),
                     ]
                 )
+                if errors:
+                    section.notes.append(f"{workers} worker(s): {errors[0]}")
             fake_cpu = _cpu_seconds(fake.pid) - fake_cpu
         finally:
             fake.terminate()

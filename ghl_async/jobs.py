@@ -87,6 +87,7 @@ _PREFIX = "ghl_async:"
 _RUNS = f"{_PREFIX}runs"  # sorted set: run id scored by its start time
 _KEEP = 7 * 86400  # a run's status keys expire a week after their last write
 _CTX = "ghl_async"
+_REDIS_TIMEOUT = 10.0
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -394,7 +395,11 @@ async def export_location(
                 task.add_done_callback(pending.discard)
 
         limit = RateLimit(int(rate[0]), float(rate[1])) if rate else None
-        limiter = RedisLimiter(redis, key=f"location:{location_id}", rate_limit=limit)
+        # A worker running many locations can keep a Redis reply waiting on its own loop
+        # for over a second: a 1 s timeout would fail conversations of a healthy Redis.
+        limiter = RedisLimiter(
+            redis, key=f"location:{location_id}", rate_limit=limit, timeout=_REDIS_TIMEOUT
+        )
         token = await resources.token(location_id)
         os.makedirs(out_dir, exist_ok=True)
         async with Client(
