@@ -258,11 +258,15 @@ async def latest_run(redis: ArqRedis) -> str | None:
     return newest[0].decode() if newest else None
 
 
-async def read_run(redis: ArqRedis, run_id: str | None = None) -> RunState | None:
+async def read_run(
+    redis: ArqRedis, run_id: str | None = None, *, ask_arq_after: float = 2.0
+) -> RunState | None:
     """A run's state from Redis (the latest run by default); ``None`` when unknown.
 
     A job that arq itself gave up on (its tries used up by dying workers) never reports:
-    such a location reads as ``failed`` with arq's reason.
+    such a location reads as ``failed`` with arq's reason. arq is asked only about a
+    location unsettled and quiet for ``ask_arq_after`` seconds (a run of 500 locations
+    is read several times a second).
     """
     run_id = run_id or await latest_run(redis)
     if run_id is None:
@@ -276,7 +280,8 @@ async def read_run(redis: ArqRedis, run_id: str | None = None) -> RunState | Non
     run = RunState(run_id=run_id, out_dir=meta.out_dir, started=meta.started)
     for location_id in meta.locations:
         state = states.get(location_id) or LocationState(location_id=location_id)
-        if not state.settled:
+        # A job arq gave up on leaves its last report behind: ask arq about quiet ones.
+        if not state.settled and time.time() - state.updated >= ask_arq_after:
             job = Job(job_id(run_id, location_id), redis)
             if await job.status() == JobStatus.complete:
                 info = await job.result_info()
@@ -296,11 +301,18 @@ async def _lease(redis: ArqRedis, key: str, lease: float) -> None:
 
 def _kept_messages(part: str) -> int:
     """Lines of ``part`` its checkpoint covers: what a resume keeps."""
-    covered = Checkpoint.load(part + ".checkpoint").size
-    if not covered:
+    left = Checkpoint.load(part + ".checkpoint").size
+    lines = 0
+    if not left:
         return 0
     with open(part, "rb") as handle:
-        return handle.read(covered).count(b"\n")
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+            left -= len(chunk)
+    return lines
 
 
 def _write_failed(path: str, ids: Iterable[str]) -> None:
@@ -424,6 +436,12 @@ async def export_location(
             state.error = f"{len(summary.failed)} conversation(s) failed, first {first}: {error}"
         state.state = "done"
     except ExportRefused as exc:
+        if "another export is writing" in str(exc):
+            # The lease ran out while the first run is alive (its loop stalled): the
+            # part file's lock keeps this run out; come back after another lease.
+            state.error = f"try {try_number}: {exc}; retrying"
+            await _write_state(redis, run_id, state)
+            raise Retry(defer=resources.lease) from None
         state.state, state.error = "failed", str(exc)
     except errors.GHLError as exc:
         if exc.stops_fan_out:

@@ -161,7 +161,9 @@ async def test_a_job_arq_gave_up_on_reads_as_failed(pool: ArqRedis, tmp_path: Pa
         # Every try used up by workers that died: arq fails the job without running it.
         await pool.set(f"arq:retry:{job_id(run_id, location_id)}", 10)
         await run_burst(pool, {location_id: agency.locations[location_id].token})
-        run = await read_run(pool, run_id)
+        quiet = await read_run(pool, run_id)  # reported just now: arq not asked yet
+        assert quiet is not None and quiet.locations[0].state == "queued"
+        run = await read_run(pool, run_id, ask_arq_after=0)
         assert run is not None
         (state,) = run.locations
         assert state.state == "failed"
