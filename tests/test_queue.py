@@ -3,8 +3,10 @@ an arq worker run in burst mode in the test's own loop."""
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import anyio
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.worker import Worker
+from arq.worker import Retry, Worker
 
 from ghl_async import RateLimit
 from ghl_async._cli_queue import read_tokens
@@ -21,6 +23,7 @@ from ghl_async.jobs import (
     EXPORT_LOCATION,
     _kept_messages,
     enqueue_locations,
+    export_location,
     functions,
     job_id,
     latest_run,
@@ -336,3 +339,28 @@ async def test_worker_and_export_commands(
             assert sorted(ids_in(part_path(str(out), location_id))) == expected_ids(
                 agency, location_id
             )
+
+
+async def test_a_run_locked_out_by_a_live_one_retries_after_a_lease(
+    pool: ArqRedis, tmp_path: Path
+) -> None:
+    async with FakeAgency(1, conversations=1, messages=2, seed=6) as agency:
+        (location_id,) = agency.location_ids
+        ctx: dict[str, Any] = {"redis": pool, "job_id": "j1", "job_try": 2}
+        await startup(ctx, tokens={location_id: agency.locations[location_id].token}, lease=3)
+        with locked(part_path(str(tmp_path), location_id)):
+            with pytest.raises(Retry) as caught:
+                await export_location(
+                    ctx, location_id, str(tmp_path), run_id="r1", base_url=agency.url
+                )
+        assert caught.value.defer_score == 3000
+        run_state = await pool.hget("ghl_async:run:r1:locations", location_id)
+        assert b"another export is writing" in run_state
+
+
+@contextmanager
+def locked(path: str) -> Iterator[None]:
+    # What a first run still alive holds: the part file's exclusive lock.
+    with open(path, "wb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
