@@ -24,6 +24,7 @@ from . import (
     redis_shared,
     throughput,
 )
+from . import workers as arq_workers
 from ._harness import machine
 from ._report import Section, draw
 from .limiter_figures import run as limiter_run
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "neighbour": neighbour_run,
     "limiter": limiter_run,
     "location": location_export.run,
+    "workers": arq_workers.run,
 }
 
 

@@ -20,7 +20,14 @@ from .client import DEFAULT_BASE_URL
 from .models import FilterType
 from .ratelimit import RateLimit
 
-__all__ = ["UsageError", "build_parser", "parse_ids", "read_ids", "read_token"]
+__all__ = [
+    "UsageError",
+    "build_parser",
+    "parse_ids",
+    "parse_location_ids",
+    "read_ids",
+    "read_token",
+]
 
 
 class UsageError(Exception):
@@ -168,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--location", type=location_arg, metavar="LOCATION_ID", help="every conversation"
     )
+    source.add_argument(
+        "--locations-file",
+        metavar="FILE",
+        help="every conversation of these locations, one id a line; with --queue",
+    )
+    export.add_argument(
+        "--queue",
+        metavar="REDIS_URL",
+        help="run one job per location on the arq workers of this Redis; --out is a directory",
+    )
     export.add_argument(
         "--types", type=types_arg, help="only these types, any case: sms,call or TYPE_EMAIL"
     )
@@ -269,7 +286,66 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Version header values to accept (repeatable; 2021-04-15)",
     )
+    _add_queue_commands(sub)
     return parser
+
+
+def _add_queue_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    worker = sub.add_parser(
+        "worker",
+        help="run an arq worker for export --queue",
+        description="Run an arq worker with ghl_async's jobs (pip install 'ghl-async[arq]').",
+    )
+    worker.add_argument("--redis", required=True, metavar="URL", help="the queue's Redis")
+    worker.add_argument(
+        "--tokens-file",
+        required=True,
+        metavar="FILE",
+        help='location tokens as JSON: {"LOCATION_ID": "TOKEN", ...}',
+    )
+    worker.add_argument(
+        "--max-jobs", type=count_arg(1, 10_000), default=10, help="locations at once (10)"
+    )
+    worker.add_argument(
+        "--max-tries", type=count_arg(1, 1000), default=10, help="tries per location (10)"
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds after which a dead worker's job runs elsewhere (30)",
+    )
+    worker.add_argument(
+        "--poll-delay", type=float, default=0.5, help="seconds between queue polls (0.5)"
+    )
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+
+    status = sub.add_parser("status", help="show a queued export's progress")
+    status.add_argument("--queue", required=True, metavar="REDIS_URL", help="the queue's Redis")
+    status.add_argument("--run", help="the run id (the latest by default)")
+
+
+def parse_location_ids(path: str) -> list[str]:
+    """Location ids from a file: one a line, ``#`` comments, duplicates once."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {path}: not UTF-8 text") from None
+    ids: list[str] = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(check_id(text, "location id"))
+        except ValueError as exc:
+            raise UsageError(f"{path} line {number}: {exc}") from None
+    if not ids:
+        raise UsageError(f"{path} names no location")
+    return list(dict.fromkeys(ids))
 
 
 def read_token(token_file: str | None) -> str:

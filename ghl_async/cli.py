@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -313,6 +313,22 @@ def _write_info(path: Path, info: dict[str, Any]) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+_Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _queue_runner(args: argparse.Namespace) -> _Runner:
+    """``worker``, ``status`` and ``export --queue``: on arq (``_cli_queue``)."""
+    from . import _cli_queue
+
+    if args.command == "worker":
+        return _cli_queue.run_worker
+    if args.command == "status":
+        return _cli_queue.run_status
+    if not (args.queue and args.locations_file):
+        raise UsageError("--locations-file and --queue go together")
+    return _cli_queue.run_queue_export
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:
@@ -320,10 +336,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _say(f"ghl-async: {exc}")
         return EXIT_USAGE
-    runner = {"export": _export, "demo": _demo, "serve-fake": _serve, "sync": sync_command}[
-        args.command
-    ]
+    runners: dict[str, _Runner] = {
+        "export": _export,
+        "demo": _demo,
+        "serve-fake": _serve,
+        "sync": sync_command,
+    }
     try:
+        runner = runners.get(args.command)
+        if runner is None or (args.command == "export" and (args.queue or args.locations_file)):
+            runner = _queue_runner(args)
         return asyncio.run(runner(args))
     except UsageError as exc:
         _say(f"ghl-async: {exc}")
@@ -332,7 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"ghl-async: {exc}")
         return exc.code
     except KeyboardInterrupt:
-        if args.command == "export":
+        if args.command == "export" and args.queue:
+            _say("\nInterrupted. The jobs keep running on the workers: ghl-async status")
+        elif args.command == "export":
             _say(
                 f"\nInterrupted. Everything written so far is kept; to continue, run the "
                 f"same command with --resume (output: {args.out})."

@@ -488,7 +488,11 @@ def one_line(err: str) -> str:
         (["export", "abc", "--base-url", "ftp://h"], "argument --base-url: must be an http(s)"),
         (["export", "--location", "a/b"], "argument --location: location id 'a/b' is not"),
         (["export", "abc", "--resume", "--force"], "argument --force: not allowed with"),
-        (["export"], "one of the arguments CONVERSATION_ID --ids-file --location is required"),
+        (
+            ["export"],
+            "one of the arguments CONVERSATION_ID --ids-file --location --locations-file "
+            "is required",
+        ),
         (["export", "abc", "--out", "{tmp}"], "cannot write"),
         (["export", "abc", "--out", "{tmp}/no/such.jsonl"], "No such file or directory"),
         (["export", "abc", "--out", "{tmp}/exists.jsonl"], "exists; pass --resume"),
