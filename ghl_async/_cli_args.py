@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve-fake",
         help="run the fake HighLevel server",
-        description="Serve a fake HighLevel until Ctrl-C; prints its URL, token and location.",
+        description="Serve a fake HighLevel until Ctrl-C; prints its URL, token and location "
+        "(with --locations: an agency's locations and its OAuth routes).",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument(
@@ -234,6 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--faults", type=faults_arg, default=None, help="e.g. reset=0.02,server_error=0.05"
     )
     serve.add_argument("--token", help="the token to accept (random by default)")
+    serve.add_argument(
+        "--locations",
+        type=count_arg(1, 100_000),
+        default=None,
+        help="serve an agency of N locations, each with its own budget and "
+        "--conversations of its own, plus the OAuth routes",
+    )
+    serve.add_argument(
+        "--uninstalled",
+        type=count_arg(0, 100_000),
+        default=0,
+        help="with --locations: company locations without the app (listed, not served)",
+    )
+    serve.add_argument(
+        "--token-ttl",
+        type=float,
+        default=86399.0,
+        help="with --locations: seconds an OAuth token lives (86399)",
+    )
+    serve.add_argument(
+        "--info",
+        metavar="FILE",
+        help="write the URL, tokens and ids as JSON to FILE once listening (for tests)",
+    )
     serve.add_argument(
         "--accept-version",
         action="append",

@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._cli_args import UsageError, build_parser, read_ids, read_token
@@ -32,6 +34,9 @@ from ._export import ExportRefused, ExportSummary, OutputError, export_messages
 from ._progress import Progress, budget_of, summary_table
 from .client import Client
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .testing import FakeAgency, FakeHighLevel
 
 __all__ = ["main"]
 
@@ -198,22 +203,42 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from .testing import FakeHighLevel, Faults
+    from .testing import FakeAgency, FakeHighLevel, Faults
 
+    faults = args.faults if args.faults is not None else Faults()
+    versions = args.accept_version or ["2021-04-15"]
+    fake: FakeHighLevel | FakeAgency
     try:
-        fake = FakeHighLevel(
-            conversations=args.conversations,
-            seed=args.seed,
-            messages=args.messages,
-            rate_limit=args.rate,
-            daily_limit=args.daily,
-            faults=args.faults if args.faults is not None else Faults(),
-            token=args.token,
-            accept_versions=args.accept_version or ["2021-04-15"],
-            host=args.host,
-            port=args.port,
-        )
-        await fake.__aenter__()
+        if args.locations is None:
+            fake = FakeHighLevel(
+                conversations=args.conversations,
+                seed=args.seed,
+                messages=args.messages,
+                rate_limit=args.rate,
+                daily_limit=args.daily,
+                faults=faults,
+                token=args.token,
+                accept_versions=versions,
+                host=args.host,
+                port=args.port,
+            )
+        else:
+            if args.token is not None:
+                raise UsageError("--token is for one location; an agency's tokens are minted")
+            fake = FakeAgency(
+                args.locations,
+                conversations=args.conversations,
+                seed=args.seed,
+                messages=args.messages,
+                uninstalled=args.uninstalled,
+                rate_limit=args.rate,
+                daily_limit=args.daily,
+                token_ttl=args.token_ttl,
+                location_options={"faults": faults, "accept_versions": versions},
+                host=args.host,
+                port=args.port,
+            )
+        await fake.start()
     except OSError as exc:
         raise UsageError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
@@ -221,17 +246,61 @@ async def _serve(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     try:
+        info = _fake_info(fake)
+        if args.info is not None:
+            _write_info(Path(args.info), info)
         print(f"FakeHighLevel listening on {fake.url}", flush=True)
-        print(f"token: {fake.token}", flush=True)
-        print(f"location: {fake.location_id}", flush=True)
-        print(
-            f"conversations: {len(fake.conversation_ids)}, messages: {fake.total_messages}",
-            flush=True,
-        )
+        if isinstance(fake, FakeAgency):
+            print(f"company: {fake.company_id}", flush=True)
+            print(f"app: {fake.app_id}", flush=True)
+            print(f"agency token: {fake.agency_token}", flush=True)
+            for location in info["locations"]:
+                print(f"location: {location['id']} token: {location['token']}", flush=True)
+            print(
+                f"locations: {len(fake.locations)}, messages: {fake.total_messages}",
+                flush=True,
+            )
+        else:
+            print(f"token: {fake.token}", flush=True)
+            print(f"location: {fake.location_id}", flush=True)
+            print(
+                f"conversations: {len(fake.conversation_ids)}, messages: {fake.total_messages}",
+                flush=True,
+            )
         await asyncio.Event().wait()
     finally:
-        await fake.__aexit__(None, None, None)
+        await fake.close()
     return EXIT_OK  # pragma: no cover - runs until interrupted
+
+
+def _fake_info(fake: FakeHighLevel | FakeAgency) -> dict[str, Any]:
+    """What a test in another process needs: URL, tokens, ids (one location or many)."""
+    from .testing import FakeAgency
+
+    if isinstance(fake, FakeAgency):
+        return fake.info()
+    return {
+        "url": fake.url,
+        "token": fake.token,
+        "locations": [
+            {
+                "id": fake.location_id,
+                "token": fake.token,
+                "conversations": len(fake.conversation_ids),
+                "messages": fake.total_messages,
+            }
+        ],
+    }
+
+
+def _write_info(path: Path, info: dict[str, Any]) -> None:
+    """Write ``info`` whole or not at all: a test polling for the file never reads half."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_bytes(json.dumps(info, indent=2).encode() + b"\n")
+        partial.replace(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

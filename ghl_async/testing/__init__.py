@@ -10,6 +10,10 @@
             ...
         assert fake.stats.throttled == 0
 
+An agency's many locations, each with its own budget, on one server:
+:class:`FakeAgency` (``async with FakeAgency(locations=20) as agency``), with the OAuth
+routes that mint location tokens.
+
 With pytest, the ``fake_highlevel`` fixture (installed with the package) gives a started
 server with 20 seeded conversations, under anyio, pytest-asyncio (strict or auto) or in a
 plain test alike.
@@ -24,12 +28,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._agency import AgencyStats, FakeAgency, FakeLocationInfo
     from ._data import make_conversations
     from ._server import FakeHighLevel, FakeStats, Faults
 
-__all__ = ["FakeHighLevel", "FakeStats", "Faults", "make_conversations"]
+__all__ = [
+    "AgencyStats",
+    "FakeAgency",
+    "FakeHighLevel",
+    "FakeLocationInfo",
+    "FakeStats",
+    "Faults",
+    "make_conversations",
+]
 
 _HOMES = {
+    "AgencyStats": "._agency",
+    "FakeAgency": "._agency",
+    "FakeLocationInfo": "._agency",
     "FakeHighLevel": "._server",
     "FakeStats": "._server",
     "Faults": "._server",

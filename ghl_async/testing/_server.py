@@ -41,6 +41,16 @@ __all__ = ["FakeHighLevel", "FakeStats", "Faults"]
 _FILTERS = frozenset(member.value for member in FilterType)
 REFUSALS = (401, 403, 404)
 ROUTES = ("search", "messages", "export", "message", "email")
+# The API routes: (name, path, handler method). In this order: the router takes the first
+# match, so the export and email paths come before /conversations/messages/{id}.
+API_ROUTES = (
+    ("search", "/conversations/search", "_search"),
+    ("export", "/conversations/messages/export", "_export"),
+    ("email", "/conversations/messages/email/{id}", "_email"),
+    ("message", "/conversations/messages/{id}", "_message"),
+    ("messages", "/conversations/{conversation_id}/messages", "_messages"),
+)
+UNAUTHORIZED = "Invalid token: access token is invalid"
 _ID_CHARS = string.ascii_letters + string.digits
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAULT_KINDS = ("server_error", "reset", "truncate", "slow", "html")
@@ -160,7 +170,9 @@ class FakeHighLevel:
     the documented error bodies, the budget counted in a sliding window (all five
     ``X-RateLimit-*`` headers on every admitted reply, 429 past it), the daily budget,
     faults, in-flight counting and :attr:`stats`. The fake serves one location,
-    :attr:`location_id`; other location ids are refused with 403.
+    :attr:`location_id`; other location ids are refused with 403. Its clock moves with
+    :meth:`advance`, so a test of the window need not sleep. For an agency's many
+    locations, each with its own budget, see :class:`~ghl_async.testing.FakeAgency`.
 
     Args:
         conversations: how many synthetic conversations, or your own mapping of
@@ -234,6 +246,8 @@ class FakeHighLevel:
         self._arrivals = _Window(self.rate_limit.interval)
         self._daily_used = 0
         self._trace = 0
+        self._skew = 0.0  # advance() moves the clock forward by this much
+        self._grants: dict[str, float] = {}  # extra tokens (OAuth) -> when each expires
         self._runner: web.AppRunner | None = None
         self.url = ""
         self._encoder = msgspec.json.Encoder()
@@ -424,7 +438,30 @@ class FakeHighLevel:
     def _now(self) -> float:
         # The serving loop's clock, so spend() works from a test on another thread.
         loop = self._loop or asyncio.get_running_loop()
-        return loop.time()
+        return loop.time() + self._skew
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake's clock ``seconds`` forward: budgets refill, tokens expire.
+
+        Tests of timing move this clock rather than sleep.
+        """
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self._skew += seconds
+
+    def _grant(self, token: str, expires_at: float) -> None:
+        """Accept ``token`` too, until ``expires_at`` on :meth:`_now`'s clock (OAuth)."""
+        self._grants[token] = expires_at
+
+    def _accepts(self, authorization: str | None) -> bool:
+        """Whether the ``Authorization`` header carries a token this location takes now."""
+        if authorization is None or not authorization.startswith("Bearer "):
+            return False
+        token = authorization[len("Bearer ") :]
+        if token == self.token:
+            return True
+        expires_at = self._grants.get(token)
+        return expires_at is not None and self._now() < expires_at
 
     def spend(self, count: int) -> None:
         """Spend ``count`` of the burst budget now, as a neighbour would."""
@@ -444,14 +481,8 @@ class FakeHighLevel:
         app = web.Application(middlewares=[self._gate])
         router = app.router
         router.add_get("/_fake/stats", self._stats, name="fake_stats")
-        router.add_get("/conversations/search", self._search, name="search")
-        # Before /conversations/messages/{id}: the router takes the first match.
-        router.add_get("/conversations/messages/export", self._export, name="export")
-        router.add_get("/conversations/messages/email/{id}", self._email, name="email")
-        router.add_get("/conversations/messages/{id}", self._message, name="message")
-        router.add_get(
-            "/conversations/{conversation_id}/messages", self._messages, name="messages"
-        )
+        for name, path, method in API_ROUTES:
+            router.add_get(path, getattr(self, method), name=name)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -544,8 +575,8 @@ class FakeHighLevel:
     def _admit(self, request: web.Request) -> web.Response | dict[str, str]:
         """Auth, version and budget checks; the rate headers when admitted."""
         self.stats.requests += 1
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._error(401, "Invalid token: access token is invalid")
+        if not self._accepts(request.headers.get("Authorization")):
+            return self._error(401, UNAUTHORIZED)
         if request.headers.get("Version") not in self.accept_versions:
             return self._error(400, "version header was not found")
         now = self._now()
@@ -747,22 +778,23 @@ class FakeHighLevel:
 
     async def _stats(self, request: web.Request) -> web.Response:
         """What the server saw, for tests in another process (no auth, not counted)."""
+        return self._json(200, self.stats_json())
+
+    def stats_json(self) -> dict[str, Any]:
+        """What the server saw, as the ``/_fake/stats`` route serves it."""
         stats = self.stats
-        return self._json(
-            200,
-            {
-                "requests": stats.requests,
-                "served": stats.served,
-                "throttled": stats.throttled,
-                "maxInWindow": stats.max_in_window,
-                "maxInFlight": stats.max_in_flight,
-                "faults": dict(stats.faults),
-                "byRoute": dict(stats.by_route),
-                "totalMessages": self.total_messages,
-                "conversationIds": self.conversation_ids,
-                "locationId": self.location_id,
-            },
-        )
+        return {
+            "requests": stats.requests,
+            "served": stats.served,
+            "throttled": stats.throttled,
+            "maxInWindow": stats.max_in_window,
+            "maxInFlight": stats.max_in_flight,
+            "faults": dict(stats.faults),
+            "byRoute": dict(stats.by_route),
+            "totalMessages": self.total_messages,
+            "conversationIds": self.conversation_ids,
+            "locationId": self.location_id,
+        }
 
     async def _search(self, request: web.Request) -> web.Response:
         query = request.query
