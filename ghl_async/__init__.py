@@ -14,6 +14,7 @@ from ._sansio import RateLimitHeaders
 from ._version import __version__
 from .client import DEFAULT_BASE_URL, Client, PageHook
 from .errors import GHLError
+from .locations import AgencyToken, Locations, LocationTokenProvider, location_concurrency
 from .models import (
     CallMeta,
     Conversation,
@@ -33,6 +34,7 @@ from .stats import ClientStats
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "AgencyToken",
     "CallMeta",
     "Client",
     "ClientStats",
@@ -43,6 +45,8 @@ __all__ = [
     "FilterType",
     "GHLError",
     "Limiter",
+    "LocationTokenProvider",
+    "Locations",
     "LocalLimiter",
     "Message",
     "MessageMeta",
@@ -55,5 +59,6 @@ __all__ = [
     "RetryPolicy",
     "__version__",
     "errors",
+    "location_concurrency",
     "to_records",
 ]
