@@ -474,6 +474,8 @@ class Locations:
                     slots.give()
                     raise
                 yield page  # its slot is given back when the consumer moves past it
+                # Waiting for the next slot, this generator must not keep the page alive.
+                del page
 
     async def _conversation_ids(
         self, client: Client, location_id: str
@@ -515,6 +517,7 @@ class Locations:
             async with aclosing(items):
                 async for conversation_id, item in items:
                     yield conversation_id, item
+                    del item  # not kept alive while the next page is awaited
         except errors.GHLError as exc:
             # A refused token or a spent day ends this location only: the others have
             # budgets and tokens of their own.
@@ -552,6 +555,7 @@ class Locations:
                         yield location_id, None, item
                         continue
                     conversation_id, page = item
+                    del item
                     if isinstance(page, MessagesPage):
                         try:
                             yield location_id, conversation_id, page
@@ -559,6 +563,7 @@ class Locations:
                             slots.give()
                     else:
                         yield location_id, conversation_id, page
+                    del page
         finally:
             slots.give_all()
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import types
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import aclosing
 
 import aiohttp
 import pytest
 
-from ghl_async import AgencyToken, Locations, RateLimit, errors, location_concurrency
+from ghl_async import AgencyToken, Locations, MessagesPage, RateLimit, errors, location_concurrency
 from ghl_async.oauth import TOKEN_PATH, decode_access_token, refresh_token_form
 from ghl_async.testing import FakeAgency
 
@@ -260,3 +263,37 @@ def test_bad_arguments_are_refused_before_any_request() -> None:
     with pytest.raises(TypeError, match="single str"):
         pool.fan_out(locations="abc")
     assert "<redacted>" in repr(pool)
+
+
+def pages_alive_in_frames() -> int:
+    """MessagesPage objects held by suspended generators and coroutines (their locals)."""
+    held = 0
+    for thing in gc.get_objects():
+        if isinstance(thing, types.AsyncGeneratorType):
+            frame = thing.ag_frame
+        elif isinstance(thing, types.CoroutineType):
+            frame = thing.cr_frame
+        else:
+            continue
+        if frame is None:
+            continue
+        for value in frame.f_locals.values():
+            items = value if isinstance(value, tuple) else (value,)
+            held += sum(isinstance(item, MessagesPage) for item in items)
+    return held
+
+
+async def test_workers_waiting_for_room_keep_no_page_alive() -> None:
+    async with FakeAgency(10, conversations=4, messages=(30, 60), seed=9) as agency:
+        tokens = {lid: fake.token for lid, fake in agency.locations.items()}
+        async with Locations(tokens, base_url=agency.url, concurrency=4, max_pages=3) as pool:
+            pages = pool.fan_out_pages(locations=agency.location_ids, page_size=5)
+            async with aclosing(pages):
+                seen = 0
+                async for _ in pages:
+                    seen += 1
+                    if seen == 30:
+                        await asyncio.sleep(0.2)  # 40 workers wait for the 3 slots
+                        # The cap's pages, the one in hand, and those the streams carry.
+                        assert pages_alive_in_frames() <= pool.max_pages + 2
+                        break
