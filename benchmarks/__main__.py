@@ -13,7 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import budget, decode, footprint, latency, loopwork, memory, redis_shared, throughput
+from . import (
+    agency,
+    budget,
+    decode,
+    footprint,
+    latency,
+    loopwork,
+    memory,
+    redis_shared,
+    throughput,
+)
 from ._harness import machine
 from ._report import Section, draw
 
@@ -26,6 +36,7 @@ BENCHMARKS = {
     "memory": memory.run,
     "footprint": footprint.run,
     "redis": redis_shared.run,
+    "agency": agency.run,
 }
 
 
