@@ -166,8 +166,9 @@ class Locations:
         tokens: where each location's token comes from: a mapping ``location_id ->
             token`` (Private Integration Tokens), an async callable ``(location_id) ->
             token`` (asked again after a 401), or an :class:`AgencyToken`.
-        base_url, timeout, retry, allow_insecure, user_agent, max_body_bytes: as for
-            :class:`~ghl_async.Client`, for every location.
+        base_url: the API root (as for :class:`~ghl_async.Client`).
+        timeout: seconds one attempt may take.
+        retry: how failures are retried, for every location and the OAuth routes.
         rate_limit: each location's budget cap (default: follow what the server
             announces, from HighLevel's 100 per 10 s); it also sizes the concurrency.
         concurrency: requests in flight per location (default
@@ -180,6 +181,9 @@ class Locations:
             processes); by default each location has its own in-process limiter.
         session: a caller-owned :class:`aiohttp.ClientSession` for every location (never
             closed here); by default the pool opens one.
+        allow_insecure: allow a plain-http ``base_url`` off loopback.
+        user_agent: the ``User-Agent`` header.
+        max_body_bytes: the largest reply body read.
         clock: the monotonic clock location tokens expire by (tests pass their own).
     """
 
