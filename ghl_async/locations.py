@@ -63,6 +63,7 @@ __all__ = [
     "LocationTokenProvider",
     "Locations",
     "location_concurrency",
+    "workers_per_location",
 ]
 
 #: An async callable giving a location's current token (asked again after a 401).
@@ -92,6 +93,22 @@ def location_concurrency(
     """
     budget = rate_limit if rate_limit is not None else RateLimit()
     return max(1, min(ceiling, math.ceil(budget.per_second * latency) + 1))
+
+
+def workers_per_location(concurrency: int, max_pages: int, locations: int | None) -> int:
+    """Conversations a location reads side by side in a fan-out of ``locations``.
+
+    At most ``concurrency``, and no more than twice the location's share of the page
+    cap: a worker that cannot get a page slot only waits, and costs memory and garbage
+    collector work while it does (300 locations under a cap of 256: 2 each). With the
+    number of locations unknown (an async source), ``concurrency``.
+
+    >>> workers_per_location(11, 256, 300)
+    2
+    """
+    if locations is None or locations < 1:
+        return concurrency
+    return max(1, min(concurrency, math.ceil(2 * max_pages / locations)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +516,7 @@ class Locations:
         page_size: int,
         return_exceptions: bool,
         slots: _Slots,
+        workers: int,
     ) -> AsyncGenerator[_Inner, None]:
         """One location's pages: its conversations side by side, ``concurrency`` at once."""
         check_id(location_id, "location_id")
@@ -513,9 +531,7 @@ class Locations:
             check_id(conversation_id, "conversation_id")
             return self._pages(client, conversation_id, type_filter, page_size, slots)
 
-        options = FanOutOptions(
-            concurrency=self.concurrency, return_exceptions=return_exceptions, buffer=1
-        )
+        options = FanOutOptions(concurrency=workers, return_exceptions=return_exceptions, buffer=1)
         items = run_fan_out(ids, pages, options, self._spawn)
         try:
             async with aclosing(items):
@@ -540,11 +556,15 @@ class Locations:
         type_filter = check_types(types)
         slots = _Slots(self._cap)
         plan = work if isinstance(work, Mapping) else None
+        if plan is None and isinstance(work, (list, tuple)):
+            work = list(work)  # a list: its length sizes each location's workers
+        count = len(plan) if plan is not None else len(work) if isinstance(work, list) else None
+        workers = workers_per_location(self.concurrency, self.max_pages, count)
 
         def location(location_id: str) -> AsyncGenerator[_Inner, None]:
             ids = plan.get(location_id) if plan is not None else None
             return self._location(
-                location_id, ids, type_filter, page_size, return_exceptions, slots
+                location_id, ids, type_filter, page_size, return_exceptions, slots, workers
             )
 
         location_ids: IdSource = list(plan) if plan is not None else work

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from ghl_async import AgencyToken, Locations, MessagesPage, RateLimit, errors, location_concurrency
+from ghl_async.locations import workers_per_location
 from ghl_async.oauth import TOKEN_PATH, decode_access_token, refresh_token_form
 from ghl_async.testing import FakeAgency
 
@@ -297,3 +298,20 @@ async def test_workers_waiting_for_room_keep_no_page_alive() -> None:
                         # The cap's pages, the one in hand, and those the streams carry.
                         assert pages_alive_in_frames() <= pool.max_pages + 2
                         break
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "max_pages", "locations", "wanted"),
+    [
+        (11, 256, 300, 2),  # twice each location's share of the cap
+        (11, 256, 10, 11),  # the budget's concurrency when the cap has room
+        (11, 256, 100, 6),
+        (2, 256, 1000, 1),  # never none
+        (11, 256, None, 11),  # an async source: the count is unknown
+        (4, 8, 0, 4),
+    ],
+)
+def test_workers_per_location_share_the_page_cap(
+    concurrency: int, max_pages: int, locations: int | None, wanted: int
+) -> None:
+    assert workers_per_location(concurrency, max_pages, locations) == wanted
