@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import (
+    agency,
     budget,
     decode,
     footprint,
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "limiter": limiter_run,
     "location": location_export.run,
     "workers": arq_workers.run,
+    "agency": agency.run,
 }
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._sansio import RateLimitHeaders
     from .client import DEFAULT_BASE_URL, Client, LocationPage, MessageWithEmails, PageHook
     from .errors import GHLError
+    from .locations import AgencyToken, Locations, LocationTokenProvider, location_concurrency
     from .models import (
         CallMeta,
         Conversation,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "AgencyToken",
     "CallMeta",
     "Client",
     "ClientStats",
@@ -54,6 +56,8 @@ __all__ = [
     "FilterType",
     "GHLError",
     "Limiter",
+    "LocationTokenProvider",
+    "Locations",
     "LocalLimiter",
     "LocationPage",
     "Message",
@@ -68,12 +72,14 @@ __all__ = [
     "RetryPolicy",
     "__version__",
     "errors",
+    "location_concurrency",
     "to_records",
 ]
 
 # Where each public name lives; ``None``: the name is that module itself.
 _HOMES: dict[str, tuple[str, str | None]] = {
     "DEFAULT_BASE_URL": (".client", "DEFAULT_BASE_URL"),
+    "AgencyToken": (".locations", "AgencyToken"),
     "CallMeta": (".models", "CallMeta"),
     "Client": (".client", "Client"),
     "LocationPage": ("._location_export", "LocationPage"),
@@ -97,6 +103,9 @@ _HOMES: dict[str, tuple[str, str | None]] = {
     "Reply": (".ratelimit", "Reply"),
     "RetryPolicy": (".retry", "RetryPolicy"),
     "errors": (".errors", None),
+    "location_concurrency": (".locations", "location_concurrency"),
+    "LocationTokenProvider": (".locations", "LocationTokenProvider"),
+    "Locations": (".locations", "Locations"),
     "to_records": (".records", "to_records"),
 }
 

@@ -36,6 +36,7 @@ class Engine:
         capacity: anyio.CapacityLimiter,
         user_agent: str,
         stats: ClientStats,
+        api_version: str | None = None,
     ) -> None:
         self.auth = auth
         self.transport = transport
@@ -44,12 +45,17 @@ class Engine:
         self.user_agent = user_agent
         self.stats = stats
         self.limiter: Limiter | None = None
+        # The OAuth routes take another ``Version`` than the Conversations routes.
+        self.api_version = api_version
         self._headers_for: tuple[str, Mapping[str, str]] | None = None
 
     def _headers(self, token: str) -> Mapping[str, str]:
         cached = self._headers_for
         if cached is None or cached[0] != token:
-            cached = (token, request_headers(token, self.user_agent))
+            headers = request_headers(token, self.user_agent)
+            if self.api_version is not None:
+                headers["Version"] = self.api_version
+            cached = (token, headers)
             self._headers_for = cached
         return cached[1]
 

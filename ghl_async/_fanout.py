@@ -148,12 +148,15 @@ class _Run(Generic[P]):
             async with aclosing(self.pages(conversation_id)) as pages:
                 async for page in pages:
                     item = (conversation_id, page)
+                    # Waiting for its next page, a worker must not keep this one alive.
+                    del page
                     # The request just awaited was this task's checkpoint: wait (and
                     # checkpoint again) only when the buffer is full.
                     try:
                         self.send.send_nowait(item)
                     except anyio.WouldBlock:
                         await self.send.send(item)
+                    del item
         except errors.GHLError as exc:
             # The page source marks its errors with the cursor to resume from; one that
             # did not (a source of another kind) gets at least the id it was reading.
@@ -205,6 +208,7 @@ async def run_fan_out(
                 except anyio.EndOfStream:
                     break
                 yield item
+                del item  # not kept alive while the next one is awaited
         # The stream ended: the producers are done (or failed).
         await task
         if run.error is not None:

@@ -89,7 +89,11 @@ async def paginate(
                     # Not a cursor we could send back: the reply is not the documented JSON.
                     raise _located(errors.DecodeError(str(exc)), conversation_id, cursor) from exc
             seen.add(after)
-        yield page
+        # Handed out from the stack, not from a local: suspended here until the consumer
+        # wants more (a fan-out waiting for room), this frame must not keep it alive.
+        handed = [page]
+        del page
+        yield handed.pop()
         current, cursor = following, cursor_of(following)
 
 

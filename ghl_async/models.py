@@ -123,7 +123,9 @@ class Message(_Wire, frozen=True):
     status: str | None = None
     content_type: str | None = None
     body: str | None = None
-    attachments: list[str] = []
+    # A tuple, not a list: an empty one is shared and a full one leaves the garbage
+    # collector's lists, so pages held in memory give it nothing to walk per message.
+    attachments: tuple[str, ...] = ()
     meta: MessageMeta | None = None
     source: str | None = None
     # Last edit (status, delivered/read), as the export's ``sortBy=updatedAt`` sees it;

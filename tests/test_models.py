@@ -96,7 +96,7 @@ def test_dates_are_timezone_aware_and_optional_fields_default() -> None:
     assert first.date_added is not None and first.date_added.tzinfo is not None
     assert first.user_id is None
     assert first.alt_id is None
-    assert first.attachments == []
+    assert first.attachments == ()
     assert second.alt_id == "msg_1"
 
 
@@ -289,7 +289,7 @@ def test_one_odd_value_costs_that_field_only(path: str, value: Any, wrapped: boo
     ("path", "value", "default"),
     [
         ("body", 5, None),
-        ("attachments", "x", []),
+        ("attachments", "x", ()),
         ("meta.callDuration", "12.5", 120),  # meta.call.duration still says 120
         ("meta", 1, None),
         ("dateAdded", "yesterday", None),
@@ -343,7 +343,7 @@ def test_dates_in_every_form_are_read_without_loss(value: Any, expected: datetim
 @pytest.mark.parametrize(
     ("path", "attribute", "expected"),
     [
-        ("attachments", "attachments", []),
+        ("attachments", "attachments", ()),
         ("meta", "meta", None),
         ("body", "body", None),
         ("meta.email.messageIds", "meta.email.message_ids", []),
@@ -566,7 +566,7 @@ async def test_a_conversation_with_odd_values_is_delivered_whole_and_counted() -
         got = [m async for m in client.iter_messages("conv")]
         assert [m.id for m in got] == [m["id"] for m in messages]
         assert got[3].unparsed == {"meta": {"callDuration": "12.5"}}
-        assert got[150].attachments == []
+        assert got[150].attachments == ()
         assert got[151].date_added == datetime(2024, 3, 27, 18, 13, 49, tzinfo=UTC)
         assert got[152].unparsed == {"body": {"text": "hi"}}
         assert got[199].date_added is None
@@ -592,7 +592,7 @@ def test_null_beside_an_odd_value_reads_as_absent_on_the_slow_path_too() -> None
     sent = with_value(with_value(sent, "attachments", None), "meta.email", None)
     message = decode_page(page_of(sent)).messages[0]
     assert message.unparsed == {"body": 5}
-    assert (message.date_added, message.attachments, message.body) == (None, [], None)
+    assert (message.date_added, message.attachments, message.body) == (None, (), None)
     assert message.meta is not None and message.meta.email is None
 
 

@@ -14,6 +14,10 @@ Hidden HTML comments next to a block, invisible wherever the markdown is rendere
   defined and asserts on the result; ``fake_server`` is the started FakeHighLevel.
 - ``<!-- example: skip REASON -->`` before a block: not run, and the reason is shown.
 
+A block that mentions ``GHL_AGENCY_TOKEN`` runs against a started :class:`FakeAgency`
+as well: ``GHL_AGENCY_TOKEN``, ``GHL_COMPANY_ID`` and ``GHL_APP_ID`` are its agency's, and
+``GHL_BASE_URL`` is the agency's URL; ``fake_agency`` is the started FakeAgency.
+
 A block importing a third-party framework that is not installed is skipped, naming it.
 """
 
@@ -31,7 +35,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
-from ghl_async.testing import FakeHighLevel
+from ghl_async.testing import FakeAgency, FakeHighLevel
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -164,9 +168,23 @@ async def test_example_runs_as_pasted(
         monkeypatch.setenv("GHL_BASE_URL", fake.url)
         monkeypatch.setenv("GHL_LOCATION_ID", fake.location_id)
         namespace: dict[str, Any] = {"__name__": "__example__", "fake_server": fake}
-        await run(example.setup, example.setup_line, example.path, namespace)
-        await run(example.code, example.line, example.path, namespace)
-        await run(example.check, example.check_line, example.path, namespace)
+        if "GHL_AGENCY_TOKEN" in example.setup + example.code + example.check:
+            async with FakeAgency(locations=4, conversations=3, seed=16) as agency:
+                monkeypatch.setenv("GHL_AGENCY_TOKEN", agency.agency_token)
+                monkeypatch.setenv("GHL_COMPANY_ID", agency.company_id)
+                monkeypatch.setenv("GHL_APP_ID", agency.app_id)
+                monkeypatch.setenv("GHL_BASE_URL", agency.url)
+                namespace["fake_agency"] = agency
+                await run_example(example, namespace)
+        else:
+            await run_example(example, namespace)
+
+
+async def run_example(example: Example, namespace: dict[str, Any]) -> None:
+    """An example's setup, its block, then its check, in one namespace."""
+    await run(example.setup, example.setup_line, example.path, namespace)
+    await run(example.code, example.line, example.path, namespace)
+    await run(example.check, example.check_line, example.path, namespace)
 
 
 def test_the_readme_has_its_examples() -> None:

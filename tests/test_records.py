@@ -101,7 +101,7 @@ def test_rows_are_copies_a_notebook_may_change() -> None:
     (message,) = page().messages[:1]
     (row,) = to_records([message])
     row["attachments"].append("x")
-    assert message.attachments == ["https://a.example/r.mp3"]
+    assert message.attachments == ("https://a.example/r.mp3",)
 
 
 def test_no_messages_no_rows() -> None:
