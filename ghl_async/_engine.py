@@ -44,6 +44,8 @@ class Engine:
         self.user_agent = user_agent
         self.stats = stats
         self.limiter: Limiter | None = None
+        # The client's bound on any wait for a rate slot (None: none).
+        self.max_wait: float | None = None
         self._headers_for: tuple[str, Mapping[str, str]] | None = None
 
     def _headers(self, token: str) -> Mapping[str, str]:
@@ -78,7 +80,9 @@ class Engine:
             rate = None
             try:
                 async with self.capacity:
-                    ticket = await acquire_slot(limiter, self.retry.max_retry_after)
+                    ticket = await acquire_slot(
+                        limiter, self.max_wait, max_pause=self.retry.max_retry_after
+                    )
                     raw = await self.transport.get(url, params, headers, limiter, ticket)
                 rate = raw.reply.rate
                 self._note_budget(rate)

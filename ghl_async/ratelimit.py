@@ -189,16 +189,20 @@ class Limiter(Protocol):
 
     An implementation written before ``max_wait`` existed (``acquire(self)``) still
     works: :func:`acquire_slot` calls it without the keyword, and it simply never fails
-    fast.
+    fast; one that takes ``max_wait`` but not ``max_pause`` gets the smaller of the two
+    as ``max_wait``.
     """
 
-    async def acquire(self, *, max_wait: float | None = None) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         """Wait until one more request may be sent; return a ticket for :meth:`release`.
 
-        Raises :class:`~ghl_async.errors.RateLimitError` or
-        :class:`~ghl_async.errors.DailyLimitExceeded` at once, sending nothing, when a
-        pause or the spent daily budget would keep the request waiting longer than
-        ``max_wait`` seconds (``None``: no bound).
+        ``max_wait`` bounds any wait (the queue for a slot, a 429's pause, the daily
+        stop); ``max_pause`` bounds only a pause or the daily stop. ``None``: no bound.
+        Raises :class:`~ghl_async.errors.RateLimitError` (with ``retry_after``) or
+        :class:`~ghl_async.errors.DailyLimitExceeded`, sending nothing, when a bound
+        would be broken.
         """
         ...
 
@@ -207,31 +211,47 @@ class Limiter(Protocol):
         ...
 
 
-_TAKES_MAX_WAIT: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+_KEYWORDS: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def _takes_max_wait(limiter: Limiter) -> bool:
+def _keywords(limiter: Limiter) -> frozenset[str]:
+    """Which of ``max_wait`` and ``max_pause`` the limiter's ``acquire`` takes."""
     kind = type(limiter)
-    known = _TAKES_MAX_WAIT.get(kind)
+    known = _KEYWORDS.get(kind)
     if known is None:
         parameters: Mapping[str, inspect.Parameter]
         try:
             parameters = inspect.signature(limiter.acquire).parameters
         except (TypeError, ValueError):  # pragma: no cover - a C callable
             parameters = {}
-        known = "max_wait" in parameters or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-        )
-        _TAKES_MAX_WAIT[kind] = known
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            known = frozenset({"max_wait", "max_pause"})
+        else:
+            known = frozenset({"max_wait", "max_pause"} & parameters.keys())
+        _KEYWORDS[kind] = known
     return known
 
 
-async def acquire_slot(limiter: Limiter, max_wait: float | None) -> object:
-    """``limiter.acquire(max_wait=...)``, or plain ``acquire()`` for a limiter written
-    before the keyword existed (it then waits as it always did).
+def _smaller(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+async def acquire_slot(
+    limiter: Limiter, max_wait: float | None, *, max_pause: float | None = None
+) -> object:
+    """``limiter.acquire(max_wait=..., max_pause=...)``, as far as the limiter takes
+    them: without ``max_pause`` it gets the smaller bound as ``max_wait``; written
+    before either existed, plain ``acquire()`` (it then waits as it always did).
     """
-    if _takes_max_wait(limiter):
-        return await limiter.acquire(max_wait=max_wait)
+    keywords = _keywords(limiter)
+    if "max_pause" in keywords:
+        return await limiter.acquire(max_wait=max_wait, max_pause=max_pause)
+    if "max_wait" in keywords:
+        return await limiter.acquire(max_wait=_smaller(max_wait, max_pause))
     return await limiter.acquire()
 
 
@@ -259,6 +279,18 @@ def refuse_long_wait(kind: str, wait: float, max_wait: float | None) -> None:
             status=None,
             retry_after=wait,
         )
+
+
+def queue_wait_error(wait: float, max_wait: float) -> errors.RateLimitError:
+    """The error of a caller that would queue longer than ``max_wait`` for a slot (or
+    did): a slot for it is expected in about ``wait`` seconds.
+    """
+    return errors.RateLimitError(
+        f"no rate slot within {max_wait:g} s: the budget frees one for this request in "
+        f"about {wait:.1f} s; nothing was sent",
+        status=None,
+        retry_after=max(wait, 0.001),
+    )
 
 
 class _Ticket(NamedTuple):
@@ -411,6 +443,44 @@ class WindowBook:
             latest = max(latest, free_at)
         return latest - now
 
+    def estimated_wait(self, now: float, ahead: int) -> float:
+        """A lower bound of how long a request waits behind ``ahead`` others queued
+        before it (first come, first served): for ``max_wait``.
+
+        Per constraint ``(M, I)``: the slots held now free at known times (a request
+        in flight no sooner than ``now + I``); the first ``M`` to free (the first few
+        only bring the count under ``M`` after a budget shrank) serve the first ``M``
+        requests of the queue, and each slot serves again one interval after it was
+        taken. So the ``n``-th request of the queue (from 0) goes at
+        ``free[n % M] + (n // M) * I`` at the earliest. Round trips only add to that.
+        """
+        blocked = self.blocked(now)
+        start = now if blocked is None else now + blocked[1]
+        self._prune(now)
+        latest = start
+        for constraint in self.constraints:
+            latest = max(latest, self._nth_free(now, start, constraint, ahead))
+        return latest - now
+
+    def _nth_free(self, now: float, start: float, constraint: RateLimit, n: int) -> float:
+        budget, interval = constraint.max_requests, constraint.interval
+        first = self._own_alive(now, constraint)
+        finished = self._finished
+        booked = self._booked if constraint is self.server else []
+        held = self.in_flight + len(finished) - first + len(booked)
+        index = n % budget + max(0, held - budget)  # among the held slots' free times
+        free_now = max(0, budget - held)
+        if index < free_now:
+            at = start
+        else:
+            expiries = heapq.merge(
+                (f + interval for f in itertools.islice(finished, first, None)),
+                booked,
+                itertools.repeat(now + interval, self.in_flight),
+            )
+            at = max(start, next(itertools.islice(expiries, index - free_now, None)))
+        return at + (n // budget) * interval
+
     def take(self, now: float) -> _Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
         # Our slots the server could still count, over its interval (while unknown, the
@@ -538,6 +608,7 @@ class LocalLimiter:
         self._clock = clock
         self._lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
+        self._queued = 0  # callers waiting in acquire: a newcomer's place in the queue
 
     def __repr__(self) -> str:
         book = self.book
@@ -548,18 +619,32 @@ class LocalLimiter:
         """Add ``rate_limit`` as one more constraint (another client's cap)."""
         self.book.add_cap(self._clock(), rate_limit)
 
-    def _refuse_long_waits(self, now: float, max_wait: float | None) -> None:
-        blocked = self.book.blocked(now)
+    def _refuse_long_waits(
+        self, now: float, max_wait: float | None, max_pause: float | None, ahead: int
+    ) -> None:
+        book = self.book
+        blocked = book.blocked(now)
         if blocked is not None:
-            refuse_long_wait(blocked[0], blocked[1], max_wait)
+            refuse_long_wait(blocked[0], blocked[1], _smaller(max_wait, max_pause))
+        if max_wait is not None:
+            wait = book.estimated_wait(now, ahead)
+            if wait > max_wait:
+                raise queue_wait_error(wait, max_wait)
 
-    async def acquire(self, *, max_wait: float | None = None) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         """Wait for a send slot (first come, first served).
 
-        Raises :class:`~ghl_async.errors.RateLimitError` at once when a 429's pause
-        would keep this request longer than ``max_wait``, and
-        :class:`~ghl_async.errors.DailyLimitExceeded` while the daily budget is spent
-        (unless it comes back within ``max_wait``).
+        With ``max_wait`` a request never queues longer than that: when its place in
+        the queue against the times the held slots free (a lower bound) says it would,
+        it raises :class:`~ghl_async.errors.RateLimitError` at once, with
+        ``retry_after`` the estimate; when the wait runs longer than the estimate
+        (replies slower than expected, a neighbour's slots booked meanwhile), it raises
+        when ``max_wait`` has passed. A 429's pause longer than ``max_pause`` (or
+        ``max_wait``) raises :class:`~ghl_async.errors.RateLimitError` at once, and
+        a spent daily budget :class:`~ghl_async.errors.DailyLimitExceeded` (unless it
+        comes back within the bound). Nothing is sent when it raises.
         """
         book = self.book
         if self._lock is None:
@@ -568,10 +653,30 @@ class LocalLimiter:
             now = self._clock()
             if book.wait_time(now) == 0.0:
                 return book.take(now)
+        now = self._clock()
+        ahead = self._queued
+        self._refuse_long_waits(now, max_wait, max_pause, ahead)
+        self._queued += 1
+        try:
+            if max_wait is None:
+                return await self._queue(max_pause)
+            with anyio.move_on_after(max_wait):
+                return await self._queue(_smaller(max_wait, max_pause))
+            # Still queued when max_wait ran out.
+            now = self._clock()
+            raise queue_wait_error(book.estimated_wait(now, self._queued - 1), max_wait)
+        finally:
+            self._queued -= 1
+
+    async def _queue(self, max_pause: float | None) -> object:
+        book = self.book
+        assert self._lock is not None
         async with self._lock:
             while True:
                 now = self._clock()
-                self._refuse_long_waits(now, max_wait)
+                blocked = book.blocked(now)
+                if blocked is not None:
+                    refuse_long_wait(blocked[0], blocked[1], max_pause)
                 wait = book.wait_time(now)
                 if wait == 0.0:
                     return book.take(now)
