@@ -105,6 +105,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import anyio
+import msgspec
 
 from . import errors
 from ._sansio import RateLimitHeaders, parse_retry_after, seconds_until_daily_reset
@@ -152,8 +153,7 @@ class RateLimit:
             raise ValueError(f"not a rate like '100/10s': {text!r}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True, gc=False):
     """What a limiter learns from one reply: its status and rate-limit headers.
 
     ``daily_reset_in`` is set when the reply says the daily budget is spent: seconds
@@ -310,10 +310,11 @@ class WindowBook:
 
     def __init__(self, rate_limit: RateLimit | None = None) -> None:
         # The caller's caps, each a constraint of its own.
-        self.caps: list[RateLimit] = [rate_limit] if rate_limit is not None else []
+        self._caps: list[RateLimit] = [rate_limit] if rate_limit is not None else []
         # The server's budget: HighLevel's default until a reply announces one (with no
         # cap); unknown until then with a cap.
-        self.server: RateLimit | None = None if rate_limit is not None else RateLimit()
+        self._server: RateLimit | None = None if rate_limit is not None else RateLimit()
+        self._derive()
         self.learned = False
         self.in_flight = 0
         self.paused_until = 0.0
@@ -330,12 +331,28 @@ class WindowBook:
 
     # -- the constraints -----------------------------------------------------------
 
+    def _derive(self) -> None:
+        # Read on every acquire and reply: computed when the constraints change only.
+        server = self._server
+        self._constraints = (*self._caps, server) if server is not None else tuple(self._caps)
+        self._longest = max((c.interval for c in self._constraints), default=0.0)
+
+    @property
+    def caps(self) -> tuple[RateLimit, ...]:
+        """The caller's caps."""
+        return tuple(self._caps)
+
+    @property
+    def server(self) -> RateLimit | None:
+        """The server's budget: announced, HighLevel's default before that (with no
+        cap), or ``None`` (unknown, with a cap).
+        """
+        return self._server
+
     @property
     def constraints(self) -> tuple[RateLimit, ...]:
         """Every constraint that holds: the caps, then the server's budget if known."""
-        if self.server is None:
-            return tuple(self.caps)
-        return (*self.caps, self.server)
+        return self._constraints
 
     @property
     def tightest(self) -> RateLimit:
@@ -354,13 +371,14 @@ class WindowBook:
 
     def add_cap(self, now: float, rate_limit: RateLimit) -> None:
         """Add ``rate_limit`` as one more constraint (another caller's cap)."""
-        if rate_limit not in self.caps:
-            self.caps.append(rate_limit)
+        if rate_limit not in self._caps:
+            self._caps.append(rate_limit)
+            self._derive()
 
     # -- slots ---------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
-        horizon = now - max(c.interval for c in self.constraints)
+        horizon = now - self._longest
         gone = bisect_right(self._finished, horizon)
         if gone:
             del self._finished[:gone]
@@ -378,7 +396,7 @@ class WindowBook:
 
     def _held_by(self, now: float, constraint: RateLimit) -> int:
         held = self.in_flight + len(self._finished) - self._own_alive(now, constraint)
-        if constraint is self.server:
+        if constraint is self._server:
             held += len(self._booked)
         return held
 
@@ -400,7 +418,7 @@ class WindowBook:
         """
         first = self._own_alive(now, constraint)
         finished = self._finished
-        booked = self._booked if constraint is self.server else []
+        booked = self._booked if constraint is self._server else []
         finite = len(finished) - first + len(booked)
         held = self.in_flight + finite
         if held < constraint.max_requests:
@@ -466,7 +484,7 @@ class WindowBook:
         budget, interval = constraint.max_requests, constraint.interval
         first = self._own_alive(now, constraint)
         finished = self._finished
-        booked = self._booked if constraint is self.server else []
+        booked = self._booked if constraint is self._server else []
         held = self.in_flight + len(finished) - first + len(booked)
         index = n % budget + max(0, held - budget)  # among the held slots' free times
         free_now = max(0, budget - held)
@@ -489,7 +507,7 @@ class WindowBook:
         if self.constraints:
             self._prune(now)
             server = self.server
-            window = server.interval if server else max(c.interval for c in self.caps)
+            window = server.interval if server else max(c.interval for c in self._caps)
             edge = now - window
             alive = len(self._finished) - bisect_right(self._finished, edge)
             refused = len(self._refused) - bisect_right(self._refused, edge)
@@ -525,14 +543,19 @@ class WindowBook:
 
     def _learn_budget(self, now: float, reply: Reply, notes: list[str]) -> None:
         rate = reply.rate
-        if not rate.budget_known:
+        max_requests, interval = rate.max_requests, rate.interval
+        if not max_requests or not interval:
             return
-        assert rate.max_requests is not None
-        assert rate.interval is not None
-        announced = RateLimit(rate.max_requests, rate.interval)
-        if announced == self.server:
+        server = self.server
+        # Most replies repeat the budget: compare the numbers before building anything.
+        if server is not None and (server.max_requests, server.interval) == (
+            max_requests,
+            interval,
+        ):
             return
-        self.server = announced
+        announced = RateLimit(max_requests, interval)
+        self._server = announced
+        self._derive()
         notes.append(f"server budget now {announced.max_requests} per {announced.interval:g} s")
         # Own slots follow the new interval by themselves (they are kept as reply
         # times). Neighbour slots booked under a longer window end no later than a
