@@ -80,12 +80,21 @@ to learn from: the shorter the round trip against the interval, the closer it fo
 **Pauses and the daily budget.** A 429 pauses every request until ``Retry-After`` (else
 one interval). ``X-RateLimit-Daily-Remaining: 0`` stops every request until the reset
 (``Retry-After`` when given, else the next midnight UTC: the reset time is not
-documented). A caller that passes ``max_wait`` to :meth:`Limiter.acquire` is never
+documented). A caller that passes ``max_pause`` to :meth:`Limiter.acquire` is never
 parked on either: when the known wait exceeds it, ``acquire`` raises
 :class:`~ghl_async.errors.RateLimitError` (with ``retry_after``) or
 :class:`~ghl_async.errors.DailyLimitExceeded` (with ``resets_at``) at once, and nothing is
-sent. The client passes ``RetryPolicy.max_retry_after``. Without ``max_wait`` a pause is
+sent. The client passes ``RetryPolicy.max_retry_after``. Without a bound a pause is
 waited out and a spent daily budget still raises at once.
+
+**A bound on any wait.** ``max_wait`` (``Client(max_wait=...)``, for web handlers)
+bounds every wait for a slot, the queue included. Waiters are served first come, first
+served, so a newcomer's wait is known from its place in the queue and the times the
+held slots free (:meth:`WindowBook.estimated_wait`, a lower bound: round trips only add
+to it). Beyond ``max_wait`` it raises :class:`~ghl_async.errors.RateLimitError` at once
+with that estimate as ``retry_after``; a wait that runs longer than estimated (slow
+replies, a neighbour seen meanwhile) raises when ``max_wait`` has passed. Either way
+nothing is sent and the caller leaves the queue.
 """
 
 from __future__ import annotations
