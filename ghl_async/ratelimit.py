@@ -90,8 +90,8 @@ waited out and a spent daily budget still raises at once.
 **A bound on any wait.** ``max_wait`` (``Client(max_wait=...)``, for web handlers)
 bounds every wait for a slot, the queue included. Waiters are served first come, first
 served, so a newcomer's wait is known from its place in the queue and the times the
-held slots free (:meth:`WindowBook.estimated_wait`, a lower bound: round trips only add
-to it). Beyond ``max_wait`` it raises :class:`~ghl_async.errors.RateLimitError` at once
+held slots free (:meth:`WindowBook.estimated_wait`: round trips only add to it, a
+waiter ahead that gives up takes from it). Beyond ``max_wait`` it raises :class:`~ghl_async.errors.RateLimitError` at once
 with that estimate as ``retry_after``; a wait that runs longer than estimated (slow
 replies, a neighbour seen meanwhile) raises when ``max_wait`` has passed. Either way
 nothing is sent and the caller leaves the queue.
@@ -471,15 +471,16 @@ class WindowBook:
         return latest - now
 
     def estimated_wait(self, now: float, ahead: int) -> float:
-        """A lower bound of how long a request waits behind ``ahead`` others queued
-        before it (first come, first served): for ``max_wait``.
+        """How long a request waits behind ``ahead`` others queued before it (first
+        come, first served), at the soonest: for ``max_wait``.
 
         Per constraint ``(M, I)``: the slots held now free at known times (a request
         in flight no sooner than ``now + I``); the first ``M`` to free (the first few
         only bring the count under ``M`` after a budget shrank) serve the first ``M``
         requests of the queue, and each slot serves again one interval after it was
         taken. So the ``n``-th request of the queue (from 0) goes at
-        ``free[n % M] + (n // M) * I`` at the earliest. Round trips only add to that.
+        ``free[n % M] + (n // M) * I`` at the earliest. Round trips only add to that;
+        a waiter ahead that gives up (its own ``max_wait``) takes from it.
         """
         blocked = self.blocked(now)
         start = now if blocked is None else now + blocked[1]
@@ -669,7 +670,7 @@ class LocalLimiter:
         """Wait for a send slot (first come, first served).
 
         With ``max_wait`` a request never queues longer than that: when its place in
-        the queue against the times the held slots free (a lower bound) says it would,
+        the queue against the times the held slots free says it would,
         it raises :class:`~ghl_async.errors.RateLimitError` at once, with
         ``retry_after`` the estimate; when the wait runs longer than the estimate
         (replies slower than expected, a neighbour's slots booked meanwhile), it raises
