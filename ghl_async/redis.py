@@ -181,7 +181,7 @@ if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
   local theirs = counted - ours
   if theirs > 1 or (theirs > 0 and status == 429) then
     local reserve = math.min(theirs + 1, smax)
-    local ends = now + sint + (now - sent)
+    local ends = now + sint + 2 * (now - sent)
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
     local n = redis.call('ZCARD', KEYS[5])
     local moved = math.min(reserve, n)

@@ -99,10 +99,10 @@ def test_a_lower_remaining_than_expected_holds_back() -> None:
         assert book.wait_time(0.1) == 0.0
         book.take(0.1)
     # The probe's slot frees at 1.0; the neighbour's are held until one interval and
-    # one round trip after the reply (1.2).
+    # two round trips after the reply (1.3).
     assert book.wait_time(0.1) == pytest.approx(0.9)
-    assert book.neighbour_slots(1.19) == 6
-    assert book.neighbour_slots(1.21) == 0
+    assert book.neighbour_slots(1.29) == 6
+    assert book.neighbour_slots(1.31) == 0
 
 
 def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() -> None:
