@@ -47,6 +47,8 @@ class Engine:
         self.limiter: Limiter | None = None
         # The OAuth routes take another ``Version`` than the Conversations routes.
         self.api_version = api_version
+        # The client's bound on any wait for a rate slot (None: none).
+        self.max_wait: float | None = None
         self._headers_for: tuple[str, Mapping[str, str]] | None = None
 
     def _headers(self, token: str) -> Mapping[str, str]:
@@ -110,7 +112,9 @@ class Engine:
                 except anyio.WouldBlock:
                     await capacity.acquire()
                 try:
-                    ticket = await acquire_slot(limiter, self.retry.max_retry_after)
+                    ticket = await acquire_slot(
+                        limiter, self.max_wait, max_pause=self.retry.max_retry_after
+                    )
                     raw = await self.transport.send(request, limiter, ticket)
                 finally:
                     capacity.release()

@@ -10,7 +10,6 @@ import datetime
 import email.utils
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import msgspec
 
@@ -49,6 +48,9 @@ def read_count(value: str | None) -> int | None:
     """
     if value is None:
         return None
+    # The common case first: plain digits, nothing to strip (once per header per reply).
+    if len(value) <= _MAX_DIGITS and value.isdigit() and value.isascii():
+        return int(value)
     value = value.strip()
     if not value or len(value) > _MAX_DIGITS or not (value.isascii() and value.isdigit()):
         return None
@@ -66,8 +68,7 @@ def _clamped(value: int | None, ceiling: int) -> int | None:
     return None if value is None else min(value, ceiling)
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitHeaders:
+class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
     """What one reply's ``X-RateLimit-*`` headers say about the budget.
 
     Any field the reply did not carry, or carried unreadable (not plain digits, more

@@ -104,6 +104,10 @@ class Client:
         user_agent: the ``User-Agent`` header.
         max_body_bytes: the largest reply body read (after decompression); a longer
             one fails that request with :class:`~ghl_async.errors.TransportError`.
+        max_wait: the longest a request waits for a rate slot, in seconds (``None``:
+            as long as the budget takes). A request that would wait longer fails at
+            once with :class:`~ghl_async.errors.RateLimitError`, ``retry_after`` saying
+            when a slot is expected; nothing is sent. For web handlers.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class Client:
         allow_insecure: bool = False,
         user_agent: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_wait: float | None = None,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError("timeout must be a number of seconds")
@@ -152,6 +157,9 @@ class Client:
             user_agent=user_agent or f"ghl-async/{__version__}",
             stats=self.stats,
         )
+        if max_wait is not None and (isinstance(max_wait, bool) or not max_wait >= 0):
+            raise ValueError("max_wait must be a number of seconds >= 0, or None")
+        self._engine.max_wait = max_wait
         self._tasks: set[asyncio.Task[None]] = set()
         # The event loop the limiter, slots and session belong to (None: never opened).
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -33,7 +33,7 @@ like with like: the neighbour's share is ``C_r`` less every request of ours the 
                s_r - I), less those the server refused
     theirs_r = C_r - ours_r
     if theirs_r > 1, or > 0 on a 429:
-        reserve min(theirs_r + 1, M) neighbour slots until f_r + I + (f_r - s_r)
+        reserve min(theirs_r + 1, M) neighbour slots until f_r + I + 2 (f_r - s_r)
 
 *It never blames the neighbour for our own requests.* Write ``C_r = O_r + N_r``: ours
 and the neighbour's in the server's window. One of ours, ``q``, counted there was not
@@ -54,14 +54,20 @@ replies, the last to arrive sees the whole burst.
 
 *It holds the neighbour's share once, for as long as it is seen.* A reservation moves
 the latest booked slots to its end and adds only what is missing, so replies that see
-the same neighbour requests book them once. It lasts one interval and one round trip
+the same neighbour requests book them once. It lasts one interval and two round trips
 after the reply: long enough for the replies of the sends it lets through to renew it,
-so a steady neighbour's share is held without a gap at the end of each window. (A
-booking that ended at ``s_r + I`` lapsed just when our own slots freed: in the
-simulation the neighbour was then refused about three requests in four, and our 429s
-were two to three times as many.) A neighbour that stops ages out
-of the server's window within ``I``; replies after that see nothing to renew, so it
-costs nothing two intervals and a round trip after it stopped.
+so a steady neighbour's share is held without a gap at the end of each window. Our
+slots free one interval after their replies, and the sends they let through are a
+burst whose replies come back later than one reply's round trip (the server and our
+event loop take them one by one): a booking that ended one round trip after the
+interval lapsed before those replies renewed it, let a few more of ours through, and
+the server refused them (measured beside a real neighbour: 6% of ours answered 429 in
+a bad run). With two round trips the simulation's 429s fall by a third to a half over
+a 40 ms round trip, with as much of the budget used. (A booking that ended at
+``s_r + I`` lapsed just when our own slots freed: the neighbour was then refused about
+three requests in four, and our 429s were two to three times as many.) A neighbour that
+stops ages out of the server's window within ``I``; replies after that see nothing to
+renew, so it costs nothing two intervals and two round trips after it stopped.
 
 *It leaves room to grow.* A neighbour we crowd out shows only what the server let it
 have, not what it wants: one slot more than it holds lets it grow to its demand, a slot
@@ -80,12 +86,22 @@ to learn from: the shorter the round trip against the interval, the closer it fo
 **Pauses and the daily budget.** A 429 pauses every request until ``Retry-After`` (else
 one interval). ``X-RateLimit-Daily-Remaining: 0`` stops every request until the reset
 (``Retry-After`` when given, else the next midnight UTC: the reset time is not
-documented). A caller that passes ``max_wait`` to :meth:`Limiter.acquire` is never
+documented). A caller that passes ``max_pause`` to :meth:`Limiter.acquire` is never
 parked on either: when the known wait exceeds it, ``acquire`` raises
 :class:`~ghl_async.errors.RateLimitError` (with ``retry_after``) or
 :class:`~ghl_async.errors.DailyLimitExceeded` (with ``resets_at``) at once, and nothing is
-sent. The client passes ``RetryPolicy.max_retry_after``. Without ``max_wait`` a pause is
+sent. The client passes ``RetryPolicy.max_retry_after``. Without a bound a pause is
 waited out and a spent daily budget still raises at once.
+
+**A bound on any wait.** ``max_wait`` (``Client(max_wait=...)``, for web handlers)
+bounds every wait for a slot, the queue included. Waiters are served first come, first
+served, so a newcomer's wait is known from its place in the queue and the times the
+held slots free (:meth:`WindowBook.estimated_wait`: round trips only add to it, a
+waiter ahead that gives up takes from it). Beyond ``max_wait`` it raises
+:class:`~ghl_async.errors.RateLimitError` at once with that estimate as
+``retry_after``; a wait that runs longer than estimated (slow replies, a neighbour seen
+meanwhile) raises when ``max_wait`` has passed. Either way nothing is sent and the
+caller leaves the queue.
 """
 
 from __future__ import annotations
@@ -105,6 +121,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import anyio
+import msgspec
 
 from . import errors
 from ._sansio import RateLimitHeaders, parse_retry_after, seconds_until_daily_reset
@@ -152,8 +169,7 @@ class RateLimit:
             raise ValueError(f"not a rate like '100/10s': {text!r}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True, gc=False):
     """What a limiter learns from one reply: its status and rate-limit headers.
 
     ``daily_reset_in`` is set when the reply says the daily budget is spent: seconds
@@ -189,16 +205,20 @@ class Limiter(Protocol):
 
     An implementation written before ``max_wait`` existed (``acquire(self)``) still
     works: :func:`acquire_slot` calls it without the keyword, and it simply never fails
-    fast.
+    fast; one that takes ``max_wait`` but not ``max_pause`` gets the smaller of the two
+    as ``max_wait``.
     """
 
-    async def acquire(self, *, max_wait: float | None = None) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         """Wait until one more request may be sent; return a ticket for :meth:`release`.
 
-        Raises :class:`~ghl_async.errors.RateLimitError` or
-        :class:`~ghl_async.errors.DailyLimitExceeded` at once, sending nothing, when a
-        pause or the spent daily budget would keep the request waiting longer than
-        ``max_wait`` seconds (``None``: no bound).
+        ``max_wait`` bounds any wait (the queue for a slot, a 429's pause, the daily
+        stop); ``max_pause`` bounds only a pause or the daily stop. ``None``: no bound.
+        Raises :class:`~ghl_async.errors.RateLimitError` (with ``retry_after``) or
+        :class:`~ghl_async.errors.DailyLimitExceeded`, sending nothing, when a bound
+        would be broken.
         """
         ...
 
@@ -207,31 +227,47 @@ class Limiter(Protocol):
         ...
 
 
-_TAKES_MAX_WAIT: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+_KEYWORDS: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def _takes_max_wait(limiter: Limiter) -> bool:
+def _keywords(limiter: Limiter) -> frozenset[str]:
+    """Which of ``max_wait`` and ``max_pause`` the limiter's ``acquire`` takes."""
     kind = type(limiter)
-    known = _TAKES_MAX_WAIT.get(kind)
+    known = _KEYWORDS.get(kind)
     if known is None:
         parameters: Mapping[str, inspect.Parameter]
         try:
             parameters = inspect.signature(limiter.acquire).parameters
         except (TypeError, ValueError):  # pragma: no cover - a C callable
             parameters = {}
-        known = "max_wait" in parameters or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-        )
-        _TAKES_MAX_WAIT[kind] = known
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            known = frozenset({"max_wait", "max_pause"})
+        else:
+            known = frozenset({"max_wait", "max_pause"} & parameters.keys())
+        _KEYWORDS[kind] = known
     return known
 
 
-async def acquire_slot(limiter: Limiter, max_wait: float | None) -> object:
-    """``limiter.acquire(max_wait=...)``, or plain ``acquire()`` for a limiter written
-    before the keyword existed (it then waits as it always did).
+def _smaller(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+async def acquire_slot(
+    limiter: Limiter, max_wait: float | None, *, max_pause: float | None = None
+) -> object:
+    """``limiter.acquire(max_wait=..., max_pause=...)``, as far as the limiter takes
+    them: without ``max_pause`` it gets the smaller bound as ``max_wait``; written
+    before either existed, plain ``acquire()`` (it then waits as it always did).
     """
-    if _takes_max_wait(limiter):
-        return await limiter.acquire(max_wait=max_wait)
+    keywords = _keywords(limiter)
+    if "max_pause" in keywords:
+        return await limiter.acquire(max_wait=max_wait, max_pause=max_pause)
+    if "max_wait" in keywords:
+        return await limiter.acquire(max_wait=_smaller(max_wait, max_pause))
     return await limiter.acquire()
 
 
@@ -261,6 +297,18 @@ def refuse_long_wait(kind: str, wait: float, max_wait: float | None) -> None:
         )
 
 
+def queue_wait_error(wait: float, max_wait: float) -> errors.RateLimitError:
+    """The error of a caller that would queue longer than ``max_wait`` for a slot (or
+    did): a slot for it is expected in about ``wait`` seconds.
+    """
+    return errors.RateLimitError(
+        f"no rate slot within {max_wait:g} s: the budget frees one for this request in "
+        f"about {wait:.1f} s; nothing was sent",
+        status=None,
+        retry_after=max(wait, 0.001),
+    )
+
+
 class _Ticket(NamedTuple):
     """What the book notes at a send, for the neighbour estimate at its reply."""
 
@@ -278,10 +326,11 @@ class WindowBook:
 
     def __init__(self, rate_limit: RateLimit | None = None) -> None:
         # The caller's caps, each a constraint of its own.
-        self.caps: list[RateLimit] = [rate_limit] if rate_limit is not None else []
+        self._caps: list[RateLimit] = [rate_limit] if rate_limit is not None else []
         # The server's budget: HighLevel's default until a reply announces one (with no
         # cap); unknown until then with a cap.
-        self.server: RateLimit | None = None if rate_limit is not None else RateLimit()
+        self._server: RateLimit | None = None if rate_limit is not None else RateLimit()
+        self._derive()
         self.learned = False
         self.in_flight = 0
         self.paused_until = 0.0
@@ -298,12 +347,28 @@ class WindowBook:
 
     # -- the constraints -----------------------------------------------------------
 
+    def _derive(self) -> None:
+        # Read on every acquire and reply: computed when the constraints change only.
+        server = self._server
+        self._constraints = (*self._caps, server) if server is not None else tuple(self._caps)
+        self._longest = max((c.interval for c in self._constraints), default=0.0)
+
+    @property
+    def caps(self) -> tuple[RateLimit, ...]:
+        """The caller's caps."""
+        return tuple(self._caps)
+
+    @property
+    def server(self) -> RateLimit | None:
+        """The server's budget: announced, HighLevel's default before that (with no
+        cap), or ``None`` (unknown, with a cap).
+        """
+        return self._server
+
     @property
     def constraints(self) -> tuple[RateLimit, ...]:
         """Every constraint that holds: the caps, then the server's budget if known."""
-        if self.server is None:
-            return tuple(self.caps)
-        return (*self.caps, self.server)
+        return self._constraints
 
     @property
     def tightest(self) -> RateLimit:
@@ -322,13 +387,14 @@ class WindowBook:
 
     def add_cap(self, now: float, rate_limit: RateLimit) -> None:
         """Add ``rate_limit`` as one more constraint (another caller's cap)."""
-        if rate_limit not in self.caps:
-            self.caps.append(rate_limit)
+        if rate_limit not in self._caps:
+            self._caps.append(rate_limit)
+            self._derive()
 
     # -- slots ---------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
-        horizon = now - max(c.interval for c in self.constraints)
+        horizon = now - self._longest
         gone = bisect_right(self._finished, horizon)
         if gone:
             del self._finished[:gone]
@@ -346,7 +412,7 @@ class WindowBook:
 
     def _held_by(self, now: float, constraint: RateLimit) -> int:
         held = self.in_flight + len(self._finished) - self._own_alive(now, constraint)
-        if constraint is self.server:
+        if constraint is self._server:
             held += len(self._booked)
         return held
 
@@ -368,7 +434,7 @@ class WindowBook:
         """
         first = self._own_alive(now, constraint)
         finished = self._finished
-        booked = self._booked if constraint is self.server else []
+        booked = self._booked if constraint is self._server else []
         finite = len(finished) - first + len(booked)
         held = self.in_flight + finite
         if held < constraint.max_requests:
@@ -411,6 +477,45 @@ class WindowBook:
             latest = max(latest, free_at)
         return latest - now
 
+    def estimated_wait(self, now: float, ahead: int) -> float:
+        """How long a request waits behind ``ahead`` others queued before it (first
+        come, first served), at the soonest: for ``max_wait``.
+
+        Per constraint ``(M, I)``: the slots held now free at known times (a request
+        in flight no sooner than ``now + I``); the first ``M`` to free (the first few
+        only bring the count under ``M`` after a budget shrank) serve the first ``M``
+        requests of the queue, and each slot serves again one interval after it was
+        taken. So the ``n``-th request of the queue (from 0) goes at
+        ``free[n % M] + (n // M) * I`` at the earliest. Round trips only add to that;
+        a waiter ahead that gives up (its own ``max_wait``) takes from it.
+        """
+        blocked = self.blocked(now)
+        start = now if blocked is None else now + blocked[1]
+        self._prune(now)
+        latest = start
+        for constraint in self.constraints:
+            latest = max(latest, self._nth_free(now, start, constraint, ahead))
+        return latest - now
+
+    def _nth_free(self, now: float, start: float, constraint: RateLimit, n: int) -> float:
+        budget, interval = constraint.max_requests, constraint.interval
+        first = self._own_alive(now, constraint)
+        finished = self._finished
+        booked = self._booked if constraint is self._server else []
+        held = self.in_flight + len(finished) - first + len(booked)
+        index = n % budget + max(0, held - budget)  # among the held slots' free times
+        free_now = max(0, budget - held)
+        if index < free_now:
+            at = start
+        else:
+            expiries = heapq.merge(
+                (f + interval for f in itertools.islice(finished, first, None)),
+                booked,
+                itertools.repeat(now + interval, self.in_flight),
+            )
+            at = max(start, next(itertools.islice(expiries, index - free_now, None)))
+        return at + (n // budget) * interval
+
     def take(self, now: float) -> _Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
         # Our slots the server could still count, over its interval (while unknown, the
@@ -419,7 +524,7 @@ class WindowBook:
         if self.constraints:
             self._prune(now)
             server = self.server
-            window = server.interval if server else max(c.interval for c in self.caps)
+            window = server.interval if server else max(c.interval for c in self._caps)
             edge = now - window
             alive = len(self._finished) - bisect_right(self._finished, edge)
             refused = len(self._refused) - bisect_right(self._refused, edge)
@@ -455,14 +560,19 @@ class WindowBook:
 
     def _learn_budget(self, now: float, reply: Reply, notes: list[str]) -> None:
         rate = reply.rate
-        if not rate.budget_known:
+        max_requests, interval = rate.max_requests, rate.interval
+        if not max_requests or not interval:
             return
-        assert rate.max_requests is not None
-        assert rate.interval is not None
-        announced = RateLimit(rate.max_requests, rate.interval)
-        if announced == self.server:
+        server = self.server
+        # Most replies repeat the budget: compare the numbers before building anything.
+        if server is not None and (server.max_requests, server.interval) == (
+            max_requests,
+            interval,
+        ):
             return
-        self.server = announced
+        announced = RateLimit(max_requests, interval)
+        self._server = announced
+        self._derive()
         notes.append(f"server budget now {announced.max_requests} per {announced.interval:g} s")
         # Own slots follow the new interval by themselves (they are kept as reply
         # times). Neighbour slots booked under a longer window end no later than a
@@ -504,7 +614,7 @@ class WindowBook:
         # One slot of room: a neighbour we crowd out shows only what it got, not what
         # it wants.
         reserve = min(theirs + 1, budget)
-        end = now + server.interval + (now - ticket.sent)
+        end = now + server.interval + 2 * (now - ticket.sent)
         # Hold ``reserve`` slots until ``end``: move the latest bookings there and add
         # what is missing, so the same neighbour requests are never booked twice.
         booked = self._booked
@@ -538,6 +648,7 @@ class LocalLimiter:
         self._clock = clock
         self._lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
+        self._queued = 0  # callers waiting in acquire: a newcomer's place in the queue
 
     def __repr__(self) -> str:
         book = self.book
@@ -548,18 +659,32 @@ class LocalLimiter:
         """Add ``rate_limit`` as one more constraint (another client's cap)."""
         self.book.add_cap(self._clock(), rate_limit)
 
-    def _refuse_long_waits(self, now: float, max_wait: float | None) -> None:
-        blocked = self.book.blocked(now)
+    def _refuse_long_waits(
+        self, now: float, max_wait: float | None, max_pause: float | None, ahead: int
+    ) -> None:
+        book = self.book
+        blocked = book.blocked(now)
         if blocked is not None:
-            refuse_long_wait(blocked[0], blocked[1], max_wait)
+            refuse_long_wait(blocked[0], blocked[1], _smaller(max_wait, max_pause))
+        if max_wait is not None:
+            wait = book.estimated_wait(now, ahead)
+            if wait > max_wait:
+                raise queue_wait_error(wait, max_wait)
 
-    async def acquire(self, *, max_wait: float | None = None) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         """Wait for a send slot (first come, first served).
 
-        Raises :class:`~ghl_async.errors.RateLimitError` at once when a 429's pause
-        would keep this request longer than ``max_wait``, and
-        :class:`~ghl_async.errors.DailyLimitExceeded` while the daily budget is spent
-        (unless it comes back within ``max_wait``).
+        With ``max_wait`` a request never queues longer than that: when its place in
+        the queue against the times the held slots free says it would,
+        it raises :class:`~ghl_async.errors.RateLimitError` at once, with
+        ``retry_after`` the estimate; when the wait runs longer than the estimate
+        (replies slower than expected, a neighbour's slots booked meanwhile), it raises
+        when ``max_wait`` has passed. A 429's pause longer than ``max_pause`` (or
+        ``max_wait``) raises :class:`~ghl_async.errors.RateLimitError` at once, and
+        a spent daily budget :class:`~ghl_async.errors.DailyLimitExceeded` (unless it
+        comes back within the bound). Nothing is sent when it raises.
         """
         book = self.book
         if self._lock is None:
@@ -568,10 +693,30 @@ class LocalLimiter:
             now = self._clock()
             if book.wait_time(now) == 0.0:
                 return book.take(now)
+        now = self._clock()
+        ahead = self._queued
+        self._refuse_long_waits(now, max_wait, max_pause, ahead)
+        self._queued += 1
+        try:
+            if max_wait is None:
+                return await self._queue(max_pause)
+            with anyio.move_on_after(max_wait):
+                return await self._queue(_smaller(max_wait, max_pause))
+            # Still queued when max_wait ran out.
+            now = self._clock()
+            raise queue_wait_error(book.estimated_wait(now, self._queued - 1), max_wait)
+        finally:
+            self._queued -= 1
+
+    async def _queue(self, max_pause: float | None) -> object:
+        book = self.book
+        assert self._lock is not None
         async with self._lock:
             while True:
                 now = self._clock()
-                self._refuse_long_waits(now, max_wait)
+                blocked = book.blocked(now)
+                if blocked is not None:
+                    refuse_long_wait(blocked[0], blocked[1], max_pause)
                 wait = book.wait_time(now)
                 if wait == 0.0:
                     return book.take(now)

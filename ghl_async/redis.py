@@ -50,7 +50,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from ._sansio import MAX_BUDGET, MAX_INTERVAL_MS
 from .errors import LimiterUnavailable
-from .ratelimit import LocalLimiter, RateLimit, Reply, refuse_long_wait
+from .ratelimit import (
+    LocalLimiter,
+    RateLimit,
+    Reply,
+    _smaller,
+    queue_wait_error,
+    refuse_long_wait,
+)
 
 __all__ = ["RedisLimiter"]
 
@@ -174,7 +181,7 @@ if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
   local theirs = counted - ours
   if theirs > 1 or (theirs > 0 and status == 429) then
     local reserve = math.min(theirs + 1, smax)
-    local ends = now + sint + (now - sent)
+    local ends = now + sint + 2 * (now - sent)
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
     local n = redis.call('ZCARD', KEYS[5])
     local moved = math.min(reserve, n)
@@ -334,23 +341,32 @@ class RedisLimiter:
             *caps,
         ]
 
-    async def acquire(self, *, max_wait: float | None = None) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         """Wait for a slot in the shared window; returns the ticket for :meth:`release`.
 
         Raises :class:`~ghl_async.errors.RateLimitError` at once when a 429 seen by any
-        process pauses the key longer than ``max_wait``, and
+        process pauses the key longer than ``max_pause`` (or ``max_wait``), and
         :class:`~ghl_async.errors.DailyLimitExceeded` while the daily budget is spent.
+        With ``max_wait``, a caller the script tells to wait past its deadline (the
+        soonest slot frees too late: Redis knows no queue of waiters across processes,
+        so this is the first slot, not the caller's place) raises
+        :class:`~ghl_async.errors.RateLimitError` at once, without sleeping.
         """
         self._counter += 1
         member = f"{self._process}:{self._counter}"
         args = self._acquire_args(member)
+        pause_bound = _smaller(max_wait, max_pause)
+        deadline = None if max_wait is None else anyio.current_time() + max_wait
         while True:
             try:
                 with anyio.fail_after(self._timeout):
                     answer = await self._acquire_script(keys=self._keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._unavailable(exc)
-                return _LocalTicket(await self._local.acquire(max_wait=max_wait))
+                local = self._local
+                return _LocalTicket(await local.acquire(max_wait=max_wait, max_pause=max_pause))
             if self._warned:
                 self._warned = False
                 logger.warning("Redis is back: the shared rate limit applies again")
@@ -359,9 +375,12 @@ class RedisLimiter:
                 return _Ticket(member, value, *more)
             wait = value / 1000
             if code == 2:
-                refuse_long_wait("pause", wait, max_wait)
+                refuse_long_wait("pause", wait, pause_bound)
             elif code == 3:
-                refuse_long_wait("daily", wait, max_wait)
+                refuse_long_wait("daily", wait, pause_bound)
+            if deadline is not None and anyio.current_time() + wait > deadline:
+                assert max_wait is not None
+                raise queue_wait_error(wait, max_wait)
             await anyio.sleep(wait)
 
     async def release(self, ticket: object, reply: Reply | None) -> None:

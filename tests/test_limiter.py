@@ -99,10 +99,10 @@ def test_a_lower_remaining_than_expected_holds_back() -> None:
         assert book.wait_time(0.1) == 0.0
         book.take(0.1)
     # The probe's slot frees at 1.0; the neighbour's are held until one interval and
-    # one round trip after the reply (1.2).
+    # two round trips after the reply (1.3).
     assert book.wait_time(0.1) == pytest.approx(0.9)
-    assert book.neighbour_slots(1.19) == 6
-    assert book.neighbour_slots(1.21) == 0
+    assert book.neighbour_slots(1.29) == 6
+    assert book.neighbour_slots(1.31) == 0
 
 
 def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() -> None:
@@ -453,3 +453,133 @@ async def test_an_explicit_cap_does_not_override_a_tighter_server(server: Server
     assert pages == fake.stats.served
     assert fake.stats.throttled == 0
     assert fake.stats.max_in_window <= 10
+
+
+# -- max_wait: a bound on any wait for a slot (issue 15) ---------------------------
+
+
+def test_the_estimated_wait_follows_the_place_in_the_queue() -> None:
+    book = learned_book(5, 1.0).book  # the probe holds a slot until t=1.0
+    for _ in range(4):
+        book.finish(0.01, None, book.take(0.0))  # four more free at t=1.01
+    assert book.wait_time(0.02) == pytest.approx(0.98)
+    assert book.estimated_wait(0.02, 0) == pytest.approx(0.98)
+    assert book.estimated_wait(0.02, 1) == pytest.approx(0.99)
+    assert book.estimated_wait(0.02, 4) == pytest.approx(0.99)
+    # The sixth of the queue waits for the first one's slot to serve again.
+    assert book.estimated_wait(0.02, 5) == pytest.approx(1.98)
+    assert book.estimated_wait(0.02, 12) == pytest.approx(2.99)
+    # A request in flight frees its slot one interval after now at the earliest.
+    book = learned_book(2, 1.0).book
+    book.take(1.5)
+    assert book.estimated_wait(1.5, 0) == 0.0  # the probe's slot freed at 1.0
+    book.take(1.5)
+    assert book.estimated_wait(1.6, 0) == pytest.approx(1.0)
+    # A pause comes first.
+    book.finish(1.7, reply(429, max_requests=2, interval=1.0, retry_after=3.0))
+    assert book.estimated_wait(1.7, 0) == pytest.approx(3.0)
+
+
+def test_a_free_slot_is_never_estimated_as_a_wait() -> None:
+    book = learned_book(3, 1.0).book  # the probe holds one slot until t=1.0
+    assert book.estimated_wait(0.0, 0) == 0.0
+    assert book.estimated_wait(0.0, 1) == 0.0
+    assert book.estimated_wait(0.0, 2) == pytest.approx(1.0)
+    assert book.estimated_wait(5.0, 0) == 0.0
+    assert book.estimated_wait(5.0, 2) == 0.0
+    assert book.estimated_wait(5.0, 3) == pytest.approx(1.0)
+
+
+async def test_max_wait_refuses_at_once_beyond_the_estimate() -> None:
+    now = [0.0]
+    limiter = LocalLimiter(RateLimit(2, 1.0), clock=lambda: now[0])
+    book = limiter.book
+    book.finish(0.0, reply(max_requests=2, interval=1.0), book.take(0.0))
+    first = await limiter.acquire(max_wait=0.5)  # a free slot goes at once
+    assert isinstance(first, tuple)
+    with pytest.raises(errors.RateLimitError) as refused:
+        await limiter.acquire(max_wait=0.5)  # the next slot frees at t=1.0
+    assert refused.value.status is None
+    assert refused.value.retry_after == pytest.approx(1.0)
+    assert "nothing was sent" in str(refused.value)
+    assert book.in_flight == 1
+
+
+async def test_max_wait_ends_a_wait_that_runs_longer_than_estimated() -> None:
+    # The estimate says a slot frees at once after the reply; the reply never comes.
+    limiter = LocalLimiter()
+    await limiter.acquire()  # the probe, never answered
+    start = time.monotonic()
+    with pytest.raises(errors.RateLimitError) as late:
+        await limiter.acquire(max_wait=0.2)
+    assert 0.15 < time.monotonic() - start < 1.0
+    assert late.value.status is None and late.value.retry_after is not None
+    assert limiter._queued == 0 and limiter.book.in_flight == 1
+
+
+async def test_max_wait_of_a_web_handler_fails_fast_instead_of_queueing(
+    server: ServerFactory,
+) -> None:
+    # Issue 15: 200 requests at a 5-per-second budget, each allowed 1 s of waiting.
+    async with server(conversations=200, messages=5, rate_limit=RateLimit(5, 1.0)) as fake:
+        async with Client(fake.token, base_url=fake.url, max_wait=1.0) as client:
+            await client.get_messages(fake.conversation_ids[0])  # the budget is learnt
+            loop = asyncio.get_running_loop()
+
+            async def timed(conversation: str) -> tuple[float, object]:
+                start = loop.time()
+                try:
+                    outcome: object = await client.get_messages(conversation)
+                except errors.RateLimitError as exc:
+                    outcome = exc
+                return loop.time() - start, outcome
+
+            results = await asyncio.gather(*(timed(c) for c in fake.conversation_ids))
+    served = [t for t, r in results if not isinstance(r, errors.RateLimitError)]
+    refused = [(t, r) for t, r in results if isinstance(r, errors.RateLimitError)]
+    assert fake.stats.throttled == 0
+    assert 5 <= len(served) <= 15  # about two windows' worth within 1 s
+    assert max(served) < 1.5
+    assert all(r.status is None for _, r in refused)  # none reached the server
+    fast = [t for t, _ in refused if t < 0.25]
+    assert len(fast) >= 170  # refused at once, not after a wait
+    assert max(t for t, _ in refused) < 1.5
+    for _, error in refused:
+        assert error.retry_after is not None and 0 < error.retry_after <= 200 / 5 + 2
+    # A refused request leaves no place in the queue behind it: each is told when the
+    # first slot not promised to a waiter frees, beyond its 1 s and within two windows.
+    told = sorted(r.retry_after or 0 for t, r in refused if t < 0.25)
+    assert told[0] > 1.0 and told[-1] < 2.1
+
+
+def test_max_wait_must_be_sensible() -> None:
+    with pytest.raises(ValueError, match="max_wait"):
+        Client("t", max_wait=-1.0)
+
+
+class PauseOnlyLimiter:
+    """A limiter written when ``max_wait`` bounded only a pause (no ``max_pause``)."""
+
+    def __init__(self) -> None:
+        self.inner = LocalLimiter()
+        self.bounds: list[float | None] = []
+
+    async def acquire(self, *, max_wait: float | None = None) -> object:
+        self.bounds.append(max_wait)
+        return await self.inner.acquire(max_wait=max_wait)
+
+    async def release(self, ticket: object, reply: Reply | None) -> None:
+        await self.inner.release(ticket, reply)
+
+
+async def test_a_limiter_without_max_pause_gets_the_smaller_bound(server: ServerFactory) -> None:
+    limiter = PauseOnlyLimiter()
+    async with server(conversations=1, messages=30) as fake:
+        retry = RetryPolicy(max_retry_after=7.0)
+        async with Client(fake.token, base_url=fake.url, limiter=limiter, retry=retry) as c:
+            await c.get_messages(fake.conversation_ids[0])
+        async with Client(
+            fake.token, base_url=fake.url, limiter=limiter, retry=retry, max_wait=2.0
+        ) as c:
+            await c.get_messages(fake.conversation_ids[0])
+    assert limiter.bounds == [7.0, 2.0]

@@ -296,3 +296,27 @@ async def test_no_header_value_makes_the_script_work_beyond_the_budget(
     finally:
         await limiter.aclose()
         await redis.aclose()
+
+
+async def test_max_wait_refuses_at_once_when_the_soonest_slot_frees_too_late(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisLimiter(redis_server.url, key="w", rate_limit=RateLimit(2, 1.0))
+    b = RedisLimiter(redis_server.url, key="w", rate_limit=RateLimit(2, 1.0))
+    try:
+        probe = await a.acquire()
+        await a.release(probe, Reply(200, RateLimitHeaders(2, 1.0, 1)))
+        await b.acquire()  # both slots held: the probe's frees in about 1 s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(errors.RateLimitError) as caught:
+            await b.acquire(max_wait=0.3)
+        assert loop.time() - start < 0.25  # refused, not slept on
+        assert caught.value.status is None and "nothing was sent" in str(caught.value)
+        assert caught.value.retry_after is not None and 0.5 < caught.value.retry_after <= 1.0
+        # A bound the soonest slot fits in is waited out.
+        await a.acquire(max_wait=2.0)
+        assert 0.5 < loop.time() - start < 1.5
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -15,6 +15,7 @@ from ghl_async._sansio import (
     RateLimitHeaders,
     error_for_reply,
     parse_retry_after,
+    read_count,
     seconds_until_daily_reset,
 )
 
@@ -238,3 +239,29 @@ def test_the_daily_reset_defaults_to_the_next_midnight_utc(now: float) -> None:
         (now + wait) % 86400 == pytest.approx(86400, abs=1e-3)
     )
     assert seconds_until_daily_reset(now, 12.0) == 12.0
+
+
+def _read_count_by_the_rule(value: str) -> int | None:
+    value = value.strip()
+    if not value or len(value) > 12 or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=16),
+        st.text(alphabet="0123456789 \t٣²_+-e", max_size=16),
+        st.integers(min_value=0, max_value=10**14).map(str),
+    )
+)
+def test_the_fast_path_of_read_count_reads_as_the_rule_says(value: str) -> None:
+    assert read_count(value) == _read_count_by_the_rule(value)
+
+
+def test_rate_limit_headers_and_replies_are_frozen_values() -> None:
+    a = RateLimitHeaders(10, 1.0, 3)
+    assert a == RateLimitHeaders(max_requests=10, interval=1.0, remaining=3)
+    assert hash(a) == hash(RateLimitHeaders(10, 1.0, 3))
+    with pytest.raises(AttributeError):
+        a.remaining = 4  # type: ignore[misc]
