@@ -66,24 +66,33 @@ def _rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-async def _read(info: dict[str, Any], seconds: float) -> dict[str, float]:
+async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
     from ghl_async import Locations, RateLimit
 
     tokens = {entry["id"]: entry["token"] for entry in info["locations"]}
     gc_time = [0.0]
     started_gc = [0.0]
+    # Per generation: a young collection walks what survived since the last one, a
+    # full one everything tracked, so both counts and times say where the work is.
+    collections = [0, 0, 0]
+    gc_times = [0.0, 0.0, 0.0]
 
-    def on_gc(phase: str, _info: dict[str, Any]) -> None:
+    def on_gc(phase: str, gc_info: dict[str, Any]) -> None:
         if phase == "start":
             started_gc[0] = time.process_time()  # CPU, not wall: the machine is shared
         else:
-            gc_time[0] += time.process_time() - started_gc[0]
+            spent = time.process_time() - started_gc[0]
+            gc_time[0] += spent
+            collections[gc_info["generation"]] += 1
+            gc_times[gc_info["generation"]] += spent
 
     pages = 0
     async with Locations(
         tokens, base_url=info["url"], rate_limit=RateLimit.parse(RATE), max_pages=256
     ) as pool:
         rss_before = _rss_mib()
+        tracked_before = len(gc.get_objects())
+        tracked_mid: int | None = None
         gc.callbacks.append(on_gc)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         stop = wall0 + seconds
@@ -94,11 +103,15 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, float]:
             pages += 1
             if pages % 256 == 0:
                 rss_peak = max(rss_peak, _rss_mib())
+                if pages == 1024:  # steady state: every location started
+                    tracked_mid = len(gc.get_objects())
                 if time.perf_counter() > stop:
                     break
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         gc.callbacks.remove(on_gc)
+        if tracked_mid is None:  # a short run: what is tracked at its end
+            tracked_mid = len(gc.get_objects())
         throttled = 0
         for location_id in tokens:
             throttled += (await pool.client(location_id)).stats.throttled
@@ -111,6 +124,9 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, float]:
         "rss_start": rss_before,
         "throttled": throttled,
         "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "collections": collections,
+        "gc_times": gc_times,
+        "tracked_per_location": (tracked_mid - tracked_before) / len(tokens),
     }
 
 
@@ -119,7 +135,7 @@ def _child(info_path: str, seconds: float) -> None:
     print(json.dumps(asyncio.run(_read(info, seconds))))
 
 
-def _one(k: int, seconds: float) -> dict[str, float]:
+def _one(k: int, seconds: float) -> dict[str, Any]:
     conversations = max(8, 2_400 // k)
     with tempfile.TemporaryDirectory() as folder:
         info = Path(folder) / "agency.json"
@@ -191,6 +207,17 @@ def run(smoke: bool) -> Section:
                 f"{100 * result['gc'] / max(result['cpu'], 1e-9):.1f}%",
                 int(result["throttled"]),
             ]
+        )
+        split = ", ".join(
+            f"gen{generation} {count} ({1000 * spent:.0f} ms)"
+            for generation, (count, spent) in enumerate(
+                zip(result["collections"], result["gc_times"], strict=True)
+            )
+        )
+        section.notes.append(
+            f"K={k}: collections {split}; "
+            f"{result['tracked_per_location']:.0f} tracked objects per location "
+            "(first-use imports included)"
         )
         if base is None:
             base = {"k": k, "rss": result["rss"], "cpu_ms": row_cpu_ms}
