@@ -120,7 +120,8 @@ def run(smoke: bool) -> Section:
             int(beside["pages"] + beside["ours_429"]),
             beside["wall"],
             f"{100 * beside['used']:.0f}% of what the neighbour left",
-            f"{int(beside['ours_429'])} ({100 * beside['ours_share']:.1f}% of ours)",
+            f"{int(beside['ours_429'])} ({100 * beside['ours_share']:.1f}% of ours; "
+            f"the neighbour's: {100 * beside['theirs_share']:.0f}%)",
             "n/a",
         ]
     )

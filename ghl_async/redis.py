@@ -179,7 +179,7 @@ if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
   local sends = tonumber(redis.call('HGET', KEYS[3], 'sends') or '0')
   local ours = tonumber(ARGV[13]) + accepted + (sends - tonumber(ARGV[14]) - 1)
   local theirs = counted - ours
-  if theirs > 1 or (theirs > 0 and status == 429) then
+  if theirs > 0 then
     local reserve = math.min(theirs + 1, smax)
     local ends = now + sint + 2 * (now - sent)
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)

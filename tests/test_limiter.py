@@ -105,6 +105,20 @@ def test_a_lower_remaining_than_expected_holds_back() -> None:
     assert book.neighbour_slots(1.31) == 0
 
 
+def test_a_single_neighbour_request_is_reserved_with_its_room() -> None:
+    book = learned_book(10, 1.0).book  # holds 1
+    ticket = book.take(0.0)
+    # 3 counted where the server could have counted our 2: one neighbour request,
+    # reserved with one slot of room (a neighbour starting after us shows so first).
+    book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=7), ticket)
+    assert book.neighbour_slots(0.1) == 2
+    assert book.held(0.1) == 2 + 2
+    # Exactly what we could have had counted: nothing is booked.
+    ticket = book.take(0.2)
+    book.finish(0.3, reply(max_requests=10, interval=1.0, remaining=10 - 3), ticket)
+    assert book.neighbour_slots(0.3) == 2  # the first booking, not a second one
+
+
 def test_slots_that_expired_during_a_reply_are_not_mistaken_for_a_neighbour() -> None:
     book = learned_book(3, 1.0).book  # the probe's slot frees at 1.0
     ticket = book.take(0.5)  # the server counts it and the probe: 1 left

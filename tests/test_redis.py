@@ -278,6 +278,21 @@ async def test_a_neighbour_seen_by_one_process_holds_back_the_others(
         await b.aclose()
 
 
+async def test_a_single_neighbour_request_is_reserved_in_redis_too(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisLimiter(redis_server.url, key="one", rate_limit=RateLimit(10, 1.0))
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ticket = await limiter.acquire()
+        # 2 counted where we sent 1: one neighbour request, two slots with its room.
+        await limiter.release(ticket, Reply(200, RateLimitHeaders(10, 1.0, 8, None, None)))
+        assert await redis.zcard(limiter.keys[4]) == 2
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
+
+
 async def test_no_header_value_makes_the_script_work_beyond_the_budget(
     redis_server: RedisServer,
 ) -> None:
