@@ -87,9 +87,16 @@ def simulate(
     duration: float = 20.0,
     latency: float = 0.02,
     jitter: float = 0.002,
+    busy: float = 0.0,
 ) -> Outcome:
-    """One run: each one-way trip takes ``latency`` plus an exponential ``jitter``."""
+    """One run: each one-way trip takes ``latency`` plus an exponential ``jitter``.
+
+    ``busy``: event-loop time to handle one reply. Replies that arrive together are
+    handled one after another, each that much later than the last (a burst of 16 is
+    handled over 16 ``busy``): the book learns of them late, as a busy loop does.
+    """
     rng = random.Random(seed)
+    loop_free = [0.0]  # when the event loop is done with the replies before
 
     def trip() -> float:
         return latency + rng.expovariate(1 / jitter)
@@ -157,7 +164,11 @@ def simulate(
             )
             back = now + trip()
             push(back, "reply", (reply, ticket, neighbours))
-        elif kind == "reply":
+        elif kind == "reply" and busy:
+            handled = max(now, loop_free[0]) + busy
+            loop_free[0] = handled
+            push(handled, "handle", payload)
+        elif kind in ("reply", "handle"):
             reply, ticket, neighbours = payload  # type: ignore[misc]
             before = book.neighbour_slots(now)
             book.finish(now, reply, ticket)
@@ -271,3 +282,15 @@ def test_bookings_stay_within_the_budget_whatever_the_server_says() -> None:
         # the budget it announced.
         book.finish(now, Reply(200, RateLimitHeaders(50, 1.0, 0, None, None)), ticket)
         assert book.neighbour_slots(now) <= 50
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_beside_a_steady_neighbour_with_a_busy_event_loop(seed: int) -> None:
+    # 2 ms each way, but 3 ms of event-loop time per reply: a burst of 16 replies is
+    # learnt over 48 ms, so ``H_r`` counts some of ours the server had already
+    # forgotten and the estimate runs low. Suspected of the benchmark's rare 429s
+    # beside a neighbour; on the number line the rule holds here as it is (0.2-1.8% of
+    # ours refused for 3 to 20 ms a reply), so that is not the whole story.
+    outcome = simulate(seed, steady(BUDGET * 0.25), latency=0.002, jitter=0.0002, busy=0.003)
+    assert outcome.throttled <= 0.01 * outcome.sent
+    assert outcome.share_used(2.0, 18.0) >= 0.92
