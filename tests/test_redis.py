@@ -19,6 +19,35 @@ from ghl_async.testing import FakeHighLevel
 from .conftest import LogCapture
 from .redis_fixtures import RedisServer
 
+
+async def run_workers(
+    fake: FakeHighLevel, redis: RedisServer, key: str, rate: str, ids: list[str], n: int
+) -> list[dict[str, int]]:
+    """Run ``n`` worker processes (tests/redis_worker.py) on one Redis key, ids dealt out
+    in turn; return what each reported."""
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.redis_worker",
+            fake.url,
+            fake.token,
+            redis.url,
+            key,
+            rate,
+            *ids[i::n],
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for i in range(n)
+    ]
+    results = []
+    for worker in workers:
+        out, _ = await worker.communicate()
+        assert worker.returncode == 0
+        results.append(json.loads(out))
+    return results
+
+
 pytestmark = pytest.mark.anyio
 
 
@@ -30,26 +59,7 @@ async def test_processes_sharing_a_key_never_overspend_together(
         conversations=15, messages=(40, 90), seed=41, rate_limit=budget
     ) as fake:
         ids = fake.conversation_ids
-        workers = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.redis_worker",
-                fake.url,
-                fake.token,
-                redis_server.url,
-                "location:shared",
-                "20/1s",
-                *ids[i::3],
-                stdout=asyncio.subprocess.PIPE,
-            )
-            for i in range(3)
-        ]
-        results = []
-        for worker in workers:
-            out, _ = await worker.communicate()
-            assert worker.returncode == 0
-            results.append(json.loads(out))
+        results = await run_workers(fake, redis_server, "location:shared", "20/1s", ids, 3)
     pages = sum(r["pages"] for r in results)
     assert pages == fake.stats.served
     assert pages > 3 * budget.max_requests  # several windows' worth
@@ -189,26 +199,7 @@ async def test_a_cap_and_a_tighter_server_budget_both_hold_across_processes(
         conversations=8, messages=(30, 50), seed=42, rate_limit=RateLimit(10, 1.0)
     ) as fake:
         ids = fake.conversation_ids
-        workers = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.redis_worker",
-                fake.url,
-                fake.token,
-                redis_server.url,
-                "location:arq",
-                "100/10s",
-                *ids[i::2],
-                stdout=asyncio.subprocess.PIPE,
-            )
-            for i in range(2)
-        ]
-        results = []
-        for worker in workers:
-            out, _ = await worker.communicate()
-            assert worker.returncode == 0
-            results.append(json.loads(out))
+        results = await run_workers(fake, redis_server, "location:arq", "100/10s", ids, 2)
     assert sum(r["pages"] for r in results) == fake.stats.served
     assert fake.stats.throttled <= 1  # at most the probe, before the budget is known
     assert fake.stats.max_in_window <= 10
