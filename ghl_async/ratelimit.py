@@ -33,7 +33,13 @@ like with like: the neighbour's share is ``C_r`` less every request of ours the 
                s_r - I), less those the server refused
     theirs_r = C_r - ours_r
     if theirs_r > 0:
-        reserve min(theirs_r + 1, M) neighbour slots until f_r + I + 2 (f_r - s_r)
+        reserve min(theirs_r + 1, M) neighbour slots until f_r + I + 2 (f_r - s_r),
+        keeping up to u_r more of the slots already booked (never adding them)
+        where u_r = (our sends after s_r and before f_r)
+                  + (ours_r less our slots held at f_r, not refused)
+    a slot past its end stays booked until the reply of a send made after its end
+        frees it (one per reply); with nothing of ours out, a send takes its place
+    a 429's pause stops the clock of every slot that would end during it
 
 *It never blames the neighbour for our own requests.* Write ``C_r = O_r + N_r``: ours
 and the neighbour's in the server's window. One of ours, ``q``, counted there was not
@@ -42,32 +48,41 @@ our sends since. If it was sent no later than ``s_r``, it arrived after
 ``a_r - I >= s_r - I`` and replied after it arrived, so at ``s_r`` it was in flight or
 had replied after ``s_r - I``: it is in ``H_r`` (or is ``r``). So ``O_r <= ours_r`` and
 ``theirs_r <= N_r``, whatever the delays, the clocks' order of arrival or a busy event
-loop: the limiter never holds back more than the neighbour really had (plus the one
-slot of room below). Comparing ``Remaining`` with the limiter's count as of the reply,
-as a count of "now" does, is not like with like: it mixes in requests the server had
-not seen, and misses when the neighbour's requests age out. The estimate falls short
-of ``N_r`` by our own requests the server had already forgotten or not yet seen: those
-whose slot frees within a round trip after ``s_r``, and those sent during ``r``'s round
-trip that arrived after it. On a local network that is next to nothing; over a 40 ms
-round trip the simulation shows it (``tests/test_limiter_sim.py``). Of a burst of
-replies, the last to arrive sees the whole burst.
+loop: no reply books more than the neighbour really had (plus the one slot of room
+below), and alone nothing is ever booked. Comparing ``Remaining`` with the limiter's
+count as of the reply, as a count of "now" does, is not like with like: it mixes in
+requests the server had not seen, and misses when the neighbour's requests age out.
+The estimate falls short of ``N_r`` by our own requests the server had already
+forgotten or not yet seen: those whose slot frees within a round trip after ``s_r``,
+and those sent during ``r``'s round trip that arrived after it. Over a 40 ms round
+trip the simulation shows it (``tests/test_limiter_sim.py``); on a local network it is
+little, except within a burst of our sends (below). Of a burst of replies, the last to
+arrive sees the whole burst.
 
 *It holds the neighbour's share once, for as long as it is seen.* A reservation moves
 the latest booked slots to its end and adds only what is missing, so replies that see
 the same neighbour requests book them once. It lasts one interval and two round trips
-after the reply: long enough for the replies of the sends it lets through to renew it,
-so a steady neighbour's share is held without a gap at the end of each window. Our
-slots free one interval after their replies, and the sends they let through are a
-burst whose replies come back later than one reply's round trip (the server and our
-event loop take them one by one): a booking that ended one round trip after the
-interval lapsed before those replies renewed it, let a few more of ours through, and
-the server refused them (measured beside a real neighbour: 6% of ours answered 429 in
-a bad run). With two round trips the simulation's 429s fall by a third to a half over
-a 40 ms round trip, with as much of the budget used. (A booking that ended at
-``s_r + I`` lapsed just when our own slots freed: the neighbour was then refused about
-three requests in four, and our 429s were two to three times as many.) A neighbour that
-stops ages out of the server's window within ``I``; replies after that see nothing to
-renew, so it costs nothing two intervals and two round trips after it stopped.
+after the reply, and past that until a reply can say the neighbour is gone. Our slots
+free one interval after their replies, so our sends come in bursts, and a reply in a
+burst sees the neighbour short: by ``u_r``, our requests of ``ours_r`` the server may
+not have counted (sent during ``r``'s round trip, perhaps not yet arrived; or freed in
+our book during it, perhaps forgotten at the server already). Such a reply keeps up to
+``u_r`` more of the slots earlier replies booked, but adds only what it proves. A slot
+whose end passes while our sends go out is not freed by their replies either (sent
+before its end, they looked at a window it was still in): only a reply to a send made
+after its end frees it, one slot per reply, if that reply does not renew it; with
+nothing of ours out, one send takes the place of one such slot and looks. Before, a
+booking simply ended at its time: the burst it let through refilled the neighbour's
+share at once and the server refused a few of ours; on the number line, a neighbour
+already spending when we start, replies handled late by a busy loop and ``Retry-After``
+in whole seconds cost up to 8% of ours in 429s (``tests/test_limiter_sim.py``; 0 now).
+A 429's pause stops the clock of every slot that would end during it: nothing of ours
+is sent to renew it while paused, and the neighbour goes on spending; a booking that
+lapsed in the pause let the sends after it fill the whole window, the server refused
+the neighbour's share of them and paused us again, a 429 every second (measured beside
+a real neighbour: 7% of ours refused in a bad run). A neighbour that stops ages out of
+the server's window within ``I``; replies after that see nothing to renew, so it costs
+nothing two intervals and two round trips after it stopped, and a reply per slot.
 
 *It leaves room to grow.* A neighbour we crowd out shows only what the server let it
 have, not what it wants: one slot more than it holds lets it grow to its demand, a slot
@@ -346,7 +361,8 @@ class WindowBook:
         # our sends.
         self._refused: list[float] = []
         self._sends = 0
-        # Expiry times of neighbour slots (the server's constraint only), soonest first.
+        # End times of neighbour slots (the server's constraint only), soonest first.
+        # One past its end stays until a reply of a send made after its end frees it.
         self._booked: list[float] = []
 
     # -- the constraints -----------------------------------------------------------
@@ -405,10 +421,6 @@ class WindowBook:
         gone = bisect_right(self._refused, horizon)
         if gone:
             del self._refused[:gone]
-        booked = self._booked
-        gone = bisect_right(booked, now)
-        if gone:
-            del booked[:gone]
 
     def _own_alive(self, now: float, constraint: RateLimit) -> int:
         """Index of the first finished request still holding a slot of ``constraint``."""
@@ -439,8 +451,14 @@ class WindowBook:
         first = self._own_alive(now, constraint)
         finished = self._finished
         booked = self._booked if constraint is self._server else []
-        finite = len(finished) - first + len(booked)
-        held = self.in_flight + finite
+        # Neighbour slots past their end wait for a reply, like a request in flight;
+        # with nothing of ours out, one of them makes way for a send (see take()).
+        overdue = bisect_right(booked, now)
+        if overdue and not self.in_flight:
+            overdue -= 1
+            booked = booked[1:]
+        finite = len(finished) - first + len(booked) - overdue
+        held = self.in_flight + overdue + finite
         if held < constraint.max_requests:
             return now
         needed = held - constraint.max_requests + 1
@@ -448,7 +466,8 @@ class WindowBook:
             return None
         interval = constraint.interval
         expiries = heapq.merge(
-            (f + interval for f in itertools.islice(finished, first, None)), booked
+            (f + interval for f in itertools.islice(finished, first, None)),
+            itertools.islice(booked, overdue, None),
         )
         return next(itertools.islice(expiries, needed - 1, None))
 
@@ -533,6 +552,11 @@ class WindowBook:
             alive = len(self._finished) - bisect_right(self._finished, edge)
             refused = len(self._refused) - bisect_right(self._refused, edge)
             held = self.in_flight + alive - refused
+        booked = self._booked
+        if booked and booked[0] <= now and not self.in_flight:
+            # Nothing of ours is out to free a neighbour slot past its end: this send
+            # takes its place and its reply looks again.
+            del booked[0]
         self.in_flight += 1
         self._sends += 1
         return _Ticket(now, held, self._sends - 1)
@@ -545,6 +569,15 @@ class WindowBook:
         insort(self._finished, now)
         if reply is None:
             return []
+        notes = self._learn(now, reply, ticket)
+        booked = self._booked
+        if ticket is not None and booked and booked[0] <= ticket.sent:
+            # A reply to a send made after a neighbour slot's end, that did not renew
+            # it, frees it: one slot per reply.
+            del booked[0]
+        return notes
+
+    def _learn(self, now: float, reply: Reply, ticket: _Ticket | None) -> list[str]:
         if reply.status == 429:
             insort(self._refused, now)
         self.learned = True
@@ -558,9 +591,23 @@ class WindowBook:
             pause = reply.retry_after if reply.retry_after is not None else fallback
             until = now + pause
             if until > self.paused_until:
+                self._hold_through_pause(now, until)
                 self.paused_until = until
                 notes.append(f"429: pausing {pause:.1f} s")
         return notes
+
+    def _hold_through_pause(self, now: float, until: float) -> None:
+        """A pause stops the clock of every neighbour slot that would end in it: nothing
+        of ours is sent to renew it meanwhile, and the neighbour goes on spending.
+        """
+        self._prune(now)
+        start = max(now, self.paused_until)  # a pause running already stopped them
+        booked = self._booked
+        ending = bisect_right(booked, until)
+        if ending:
+            pause = until - start
+            booked[:ending] = [max(expiry, start) + pause for expiry in booked[:ending]]
+            booked.sort()
 
     def _learn_budget(self, now: float, reply: Reply, notes: list[str]) -> None:
         rate = reply.rate
@@ -611,21 +658,31 @@ class WindowBook:
         budget = server.max_requests
         counted = budget - min(remaining, budget)
         self._prune(now)
-        ours = ticket.held + (reply.status != 429) + (self._sends - ticket.sends - 1)
+        later = self._sends - ticket.sends - 1  # ours sent during the round trip
+        ours = ticket.held + (reply.status != 429) + later
         theirs = counted - ours
         if theirs <= 0:
             return
+        # How many of ``ours`` the server may not have counted: the later sends (not
+        # yet arrived, perhaps) and our slots that freed during the round trip (the
+        # server may have forgotten them): ``ours`` less what we hold now.
+        edge = now - server.interval
+        alive = len(self._finished) - bisect_right(self._finished, edge)
+        refused = len(self._refused) - bisect_right(self._refused, edge)
+        unsure = later + max(0, ours - (self.in_flight + alive - refused))
         # One slot of room: a neighbour we crowd out shows only what it got, not what
         # it wants.
         reserve = min(theirs + 1, budget)
         end = now + server.interval + 2 * (now - ticket.sent)
         # Hold ``reserve`` slots until ``end``: move the latest bookings there and add
-        # what is missing, so the same neighbour requests are never booked twice.
+        # what is missing, so the same neighbour requests are never booked twice. Up
+        # to ``unsure`` more slots already booked are kept too (never added).
         booked = self._booked
-        keep = len(booked) - min(reserve, len(booked))
-        extra = reserve - (len(booked) - keep)
-        moved = (max(expiry, end) for expiry in booked[keep:])
-        self._booked = sorted([*booked[:keep], *moved, *[end] * extra])
+        moving = min(reserve + unsure, budget, len(booked))
+        stay = len(booked) - moving
+        extra = max(0, reserve - moving)
+        moved = (max(expiry, end) for expiry in booked[stay:])
+        self._booked = sorted([*booked[:stay], *moved, *[end] * extra])
         if extra:
             notes.append(
                 f"server has {remaining} left: a neighbour holds {theirs}; "

@@ -97,13 +97,19 @@ end
 -- How soon to look again at a slot still in flight: its reply will bring it forward.
 local poll = math.max(tonumber(ARGV[5]), math.floor(shortest / 20))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+-- Neighbour slots past their end wait for a reply, like a request in flight; with
+-- nothing out (of any process), one of them makes way for this send.
+local probe = 0
+if redis.call('ZCOUNT', KEYS[5], '-inf', now) > 0
+   and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 then
+  probe = 1
+end
 local wait = 0
 for _, c in ipairs(limits) do
   local cmax, cint = c[1], c[2]
   local held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - cint), '+inf')
   local booked = 0
-  if c[3] then booked = redis.call('ZCARD', KEYS[5]) end
+  if c[3] then booked = redis.call('ZCARD', KEYS[5]) - probe end
   if held + booked >= cmax then
     -- The soonest slot to free; look again then (a larger shortfall looks again).
     local free = math.huge
@@ -114,8 +120,10 @@ for _, c in ipairs(limits) do
       if free > cint then free = math.min(free, poll) end
     end
     if booked > 0 then
-      local nb = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-      free = math.min(free, tonumber(nb[2]) - now)
+      -- The soonest booked slot still before its end (one past it waits for a reply).
+      local nb = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. now, '+inf', 'WITHSCORES',
+                            'LIMIT', 0, 1)
+      if nb[2] then free = math.min(free, tonumber(nb[2]) - now) end
     end
     if free == math.huge then free = poll end
     wait = math.max(wait, free)
@@ -130,6 +138,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
 local held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
              - redis.call('ZCARD', KEYS[4])
 local sends = redis.call('HINCRBY', KEYS[3], 'sends', 1) - 1
+if probe == 1 then redis.call('ZPOPMIN', KEYS[5]) end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], longest + tonumber(ARGV[4]) + 60000)
 return {0, now, held, sends}
@@ -177,14 +186,21 @@ if remaining >= 0 and smax > 0 and sint > 0 and not daily_429 then
   local accepted = 1
   if status == 429 then accepted = 0 end
   local sends = tonumber(redis.call('HGET', KEYS[3], 'sends') or '0')
-  local ours = tonumber(ARGV[13]) + accepted + (sends - tonumber(ARGV[14]) - 1)
+  local later = sends - tonumber(ARGV[14]) - 1
+  local ours = tonumber(ARGV[13]) + accepted + later
   local theirs = counted - ours
   if theirs > 0 then
     local reserve = math.min(theirs + 1, smax)
     local ends = now + sint + 2 * (now - sent)
-    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+    -- Of ours, the server may not have counted the later sends and our slots that
+    -- freed during the round trip (ours less what we hold now): up to that many more
+    -- slots already booked are kept (never added).
+    local edge = '(' .. (now - sint)
+    local alive = redis.call('ZCOUNT', KEYS[1], edge, '+inf')
+                  - redis.call('ZCOUNT', KEYS[4], edge, '+inf')
+    local unsure = later + math.max(0, ours - alive)
     local n = redis.call('ZCARD', KEYS[5])
-    local moved = math.min(reserve, n)
+    local moved = math.min(reserve + unsure, smax, n)
     if moved > 0 then
       for _, m in ipairs(redis.call('ZRANGE', KEYS[5], n - moved, n - 1)) do
         redis.call('ZADD', KEYS[5], 'GT', ends, m)
@@ -207,9 +223,23 @@ if status == 429 and not daily_429 then
   local until_ = now + pause
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if until_ > current then
+    -- The pause stops the clock of every neighbour slot that would end in it.
+    local start = math.max(now, current)
+    local ending = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', until_, 'WITHSCORES')
+    for i = 1, #ending, 2 do
+      local ends = math.max(tonumber(ending[i + 1]), start) + (until_ - start)
+      redis.call('ZADD', KEYS[5], ends, ending[i])
+    end
+    if #ending > 0 then redis.call('PEXPIRE', KEYS[5], until_ - now + sint + 60000) end
     redis.call('SET', KEYS[2], until_, 'PX', pause + 1000)
     table.insert(notes, 'paused ' .. pause .. ' ms')
   end
+end
+if status > 0 then
+  -- A reply to a send made after a neighbour slot's end, that did not renew it, frees
+  -- it: one slot per reply.
+  local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  if first[2] and tonumber(first[2]) <= sent then redis.call('ZREM', KEYS[5], first[1]) end
 end
 local keep = 86400000
 local daily_until = tonumber(redis.call('HGET', KEYS[3], 'daily_until') or '0')

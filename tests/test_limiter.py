@@ -95,14 +95,25 @@ def test_a_lower_remaining_than_expected_holds_back() -> None:
     # held back with one slot of room for the neighbour to grow: 6.
     book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3), ticket)
     assert book.held(0.1) == 2 + 6
+    tickets = []
     for _ in range(2):
         assert book.wait_time(0.1) == 0.0
-        book.take(0.1)
+        tickets.append(book.take(0.1))
     # The probe's slot frees at 1.0; the neighbour's are held until one interval and
-    # two round trips after the reply (1.3).
+    # two round trips after the reply (1.3). Past that, only the reply of a send made
+    # after their end frees them, one a reply: the two sent before cannot.
     assert book.wait_time(0.1) == pytest.approx(0.9)
     assert book.neighbour_slots(1.29) == 6
-    assert book.neighbour_slots(1.31) == 0
+    for ticket in tickets:
+        book.finish(1.31, reply(max_requests=10, interval=1.0, remaining=7), ticket)
+    assert book.neighbour_slots(1.31) == 6
+    # With nothing of ours out, a send takes the place of one; its reply, showing no
+    # neighbour, frees one more.
+    assert book.wait_time(1.31) == 0.0
+    late = book.take(1.31)
+    assert book.neighbour_slots(1.31) == 5
+    book.finish(1.32, reply(max_requests=10, interval=1.0, remaining=9), late)
+    assert book.neighbour_slots(1.32) == 4
 
 
 def test_a_single_neighbour_request_is_reserved_with_its_room() -> None:
@@ -600,3 +611,19 @@ async def test_a_limiter_without_max_pause_gets_the_smaller_bound(server: Server
         ) as c:
             await c.get_messages(fake.conversation_ids[0])
     assert limiter.bounds == [7.0, 2.0]
+
+
+def test_a_pause_stops_the_clock_of_neighbour_slots() -> None:
+    book = learned_book(10, 1.0).book
+    ticket = book.take(0.0)
+    book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3), ticket)
+    assert book.neighbour_slots(0.1) == 6  # held until 1.1 + 0.2
+    ticket = book.take(0.5)
+    refused = Reply(429, RateLimitHeaders(10, 1.0, 0, None, None), 2.0)
+    book.finish(0.5, refused, ticket)
+    # Nothing of ours renews them while paused (until 2.5) and the neighbour goes on
+    # spending: they end the pause's length later than they would have, not at once
+    # when it is over.
+    assert book.blocked(0.5) == ("pause", pytest.approx(2.0))
+    assert book.neighbour_slots(3.2) >= 6
+    assert book.wait_time(2.5) == 0.0  # 10 - 6 - our 2 finished long ago: room

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -88,12 +89,17 @@ def simulate(
     latency: float = 0.02,
     jitter: float = 0.002,
     busy: float = 0.0,
+    start: float = 0.0,
+    whole_seconds: bool = False,
 ) -> Outcome:
     """One run: each one-way trip takes ``latency`` plus an exponential ``jitter``.
 
     ``busy``: event-loop time to handle one reply. Replies that arrive together are
     handled one after another, each that much later than the last (a burst of 16 is
     handled over 16 ``busy``): the book learns of them late, as a busy loop does.
+    ``start``: when we send the first request (a neighbour may be spending already).
+    ``whole_seconds``: ``Retry-After`` in whole seconds, at least one, as HighLevel and
+    the fake server send it (else the exact time until the window frees).
     """
     rng = random.Random(seed)
     loop_free = [0.0]  # when the event loop is done with the replies before
@@ -134,7 +140,7 @@ def simulate(
             outcome.sent += 1
             push(now + trip(), "arrive", (now, ticket))
 
-    push(0.0, "wake")
+    push(start, "wake")
     while events:
         now, _, kind, payload = heapq.heappop(events)
         if kind == "neighbour":
@@ -157,6 +163,8 @@ def simulate(
             remaining = BUDGET - len(window)
             status = 200 if accepted else 429
             retry_after = None if accepted else window[0][0] + INTERVAL - now
+            if retry_after is not None and whole_seconds:
+                retry_after = max(1, math.ceil(retry_after))
             reply = Reply(
                 status,
                 RateLimitHeaders(BUDGET, INTERVAL, remaining, None, None),
@@ -236,7 +244,9 @@ def test_a_neighbour_that_stops_is_forgotten(seed: int, latency: float) -> None:
     assert outcome.throttled <= 0.025 * outcome.sent
     assert outcome.share_used(2.0, 8.0) >= 0.95
     # Two intervals and a round trip after it stopped, the whole budget is ours again.
-    assert outcome.share_used(10.0 + 0.1, 18.1) >= 0.97
+    # (Less a hair: in floating point 18.1 - 10.1 is a little over 8 s, so 194 of
+    # the 200 requests would read as just under 97%.)
+    assert outcome.share_used(10.0 + 0.1, 18.1) >= 0.97 - 1e-9
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -290,7 +300,36 @@ def test_beside_a_steady_neighbour_with_a_busy_event_loop(seed: int) -> None:
     # learnt over 48 ms, so ``H_r`` counts some of ours the server had already
     # forgotten and the estimate runs low. Suspected of the benchmark's rare 429s
     # beside a neighbour; on the number line the rule holds here as it is (0.2-1.8% of
-    # ours refused for 3 to 20 ms a reply), so that is not the whole story.
+    # ours refused for 3 to 20 ms a reply), so that is not the whole story (the next
+    # test is).
     outcome = simulate(seed, steady(BUDGET * 0.25), latency=0.002, jitter=0.0002, busy=0.003)
     assert outcome.throttled <= 0.01 * outcome.sent
     assert outcome.share_used(2.0, 18.0) >= 0.92
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize(("latency", "busy"), [(0.001, 0.0005), (0.0005, 0.001), (0.0005, 0.002)])
+def test_a_neighbour_spending_before_we_start_with_whole_second_pauses(
+    seed: int, latency: float, busy: float
+) -> None:
+    # The benchmark's setting: a neighbour on a fixed schedule is spending when we
+    # start; replies are handled late on a busy loop; Retry-After is whole seconds. Our
+    # sends come in bursts (slots free an interval after their replies), and a reply in
+    # a burst sees a neighbour short by our sends the server had not seen yet and our
+    # slots it had forgotten: such replies keep the slots booked by earlier ones (up to
+    # that shortfall), and a slot past its end stays while a send before its end is out.
+    # A 429's pause stops the bookings' clocks, so that after it the sends do not refill
+    # the neighbour's share at once: before, one 429 led to a 429 every second (up to
+    # 7% of ours refused on these seeds).
+    outcome = simulate(
+        seed,
+        on_schedule(BUDGET * 0.25, 0.0),
+        latency=latency,
+        jitter=latency / 10,
+        busy=busy,
+        start=2.0 + seed * 0.013,
+        duration=10.0,
+        whole_seconds=True,
+    )
+    assert outcome.throttled <= 0.01 * outcome.sent
+    assert outcome.share_used(3.0, 10.0) >= 0.92

@@ -326,3 +326,51 @@ async def test_max_wait_refuses_at_once_when_the_soonest_slot_frees_too_late(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_neighbour_slots_past_their_end_wait_for_a_later_reply_in_redis_too(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisLimiter(redis_server.url, key="past", rate_limit=RateLimit(10, 0.2))
+    redis = aioredis.Redis.from_url(redis_server.url)
+    booked = limiter.keys[4]
+    alone = Reply(200, RateLimitHeaders(10, 0.2, 9, None, None))
+    try:
+        ticket = await limiter.acquire()
+        await limiter.release(ticket, Reply(200, RateLimitHeaders(10, 0.2, 2, None, None)))
+        assert await redis.zcard(booked) == 8
+        before = await limiter.acquire()  # sent before the slots' end
+        await asyncio.sleep(0.4)
+        # Its reply cannot say the neighbour left after it was sent: all 8 stay.
+        await limiter.release(before, alone)
+        assert await redis.zcard(booked) == 8
+        # Nothing out: a send takes the place of one; its reply frees one more.
+        after = await limiter.acquire()
+        assert await redis.zcard(booked) == 7
+        await limiter.release(after, alone)
+        assert await redis.zcard(booked) == 6
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
+
+
+async def test_a_pause_stops_the_clock_of_neighbour_slots_in_redis_too(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisLimiter(redis_server.url, key="frozen", rate_limit=RateLimit(10, 0.2))
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ticket = await limiter.acquire()
+        await limiter.release(ticket, Reply(200, RateLimitHeaders(10, 0.2, 2, None, None)))
+        ends = [score for _, score in await redis.zrange(limiter.keys[4], 0, -1, withscores=True)]
+        assert len(ends) == 8
+        ticket = await limiter.acquire()
+        await limiter.release(ticket, Reply(429, RateLimitHeaders(10, 0.2, 0, None, None), 1.0))
+        paused = float(await redis.get(limiter.keys[1]))
+        # They would have ended within the pause: their clock stopped for its length.
+        after = [score for _, score in await redis.zrange(limiter.keys[4], 0, -1, withscores=True)]
+        assert min(after) >= paused
+        assert min(after) - max(ends) <= 1000 + 50
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
