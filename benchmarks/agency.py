@@ -106,7 +106,10 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
 
     pages = 0
     async with Locations(
-        tokens, base_url=info["url"], rate_limit=RateLimit.parse(RATE), max_pages=256
+        tokens,
+        base_url=info["url"],
+        rate_limit=RateLimit.parse(RATE),
+        max_pages=256,
     ) as pool:
         conversations: dict[str, list[str]] = {}
         for location_id in tokens:
@@ -153,6 +156,7 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
         gc.callbacks.remove(on_gc)
         if tracked_mid is None:  # a short run: what is tracked at its end
             tracked_mid = len(gc.get_objects())
+        in_flight = getattr(pool, "in_flight_limit", None)
         throttled = 0
         for location_id in tokens:
             throttled += (await pool.client(location_id)).stats.throttled
@@ -169,6 +173,9 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
         "gc_times": gc_times,
         "tracked_per_location": (tracked_mid - tracked_before) / len(tokens),
         "ran_out": ran_out,
+        # The adaptive cap on page requests at once, where the run left it (None: a tree
+        # without one).
+        "in_flight": in_flight,
         "passes": passes,
     }
 
@@ -296,6 +303,11 @@ def _notes(section: Section, k: int, result: dict[str, Any], label: str = "") ->
         f"{result['tracked_per_location']:.0f} tracked objects per location "
         f"(first-use imports included); {result['passes']} pass(es) over the data"
         + ("; RAN OUT OF WORK before its time" if result["ran_out"] else "")
+        + (
+            f"; requests at once capped at {result['in_flight']} at the end"
+            if result.get("in_flight") is not None
+            else ""
+        )
     )
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, overload
 import anyio
 
 from . import errors
+from ._agency_inflight import InFlight
 from ._auth import TokenProvider, TokenSource
 from ._engine import Engine
 from ._fanout import FanOutOptions, IdSource, run_fan_out
@@ -282,6 +283,7 @@ class Locations:
             )
         self._clients: dict[str, Client] = {}
         self._cap = _PageCap(max_pages)
+        self._in_flight = InFlight(max_pages)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -308,6 +310,16 @@ class Locations:
     def peak_pages_held(self) -> int:
         """The most pages held at once since the pool opened."""
         return self._cap.peak
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Page requests the pool runs at once now, at most (adapts; never above ``max_pages``).
+
+        It shrinks while the event loop's thread is busy nearly all the time (more
+        requests at once would only queue inside the process) and grows back while it
+        has time to spare and requests wait for a slot.
+        """
+        return self._in_flight.limit
 
     @property
     def location_ids(self) -> list[str]:
@@ -337,6 +349,7 @@ class Locations:
                 self._transport.abandon()
                 self._clients.clear()
                 self._cap = _PageCap(self.max_pages)
+                self._in_flight = InFlight(self.max_pages)
                 if self._minted is not None:
                     self._minted.forget_loop()
             if self._oauth is not None:
@@ -483,11 +496,16 @@ class Locations:
     ) -> AsyncGenerator[MessagesPage, None]:
         """One conversation's pages, each taking a slot of the shared cap before its request."""
         pages = client.iter_pages(conversation_id, type_filter, page_size)
+        in_flight = self._in_flight
         async with aclosing(pages):
             while True:
                 await slots.take()
                 try:
-                    page = await anext(pages)
+                    await in_flight.take()
+                    try:
+                        page = await anext(pages)
+                    finally:
+                        in_flight.give()
                 except StopAsyncIteration:
                     slots.give()
                     return
@@ -555,6 +573,7 @@ class Locations:
         await self._ready()
         type_filter = check_types(types)
         slots = _Slots(self._cap)
+        self._in_flight.restart()
         plan = work if isinstance(work, Mapping) else None
         if plan is None and isinstance(work, (list, tuple)):
             work = list(work)  # a list: its length sizes each location's workers
