@@ -45,6 +45,9 @@ MESSAGES = "100-200"
 # Above what one process reads per second at any K (about 2,100-2,500 today): the pairs
 # are repeated until a run of ``seconds`` cannot run out of them.
 MOST_PAGES_PER_SECOND = 4_000
+# Set in a client's environment: it calls gc.freeze() after its start-up (a tree named
+# NAME+freeze in ``compare``).
+FREEZE = "GHL_BENCH_GC_FREEZE"
 
 
 def _serve(k: int, conversations: int, info: Path) -> subprocess.Popen[str]:
@@ -132,6 +135,10 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
         ]
         await asyncio.sleep(1.2)  # every location's budget full again
         gc.collect()
+        if os.environ.get(FREEZE):
+            # The application's recipe, not the library's: a worker process it owns
+            # freezes what start-up made, so no collection walks it again.
+            gc.freeze()
         rss_before = _rss_mib()
         tracked_before = len(gc.get_objects())
         tracked_mid: int | None = None
@@ -188,7 +195,11 @@ def _child(info_path: str, seconds: float, tree: str | None) -> None:
 
 
 def _client(
-    info: Path, seconds: float, server: subprocess.Popen[str], tree: str | None
+    info: Path,
+    seconds: float,
+    server: subprocess.Popen[str],
+    tree: str | None,
+    freeze: bool = False,
 ) -> dict[str, Any]:
     server_cpu = _cpu_of(server.pid)
     began = time.perf_counter()
@@ -199,7 +210,7 @@ def _client(
         text=True,
         check=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **({FREEZE: "1"} if freeze else {})},
     )
     # Over the client's whole life (start-up included): a lower bound while reading.
     server_busy = (_cpu_of(server.pid) - server_cpu) / (time.perf_counter() - began)
@@ -330,7 +341,8 @@ def compare(
             for round_ in range(rounds):
                 for name, path in order if round_ % 2 == 0 else order[::-1]:
                     time.sleep(1.5)  # the fake's windows empty between runs
-                    result = _client(info, seconds, server, str(Path(path).resolve()))
+                    tree, freeze = str(Path(path).resolve()), name.endswith("+freeze")
+                    result = _client(info, seconds, server, tree, freeze)
                     section.rows.append([name, *_row(k, result)])
                     _notes(section, k, result, f"{name} ")
                     print(section.rows[-1], file=sys.stderr, flush=True)
@@ -348,7 +360,9 @@ def _main(argv: list[str]) -> None:
         return
     parser = argparse.ArgumentParser(prog="python -m benchmarks.agency")
     parser.add_argument("command", choices=["compare"])
-    parser.add_argument("trees", nargs="+", help="NAME=PATH of each tree")
+    parser.add_argument(
+        "trees", nargs="+", help="NAME=PATH of each tree (NAME+freeze: gc.freeze() after start-up)"
+    )
     parser.add_argument("--sizes", default="10,100,200,300")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=1)
