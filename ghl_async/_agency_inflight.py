@@ -14,6 +14,11 @@ ceiling. Over a slow network (live HighLevel answers in 100-300 ms) the loop has
 to spare and the cap stays at its ceiling; on a fast one it settles about where the
 loop is just kept busy. The decision is :func:`next_in_flight`, a pure function; the
 measuring is done by :class:`InFlight` on the requests' own path, without a task.
+
+"Busy" is the time the thread was running or ready to run and waiting for a CPU
+(Linux's ``/proc/thread-self/schedstat``), so that a loop starved by other processes on
+a shared machine counts as busy as it is: either way its callbacks queue. Elsewhere it
+is the thread's CPU time.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Final
 
 import anyio
 
-__all__ = ["InFlight", "next_in_flight"]
+__all__ = ["InFlight", "busy_time", "next_in_flight"]
 
 #: The loop's thread busy this share of a period or more: CPU-bound, shrink.
 BUSY: Final = 0.9
@@ -36,6 +41,27 @@ PERIOD: Final = 0.1
 STALE: Final = 4 * PERIOD
 #: The cap never shrinks below this (or the ceiling, if lower).
 FLOOR: Final = 16
+
+
+_SCHEDSTAT: Final = "/proc/thread-self/schedstat"
+
+
+def _schedstat_seconds() -> float:
+    with open(_SCHEDSTAT, "rb") as handle:
+        running, waiting = handle.read().split()[:2]
+    return (int(running) + int(waiting)) / 1e9
+
+
+def _has_schedstat() -> bool:
+    try:
+        _schedstat_seconds()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+#: Seconds the calling thread has been running or ready to run (Linux), else its CPU time.
+busy_time: Callable[[], float] = _schedstat_seconds if _has_schedstat() else time.thread_time
 
 
 def next_in_flight(limit: int, busy: float, waiting: bool, *, floor: int, ceiling: int) -> int:
@@ -76,14 +102,14 @@ class InFlight:
         floor: int = FLOOR,
         *,
         wall: Callable[[], float] = time.perf_counter,
-        cpu: Callable[[], float] = time.thread_time,
+        cpu: Callable[[], float] = busy_time,
     ) -> None:
         self.ceiling = ceiling
         self.floor = floor
         self.limiter = anyio.CapacityLimiter(ceiling)
         self.peak = 0
         """The most page requests at once so far."""
-        # The clocks: wall time, and the CPU time of the thread running the event loop.
+        # The clocks: wall time, and the busy time of the thread running the event loop.
         self._wall = wall
         self._cpu = cpu
         self._wall_at = wall()
