@@ -40,7 +40,7 @@ PERIOD: Final = 0.1
 #: A period longer than this (no request for a while) is not judged.
 STALE: Final = 4 * PERIOD
 #: The cap never shrinks below this (or the ceiling, if lower).
-FLOOR: Final = 16
+FLOOR: Final = 32
 
 
 _SCHEDSTAT: Final = "/proc/thread-self/schedstat"
