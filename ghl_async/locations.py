@@ -195,7 +195,9 @@ class Locations:
         concurrency: requests in flight per location (default
             :func:`location_concurrency` of ``rate_limit``).
         max_pages: pages in memory at once across all locations (requested, buffered
-            or being read); also the shared connection pool's size.
+            or being read); also the shared connection pool's size, and the most page
+            requests at once (fewer while the event loop is CPU-bound: see
+            :attr:`in_flight_limit`).
         locations_at_once: locations read side by side in a fan-out.
         limiter: a ``(location_id) -> Limiter`` factory (for instance one
             :class:`~ghl_async.redis.RedisLimiter` per location, shared across
