@@ -4,15 +4,28 @@ For each K, ``serve-fake --locations K`` runs in its own process (budgets compre
 100 per 1 s per location) and a fresh client process reads every location through
 :class:`ghl_async.Locations` for a fixed time, measuring pages/s, its own CPU per page,
 its RSS, and the share of its CPU spent in the cyclic garbage collector (``gc.callbacks``).
+
 The fake's data is about the same in total whatever K (fewer conversations per location
-as K grows), so the fake's memory stays put.
+as K grows), so the fake's memory and start-up stay put. So that every run is in steady
+state for its whole time at every K, the client first lists each location's conversations
+(``/conversations/search``, before the clock starts, then a second for the budgets to
+refill) and reads them through ``fan_out_pages(pairs)``, every pair as many times over as
+the time needs (the same conversation read again, from its first page): a run that runs
+out of work before its time is reported as such.
+
+Two trees side by side (the library of each, this benchmark and the fake of this one),
+alternating against one fake per K::
+
+    python -m benchmarks.agency compare before=/path/to/main after=.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import resource
 import subprocess
@@ -24,9 +37,17 @@ from typing import Any
 
 from ._report import Section
 
+REPO = Path(__file__).resolve().parent.parent
+
 RATE = "100/1s"
 PAGE_SIZE = 100
 MESSAGES = "100-200"
+# Above what one process reads per second at any K (about 2,100-2,500 today): the pairs
+# are repeated until a run of ``seconds`` cannot run out of them.
+MOST_PAGES_PER_SECOND = 4_000
+# Set in a client's environment: it calls gc.freeze() after its start-up (a tree named
+# NAME+freeze in ``compare``).
+FREEZE = "GHL_BENCH_GC_FREEZE"
 
 
 def _serve(k: int, conversations: int, info: Path) -> subprocess.Popen[str]:
@@ -88,8 +109,36 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
 
     pages = 0
     async with Locations(
-        tokens, base_url=info["url"], rate_limit=RateLimit.parse(RATE), max_pages=256
+        tokens,
+        base_url=info["url"],
+        rate_limit=RateLimit.parse(RATE),
+        max_pages=256,
     ) as pool:
+        conversations: dict[str, list[str]] = {}
+        for location_id in tokens:
+            client = await pool.client(location_id)
+            conversations[location_id] = [
+                c.id async for c in client.iter_conversations(location_id)
+            ]
+        # About messages / page size, plus half a page per conversation for its last.
+        pages_per_pass = sum(
+            entry["messages"] / PAGE_SIZE + entry["conversations"] / 2
+            for entry in info["locations"]
+        )
+        wanted = seconds * min(len(tokens) * 100, MOST_PAGES_PER_SECOND) * 1.5
+        passes = max(1, math.ceil(wanted / max(1.0, pages_per_pass)))
+        pairs = [
+            (location_id, conversation_id)
+            for _ in range(passes)
+            for location_id, ids in conversations.items()
+            for conversation_id in ids
+        ]
+        await asyncio.sleep(1.2)  # every location's budget full again
+        gc.collect()
+        if os.environ.get(FREEZE):
+            # The application's recipe, not the library's: a worker process it owns
+            # freezes what start-up made, so no collection walks it again.
+            gc.freeze()
         rss_before = _rss_mib()
         tracked_before = len(gc.get_objects())
         tracked_mid: int | None = None
@@ -97,8 +146,9 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         stop = wall0 + seconds
         rss_peak = rss_before
+        ran_out = True
         async for _location, _conversation, _page in pool.fan_out_pages(
-            locations=list(tokens), page_size=PAGE_SIZE
+            pairs, page_size=PAGE_SIZE
         ):
             pages += 1
             if pages % 256 == 0:
@@ -106,12 +156,14 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
                 if pages == 1024:  # steady state: every location started
                     tracked_mid = len(gc.get_objects())
                 if time.perf_counter() > stop:
+                    ran_out = False
                     break
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         gc.callbacks.remove(on_gc)
         if tracked_mid is None:  # a short run: what is tracked at its end
             tracked_mid = len(gc.get_objects())
+        in_flight = getattr(pool, "in_flight_limit", None)
         throttled = 0
         for location_id in tokens:
             throttled += (await pool.client(location_id)).stats.throttled
@@ -127,36 +179,60 @@ async def _read(info: dict[str, Any], seconds: float) -> dict[str, Any]:
         "collections": collections,
         "gc_times": gc_times,
         "tracked_per_location": (tracked_mid - tracked_before) / len(tokens),
+        "ran_out": ran_out,
+        # The adaptive cap on page requests at once, where the run left it (None: a tree
+        # without one).
+        "in_flight": in_flight,
+        "passes": passes,
     }
 
 
-def _child(info_path: str, seconds: float) -> None:
+def _child(info_path: str, seconds: float, tree: str | None) -> None:
+    if tree is not None:  # that tree's library; this tree's benchmark
+        sys.path.insert(0, tree)
     info = json.loads(Path(info_path).read_text())
     print(json.dumps(asyncio.run(_read(info, seconds))))
 
 
-def _one(k: int, seconds: float) -> dict[str, Any]:
-    conversations = max(8, 2_400 // k)
-    with tempfile.TemporaryDirectory() as folder:
-        info = Path(folder) / "agency.json"
-        server = _serve(k, conversations, info)
-        try:
-            server_cpu = _cpu_of(server.pid)
-            began = time.perf_counter()
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.agency", info, str(seconds)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            # Over the client's whole life (start-up included): a lower bound while reading.
-            server_busy = (_cpu_of(server.pid) - server_cpu) / (time.perf_counter() - began)
-        finally:
-            server.terminate()
-            server.wait()
+def _client(
+    info: Path,
+    seconds: float,
+    server: subprocess.Popen[str],
+    tree: str | None,
+    freeze: bool = False,
+) -> dict[str, Any]:
+    server_cpu = _cpu_of(server.pid)
+    began = time.perf_counter()
+    argv = [sys.executable, "-m", "benchmarks.agency", "child", str(info), str(seconds)]
+    out = subprocess.run(
+        argv + ([tree] if tree is not None else []),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **({FREEZE: "1"} if freeze else {})},
+    )
+    # Over the client's whole life (start-up included): a lower bound while reading.
+    server_busy = (_cpu_of(server.pid) - server_cpu) / (time.perf_counter() - began)
     result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
     result["server_busy"] = server_busy
     return result
+
+
+def _fake(k: int) -> tuple[subprocess.Popen[str], Path, tempfile.TemporaryDirectory[str]]:
+    folder = tempfile.TemporaryDirectory()
+    info = Path(folder.name) / "agency.json"
+    return _serve(k, max(8, 2_400 // k), info), info, folder
+
+
+def _one(k: int, seconds: float) -> dict[str, Any]:
+    server, info, folder = _fake(k)
+    try:
+        return _client(info, seconds, server, None)
+    finally:
+        server.terminate()
+        server.wait()
+        folder.cleanup()
 
 
 def _cpu_of(pid: int) -> float:
@@ -178,47 +254,14 @@ def run(smoke: bool) -> Section:
             "Client CPU per page is this process's CPU; GC is the time inside the cyclic "
             "collector (gc.callbacks) as a share of that CPU."
         ),
-        columns=[
-            "locations K",
-            "pages/s",
-            "of K x 100",
-            "CPU per page (ms)",
-            "client CPU busy",
-            "server CPU busy",
-            "RSS (MiB)",
-            "GC share",
-            "429s",
-        ],
+        columns=COLUMNS,
     )
     base: dict[str, float] | None = None
     for k in sizes:
         result = _one(k, seconds)
-        rate = result["pages"] / result["wall"]
         row_cpu_ms = 1000 * result["cpu"] / max(1, result["pages"])
-        section.rows.append(
-            [
-                k,
-                rate,
-                f"{100 * rate / (k * 100):.0f}%",
-                row_cpu_ms,
-                f"{100 * result['cpu'] / result['wall']:.0f}%",
-                f"{100 * result['server_busy']:.0f}%",
-                result["rss"],
-                f"{100 * result['gc'] / max(result['cpu'], 1e-9):.1f}%",
-                int(result["throttled"]),
-            ]
-        )
-        split = ", ".join(
-            f"gen{generation} {count} ({1000 * spent:.0f} ms)"
-            for generation, (count, spent) in enumerate(
-                zip(result["collections"], result["gc_times"], strict=True)
-            )
-        )
-        section.notes.append(
-            f"K={k}: collections {split}; "
-            f"{result['tracked_per_location']:.0f} tracked objects per location "
-            "(first-use imports included)"
-        )
+        section.rows.append(_row(k, result))
+        _notes(section, k, result)
         if base is None:
             base = {"k": k, "rss": result["rss"], "cpu_ms": row_cpu_ms}
         else:
@@ -231,5 +274,106 @@ def run(smoke: bool) -> Section:
     return section
 
 
+COLUMNS = [
+    "locations K",
+    "pages/s",
+    "of K x 100",
+    "CPU per page (ms)",
+    "client CPU busy",
+    "server CPU busy",
+    "RSS (MiB)",
+    "GC share",
+    "429s",
+]
+
+
+def _row(k: int, result: dict[str, Any]) -> list[Any]:
+    rate = result["pages"] / result["wall"]
+    return [
+        k,
+        rate,
+        f"{100 * rate / (k * 100):.0f}%",
+        1000 * result["cpu"] / max(1, result["pages"]),
+        f"{100 * result['cpu'] / result['wall']:.0f}%",
+        f"{100 * result['server_busy']:.0f}%",
+        result["rss"],
+        f"{100 * result['gc'] / max(result['cpu'], 1e-9):.1f}%",
+        int(result["throttled"]),
+    ]
+
+
+def _notes(section: Section, k: int, result: dict[str, Any], label: str = "") -> None:
+    split = ", ".join(
+        f"gen{generation} {count} ({1000 * spent:.0f} ms)"
+        for generation, (count, spent) in enumerate(
+            zip(result["collections"], result["gc_times"], strict=True)
+        )
+    )
+    section.notes.append(
+        f"{label}K={k}: collections {split}; "
+        f"{result['tracked_per_location']:.0f} tracked objects per location "
+        f"(first-use imports included); {result['passes']} pass(es) over the data"
+        + ("; RAN OUT OF WORK before its time" if result["ran_out"] else "")
+        + (
+            f"; requests at once capped at {result['in_flight']} at the end"
+            if result.get("in_flight") is not None
+            else ""
+        )
+    )
+
+
+def compare(
+    trees: list[tuple[str, str]], sizes: list[int], seconds: float, rounds: int
+) -> Section:
+    """Each tree's library side by side, alternating against one fake per K."""
+    section = Section(
+        title="An agency's locations in one process: trees side by side",
+        what=(
+            f"As the agency table; trees {', '.join(f'{n}={p}' for n, p in trees)}, "
+            f"{rounds} round(s) each, order alternating, one fake per K."
+        ),
+        columns=["tree", *COLUMNS],
+    )
+    for k in sizes:
+        server, info, folder = _fake(k)
+        try:
+            order = list(trees)
+            for round_ in range(rounds):
+                for name, path in order if round_ % 2 == 0 else order[::-1]:
+                    time.sleep(1.5)  # the fake's windows empty between runs
+                    tree, freeze = str(Path(path).resolve()), name.endswith("+freeze")
+                    result = _client(info, seconds, server, tree, freeze)
+                    section.rows.append([name, *_row(k, result)])
+                    _notes(section, k, result, f"{name} ")
+                    print(section.rows[-1], file=sys.stderr, flush=True)
+        finally:
+            server.terminate()
+            server.wait()
+            folder.cleanup()
+    section.notes.append(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    return section
+
+
+def _main(argv: list[str]) -> None:
+    if argv[0] == "child":
+        _child(argv[1], float(argv[2]), argv[3] if len(argv) > 3 else None)
+        return
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.agency")
+    parser.add_argument("command", choices=["compare"])
+    parser.add_argument(
+        "trees", nargs="+", help="NAME=PATH of each tree (NAME+freeze: gc.freeze() after start-up)"
+    )
+    parser.add_argument("--sizes", default="10,100,200,300")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args(argv)
+    trees: list[tuple[str, str]] = []
+    for tree in args.trees:
+        name, _, path = tree.partition("=")
+        trees.append((name, path))
+    sizes = [int(size) for size in args.sizes.split(",")]
+    print(compare(trees, sizes, args.seconds, args.rounds).markdown())
+
+
 if __name__ == "__main__":
-    _child(sys.argv[1], float(sys.argv[2]))
+    _main(sys.argv[1:])

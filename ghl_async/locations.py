@@ -5,12 +5,15 @@ budgets. :class:`Locations` keeps one :class:`~ghl_async.Client` per location (i
 token, its own limiter, its own small concurrency), made on first use, all sending
 through one aiohttp session and connector that the pool opens and closes.
 
-Fan-outs run in two levels: the locations side by side (a task per location in
-progress), and inside each location its conversations, at most
-:func:`location_concurrency` requests at once. Every page of every location passes one
-shared cap (``max_pages``): a page takes a slot before it is requested and gives it
-back when the consumer moves past it, so pages requested, buffered or being read never
-number more than the cap, however many locations run.
+A fan-out reads the locations side by side (``locations_at_once`` at a time), each with
+its own few workers (:func:`workers_per_location`), every worker of every location
+sending its pages into the one stream the consumer reads (:mod:`._agency_fanout`).
+Every page of every location passes one shared cap (``max_pages``): a page takes a slot
+before it is requested and gives it back when the consumer moves past it, so pages
+requested, buffered or being read never number more than the cap, however many
+locations run. Page requests at once are capped too, lower while the event loop is
+CPU-bound (:mod:`._agency_inflight`): past what the process's CPU handles, more
+requests at once only queue inside it, for the garbage collector to walk.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from typing import TYPE_CHECKING, Literal, overload
 import anyio
 
 from . import errors
+from ._agency_fanout import AgencyItem, AgencyRun, LocationWork, PageSource, run_agency
+from ._agency_inflight import InFlight
 from ._auth import TokenProvider, TokenSource
 from ._engine import Engine
-from ._fanout import FanOutOptions, IdSource, run_fan_out
+from ._fanout import IdSource
 from ._location_tokens import MintedTokens
 from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
 from ._validation import MAX_PAGE_SIZE, check_base_url, check_id, check_int, check_types
@@ -73,7 +78,6 @@ Types = Iterable[str] | str | None
 #: ``(location_id, conversation_id or None, page or error)``: a fan-out's item.
 PageItem = tuple[str, str | None, MessagesPage | errors.GHLError]
 MessageItem = tuple[str, str | None, Message | errors.GHLError]
-_Inner = tuple[str | None, MessagesPage | errors.GHLError]
 
 # A round trip assumed when sizing a location's concurrency (live HighLevel answers a
 # page in 100-300 ms; a loopback fake in a few ms).
@@ -191,7 +195,9 @@ class Locations:
         concurrency: requests in flight per location (default
             :func:`location_concurrency` of ``rate_limit``).
         max_pages: pages in memory at once across all locations (requested, buffered
-            or being read); also the shared connection pool's size.
+            or being read); also the shared connection pool's size, and the most page
+            requests at once (fewer while the event loop is CPU-bound: see
+            :attr:`in_flight_limit`).
         locations_at_once: locations read side by side in a fan-out.
         limiter: a ``(location_id) -> Limiter`` factory (for instance one
             :class:`~ghl_async.redis.RedisLimiter` per location, shared across
@@ -282,6 +288,7 @@ class Locations:
             )
         self._clients: dict[str, Client] = {}
         self._cap = _PageCap(max_pages)
+        self._in_flight = InFlight(max_pages)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -308,6 +315,16 @@ class Locations:
     def peak_pages_held(self) -> int:
         """The most pages held at once since the pool opened."""
         return self._cap.peak
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Page requests the pool runs at once now, at most (adapts; never above ``max_pages``).
+
+        It shrinks while the event loop's thread is busy nearly all the time (more
+        requests at once would only queue inside the process) and grows back while it
+        has time to spare and requests wait for a slot.
+        """
+        return self._in_flight.limit
 
     @property
     def location_ids(self) -> list[str]:
@@ -337,6 +354,7 @@ class Locations:
                 self._transport.abandon()
                 self._clients.clear()
                 self._cap = _PageCap(self.max_pages)
+                self._in_flight = InFlight(self.max_pages)
                 if self._minted is not None:
                     self._minted.forget_loop()
             if self._oauth is not None:
@@ -483,20 +501,28 @@ class Locations:
     ) -> AsyncGenerator[MessagesPage, None]:
         """One conversation's pages, each taking a slot of the shared cap before its request."""
         pages = client.iter_pages(conversation_id, type_filter, page_size)
+        in_flight = self._in_flight
         async with aclosing(pages):
             while True:
                 await slots.take()
                 try:
-                    page = await anext(pages)
+                    await in_flight.take()
+                    try:
+                        page = await anext(pages)
+                    finally:
+                        in_flight.give()
                 except StopAsyncIteration:
                     slots.give()
                     return
                 except BaseException:
                     slots.give()
                     raise
-                yield page  # its slot is given back when the consumer moves past it
-                # Waiting for the next slot, this generator must not keep the page alive.
+                # Handed out from the stack, not from a local: suspended here while its
+                # worker waits for room in the stream, this frame must not keep it alive.
+                # Its slot is given back when the consumer moves past it.
+                handed = [page]
                 del page
+                yield handed.pop()
 
     async def _conversation_ids(
         self, client: Client, location_id: str
@@ -508,42 +534,29 @@ class Locations:
             async for conversation in conversations:
                 yield conversation.id
 
-    async def _location(
+    def _work(
         self,
-        location_id: str,
-        conversation_ids: IdSource | None,
+        plan: Mapping[str, IdSource | None] | None,
         type_filter: str | None,
         page_size: int,
-        return_exceptions: bool,
         slots: _Slots,
-        workers: int,
-    ) -> AsyncGenerator[_Inner, None]:
-        """One location's pages: its conversations side by side, ``concurrency`` at once."""
-        check_id(location_id, "location_id")
-        client = self._client(location_id)
-        ids = (
-            conversation_ids
-            if conversation_ids is not None
-            else self._conversation_ids(client, location_id)
-        )
+    ) -> LocationWork:
+        """Where each location's conversations and pages come from."""
 
-        def pages(conversation_id: str) -> AsyncGenerator[MessagesPage, None]:
-            check_id(conversation_id, "conversation_id")
-            return self._pages(client, conversation_id, type_filter, page_size, slots)
+        def work(location_id: str) -> tuple[IdSource, PageSource]:
+            check_id(location_id, "location_id")
+            client = self._client(location_id)
+            ids = plan.get(location_id) if plan is not None else None
+            if ids is None:
+                ids = self._conversation_ids(client, location_id)
 
-        options = FanOutOptions(concurrency=workers, return_exceptions=return_exceptions, buffer=1)
-        items = run_fan_out(ids, pages, options, self._spawn)
-        try:
-            async with aclosing(items):
-                async for conversation_id, item in items:
-                    yield conversation_id, item
-                    del item  # not kept alive while the next page is awaited
-        except errors.GHLError as exc:
-            # A refused token or a spent day ends this location only: the others have
-            # budgets and tokens of their own.
-            if not return_exceptions:
-                raise
-            yield exc.conversation_id, exc
+            def pages(conversation_id: str) -> AsyncGenerator[MessagesPage, None]:
+                check_id(conversation_id, "conversation_id")
+                return self._pages(client, conversation_id, type_filter, page_size, slots)
+
+            return ids, pages
+
+        return work
 
     async def _run(
         self,
@@ -555,31 +568,25 @@ class Locations:
         await self._ready()
         type_filter = check_types(types)
         slots = _Slots(self._cap)
+        self._in_flight.restart()
         plan = work if isinstance(work, Mapping) else None
         if plan is None and isinstance(work, (list, tuple)):
             work = list(work)  # a list: its length sizes each location's workers
         count = len(plan) if plan is not None else len(work) if isinstance(work, list) else None
-        workers = workers_per_location(self.concurrency, self.max_pages, count)
-
-        def location(location_id: str) -> AsyncGenerator[_Inner, None]:
-            ids = plan.get(location_id) if plan is not None else None
-            return self._location(
-                location_id, ids, type_filter, page_size, return_exceptions, slots, workers
-            )
-
         location_ids: IdSource = list(plan) if plan is not None else work
-        options = FanOutOptions(
-            concurrency=self.locations_at_once, return_exceptions=return_exceptions, buffer=1
+        send, receive = anyio.create_memory_object_stream[AgencyItem](1)
+        run = AgencyRun(
+            location_ids,
+            self._work(plan, type_filter, page_size, slots),
+            workers=workers_per_location(self.concurrency, self.max_pages, count),
+            locations_at_once=self.locations_at_once,
+            return_exceptions=return_exceptions,
+            send=send,
         )
-        items = run_fan_out(location_ids, location, options, self._spawn)
+        items = run_agency(run, receive, self._spawn)
         try:
             async with aclosing(items):
-                async for location_id, item in items:
-                    if isinstance(item, errors.GHLError):
-                        yield location_id, None, item
-                        continue
-                    conversation_id, page = item
-                    del item
+                async for location_id, conversation_id, page in items:
                     if isinstance(page, MessagesPage):
                         try:
                             yield location_id, conversation_id, page

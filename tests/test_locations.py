@@ -11,9 +11,14 @@ from collections.abc import Iterator
 from contextlib import aclosing
 
 import aiohttp
+import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ghl_async import AgencyToken, Locations, MessagesPage, RateLimit, errors, location_concurrency
+from ghl_async._agency_inflight import InFlight, next_in_flight
 from ghl_async.locations import workers_per_location
 from ghl_async.oauth import TOKEN_PATH, decode_access_token, refresh_token_form
 from ghl_async.testing import FakeAgency
@@ -267,8 +272,12 @@ def test_bad_arguments_are_refused_before_any_request() -> None:
 
 
 def pages_alive_in_frames() -> int:
-    """MessagesPage objects held by suspended generators and coroutines (their locals)."""
-    held = 0
+    """MessagesPage objects held by suspended generators and coroutines (their locals).
+
+    Each page once, however many frames hold it (a page on its way to the consumer is in
+    the frames of the worker sending it and of the send itself).
+    """
+    held: set[int] = set()
     for thing in gc.get_objects():
         if isinstance(thing, types.AsyncGeneratorType):
             frame = thing.ag_frame
@@ -280,8 +289,8 @@ def pages_alive_in_frames() -> int:
             continue
         for value in frame.f_locals.values():
             items = value if isinstance(value, tuple) else (value,)
-            held += sum(isinstance(item, MessagesPage) for item in items)
-    return held
+            held.update(id(item) for item in items if isinstance(item, MessagesPage))
+    return len(held)
 
 
 async def test_workers_waiting_for_room_keep_no_page_alive() -> None:
@@ -295,8 +304,8 @@ async def test_workers_waiting_for_room_keep_no_page_alive() -> None:
                     seen += 1
                     if seen == 30:
                         await asyncio.sleep(0.2)  # 40 workers wait for the 3 slots
-                        # The cap's pages, the one in hand, and those the streams carry.
-                        assert pages_alive_in_frames() <= pool.max_pages + 2
+                        # No more pages than the cap: requested, buffered or in hand.
+                        assert pages_alive_in_frames() <= pool.max_pages
                         break
 
 
@@ -315,3 +324,138 @@ def test_workers_per_location_share_the_page_cap(
     concurrency: int, max_pages: int, locations: int | None, wanted: int
 ) -> None:
     assert workers_per_location(concurrency, max_pages, locations) == wanted
+
+
+@pytest.mark.parametrize(
+    ("limit", "busy", "waiting", "wanted"),
+    [
+        (256, 0.97, True, 224),  # CPU-bound: an eighth fewer
+        (256, 0.90, False, 224),  # whether or not requests wait
+        (17, 0.99, True, 16),  # never below the floor
+        (16, 0.99, True, 16),
+        (64, 0.50, True, 68),  # time to spare and requests waiting: a sixteenth more
+        (250, 0.10, True, 256),  # never above the ceiling
+        (64, 0.50, False, 64),  # nobody waits: nothing to grow for
+        (64, 0.85, True, 64),  # between the two marks: as it is
+        (8, 0.99, True, 8),  # a ceiling under the floor is the floor
+    ],
+)
+def test_requests_at_once_shrink_while_the_loop_is_busy_and_grow_back(
+    limit: int, busy: float, waiting: bool, wanted: int
+) -> None:
+    ceiling = 8 if limit == 8 else 256
+    assert next_in_flight(limit, busy, waiting, floor=16, ceiling=ceiling) == wanted
+
+
+@given(
+    limit=st.integers(1, 1000),
+    busy=st.floats(0, 1.5, allow_nan=False),
+    waiting=st.booleans(),
+    floor=st.integers(1, 64),
+    ceiling=st.integers(1, 1000),
+)
+def test_requests_at_once_stay_within_floor_and_ceiling(
+    limit: int, busy: float, waiting: bool, floor: int, ceiling: int
+) -> None:
+    limit = min(limit, ceiling)
+    after = next_in_flight(limit, busy, waiting, floor=floor, ceiling=ceiling)
+    assert min(floor, ceiling) <= after <= ceiling
+    if busy >= 0.9:
+        assert after <= max(limit, min(floor, ceiling))  # never more while CPU-bound
+    if not waiting:
+        assert after <= max(limit, min(floor, ceiling))  # never more for nobody
+
+
+class Clocks:
+    """A wall clock and an event-loop thread CPU clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.cpu_now = 0.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def cpu(self) -> float:
+        return self.cpu_now
+
+    def run(self, seconds: float, busy: float) -> None:
+        self.now += seconds
+        self.cpu_now += seconds * busy
+
+
+async def test_the_cap_follows_how_busy_the_loop_thread_was() -> None:
+    clocks = Clocks()
+    cap = InFlight(64, floor=16, wall=clocks.wall, cpu=clocks.cpu)
+    for _ in range(20):  # CPU-bound: down to the floor, an eighth a period
+        clocks.run(0.125, busy=1.0)
+        await cap.take()
+        cap.give()
+    assert cap.limit == 16
+    clocks.run(0.125, busy=0.3)  # time to spare, but nobody waits: as it is
+    await cap.take()
+    cap.give()
+    assert cap.limit == 16
+    clocks.run(5.0, busy=1.0)  # a long pause is not judged (the pool was idle)
+    await cap.take()
+    cap.give()
+    assert cap.limit == 16
+
+    async def hold(done: anyio.Event) -> None:
+        await cap.take()
+        await done.wait()
+        cap.give()
+
+    done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):  # 16 hold a slot, 4 wait for one
+            tg.start_soon(hold, done)
+        await wait_all_tasks_blocked()
+        assert cap.limiter.statistics().tasks_waiting == 4
+        clocks.run(0.125, busy=0.3)
+        tg.start_soon(hold, done)  # its take() reconsiders: time to spare, 4 waiting
+        await wait_all_tasks_blocked()
+        assert cap.limit == 17
+        assert cap.held == 17
+        done.set()
+    assert cap.held == 0
+    assert cap.peak == 17
+
+
+async def test_the_pool_asks_the_cap_for_every_page_request() -> None:
+    fast = RateLimit(1000, 1.0)
+    async with FakeAgency(
+        10, conversations=4, messages=(30, 60), seed=11, rate_limit=fast
+    ) as agency:
+        tokens = {lid: fake.token for lid, fake in agency.locations.items()}
+        seen: Counter[tuple[str, str, str]] = Counter()
+        async with Locations(tokens, base_url=agency.url, rate_limit=fast, max_pages=64) as pool:
+            assert pool.in_flight_limit == 64
+            # The loop reported busy all the time: the cap shrinks as the pages come.
+            pool._in_flight = InFlight(64, wall=time.perf_counter, cpu=time.perf_counter)
+            async for location_id, conversation_id, page in pool.fan_out_pages(
+                locations=agency.location_ids, page_size=5
+            ):
+                for message in page.messages:
+                    seen[location_id, conversation_id, message.id] += 1
+            assert pool.in_flight_limit < 64
+            assert pool._in_flight.held == 0
+        assert seen == expected(agency)
+        assert agency.throttled == 0
+
+
+async def test_a_loop_with_time_to_spare_keeps_every_request_slot() -> None:
+    slow = RateLimit(20, 1.0)
+    async with FakeAgency(
+        10, conversations=3, messages=(20, 40), seed=12, rate_limit=slow
+    ) as agency:
+        tokens = {lid: fake.token for lid, fake in agency.locations.items()}
+        async with Locations(tokens, base_url=agency.url, rate_limit=slow, max_pages=64) as pool:
+            pages = 0
+            async for _ in pool.fan_out_pages(locations=agency.location_ids, page_size=5):
+                pages += 1
+            assert pages > 100
+            # The budgets bound the run, not the cap: it was never full, so no request
+            # ever waited for a slot (a burst at the start may have trimmed it a little).
+            assert pool._in_flight.peak < pool.in_flight_limit
+        assert agency.throttled == 0
