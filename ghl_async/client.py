@@ -604,7 +604,8 @@ class Client:
             since=since,
             email_bodies=email_bodies,
         )
-        return _pages_only(items, on_page)
+        # No hook: the fan-out's own iterator, with no layer between it and the caller.
+        return items if on_page is None else _pages_only(items, on_page)
 
     @overload
     def fan_out(
@@ -660,7 +661,7 @@ class Client:
             since=since,
             email_bodies=email_bodies,
         )
-        return _messages_only(_pages_only(items, on_page))
+        return _messages_only(items if on_page is None else _pages_only(items, on_page))
 
     # -- conversations of a location -------------------------------------------------
 
