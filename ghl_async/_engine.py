@@ -188,8 +188,11 @@ class Engine:
                     capacity.release()
                 rate = raw.reply.rate
                 self._note_budget(rate)
-                error: errors.GHLError | None = error_for_reply(
-                    raw.status, raw.headers, raw.body, now=time.time()
+                status = raw.status
+                error: errors.GHLError | None = (
+                    None
+                    if 200 <= status < 300  # the common case: no clock, no call
+                    else error_for_reply(status, raw.headers, raw.body, now=time.time())
                 )
                 if error is None:
                     try:

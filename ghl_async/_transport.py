@@ -231,6 +231,8 @@ class AiohttpTransport:
         first = await content.readany()
         if not first:
             return b""
+        if content.at_eof() and len(first) <= cap:
+            return first  # the whole body came in one piece (the common case)
         chunks = [first]
         total = len(first)
         while total <= cap and (chunk := await content.readany()):
