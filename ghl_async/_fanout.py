@@ -171,10 +171,11 @@ class _Handoff(Generic[T]):
             pass
         entry = (asyncio.get_running_loop().create_future(), item)
         self._parked.append(entry)
+        self._wake()  # a consumer waiting on a buffer of size 0 takes it from here
         try:
             delivered = await entry[0]
         finally:
-            if not entry[0].done():  # cancelled while waiting: the item stays ours
+            if entry in self._parked:  # cancelled while waiting: the item stays ours
                 self._parked.remove(entry)
         if not delivered:
             raise anyio.BrokenResourceError
@@ -198,15 +199,29 @@ class _Handoff(Generic[T]):
         items = self._items
         if items:
             item = items.popleft()
-            parked = self._parked
-            if parked:
-                future, waiting = parked.popleft()
-                items.append(waiting)
-                future.set_result(True)
+            if self._parked:
+                waiting = self._unpark()
+                if waiting:
+                    items.append(waiting[0])
             return item
+        if self._parked:  # a buffer of size 0: straight from a waiting producer
+            waiting = self._unpark()
+            if waiting:
+                return waiting[0]
         if self._ended:
             raise anyio.EndOfStream
         raise anyio.WouldBlock
+
+    def _unpark(self) -> tuple[T] | None:
+        # The first waiting producer's item, telling it so; one cancelled meanwhile
+        # (its future cancelled, its own cleanup not run yet) keeps its item.
+        parked = self._parked
+        while parked:
+            future, item = parked.popleft()
+            if not future.done():
+                future.set_result(True)
+                return (item,)
+        return None
 
     async def receive(self) -> T:
         """The next item, waiting for one (``EndOfStream`` when none will come)."""
@@ -227,7 +242,8 @@ class _Handoff(Generic[T]):
         self._items.clear()
         parked, self._parked = self._parked, deque()
         for future, _ in parked:
-            future.set_result(False)
+            if not future.done():
+                future.set_result(False)
 
     def _wake(self) -> None:
         waiter = self._waiter
