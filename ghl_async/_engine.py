@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -21,7 +23,73 @@ T = TypeVar("T")
 
 logger = logging.getLogger("ghl_async")
 
-__all__ = ["Engine"]
+__all__ = ["Capacity", "Engine", "Slots"]
+
+
+class Capacity(Protocol):
+    """A bound on requests in flight: :class:`Slots`, or an ``anyio.CapacityLimiter``."""
+
+    def acquire_nowait(self) -> None: ...
+
+    async def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Slots:
+    """At most ``total_tokens`` requests in flight, waiters served first come, first served.
+
+    What the engine needs of an ``anyio.CapacityLimiter``, without its per-task
+    bookkeeping (a lookup of the current task on every acquire and release): a slot
+    belongs to the request that took it, not to a task. ``acquire_nowait`` refuses
+    while others wait, so taking a free slot without waiting stays fair. A slot freed
+    while someone waits passes straight to the first of them; a waiter cancelled after
+    it was handed one passes it on. One event loop at a time (the client makes new slots
+    for a new loop).
+    """
+
+    __slots__ = ("_waiters", "borrowed_tokens", "total_tokens")
+
+    def __init__(self, total_tokens: int) -> None:
+        if total_tokens < 1:
+            raise ValueError("total_tokens must be at least 1")
+        self.total_tokens = total_tokens
+        self.borrowed_tokens = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def acquire_nowait(self) -> None:
+        """Take a free slot, or raise ``anyio.WouldBlock`` (none free, or others wait)."""
+        if self._waiters or self.borrowed_tokens >= self.total_tokens:
+            raise anyio.WouldBlock
+        self.borrowed_tokens += 1
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line for one."""
+        try:
+            self.acquire_nowait()
+            return
+        except anyio.WouldBlock:
+            pass
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, but leaving: the next one gets it
+            elif waiter in self._waiters:  # a release may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back (to the first waiter, if any)."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands: still borrowed
+                return
+        self.borrowed_tokens -= 1
 
 
 class Engine:
@@ -33,7 +101,7 @@ class Engine:
         auth: TokenSource,
         transport: Transport,
         retry: RetryPolicy,
-        capacity: anyio.CapacityLimiter,
+        capacity: Capacity,
         user_agent: str,
         stats: ClientStats,
         api_version: str | None = None,
@@ -120,8 +188,11 @@ class Engine:
                     capacity.release()
                 rate = raw.reply.rate
                 self._note_budget(rate)
-                error: errors.GHLError | None = error_for_reply(
-                    raw.status, raw.headers, raw.body, now=time.time()
+                status = raw.status
+                error: errors.GHLError | None = (
+                    None
+                    if 200 <= status < 300  # the common case: no clock, no call
+                    else error_for_reply(status, raw.headers, raw.body, now=time.time())
                 )
                 if error is None:
                     try:

@@ -13,6 +13,13 @@ every in-flight request at once.
 The stream's small buffer is the backpressure: a slow consumer slows fetching, and
 memory holds at most ``buffer + concurrency`` pages whatever the total.
 
+The stream is :class:`_Handoff`, not an anyio memory stream: the same bounded buffer and
+the same exceptions, with no forced trip through the event loop on either side. A page
+arriving for an idle consumer wakes it once; pages arriving while it waits to run join
+the buffer and are taken on that one wake-up. (anyio's ``receive`` and ``send`` each
+yield to the loop first, a checkpoint per page the fan-out does not need: every page
+it hands over was just awaited from the network.)
+
 Errors: a :class:`~ghl_async.errors.GHLError` belongs to its conversation (yielded as
 its item with ``return_exceptions=True``, else it stops the rest and is raised). Any
 other exception is the caller's own (an id source or token provider raising, a bad id)
@@ -23,6 +30,7 @@ out of the task group, so the caller never sees an ``ExceptionGroup``.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -34,16 +42,18 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from . import errors
 
 __all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
 
 P = TypeVar("P")
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 IdSource = Iterable[str] | AsyncIterable[str]
 #: Where one id's pages come from (an async generator, closed when the fan-out stops).
@@ -97,6 +107,150 @@ class _Ids:
                 return None
 
 
+class _Sink(Protocol[T_contra]):
+    """Where producers put items: a :class:`_Handoff` (or an anyio send stream)."""
+
+    def send_nowait(self, item: T_contra) -> None: ...
+
+    async def send(self, item: T_contra) -> None: ...
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+
+class _Handoff(Generic[T]):
+    """A bounded buffer between many producer tasks and one consumer, in one event loop.
+
+    The sending side mirrors an anyio memory stream's: ``send_nowait`` raises
+    ``anyio.WouldBlock`` when full and ``anyio.BrokenResourceError`` once the consumer
+    has gone; ``send`` waits for room; leaving ``async with`` marks the producers done.
+    The receiving side: ``receive_nowait`` raises ``anyio.WouldBlock`` or
+    ``anyio.EndOfStream``; ``receive`` waits on one future; ``close`` is the consumer
+    leaving. Nothing here yields to the loop except to wait.
+
+    A producer waiting for room parks its item (as anyio does): the consumer moves it
+    into the buffer when it takes one out, so waiting producers are served in order and
+    memory holds at most ``capacity`` items plus one per waiting producer.
+    """
+
+    __slots__ = ("_capacity", "_closed", "_ended", "_items", "_parked", "_waiter")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: deque[T] = deque()
+        # Producers waiting for room: their future (set True once the item is in the
+        # buffer, False if the consumer left) and the item.
+        self._parked: deque[tuple[asyncio.Future[bool], T]] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # the consumer, waiting
+        self._closed = False  # the consumer has gone
+        self._ended = False  # the producers are done
+
+    # -- the producers' side ---------------------------------------------------------
+
+    def send_nowait(self, item: T) -> None:
+        """Put ``item`` in the buffer, or raise ``WouldBlock`` when it is full."""
+        if self._closed:
+            raise anyio.BrokenResourceError
+        if len(self._items) >= self._capacity:
+            raise anyio.WouldBlock
+        self._items.append(item)
+        self._wake()
+
+    async def send(self, item: T) -> None:
+        """Put ``item`` in the buffer, waiting for room."""
+        try:
+            self.send_nowait(item)
+            return
+        except anyio.WouldBlock:
+            pass
+        entry = (asyncio.get_running_loop().create_future(), item)
+        self._parked.append(entry)
+        self._wake()  # a consumer waiting on a buffer of size 0 takes it from here
+        try:
+            delivered = await entry[0]
+        finally:
+            if entry in self._parked:  # cancelled while waiting: the item stays ours
+                self._parked.remove(entry)
+        if not delivered:
+            raise anyio.BrokenResourceError
+
+    async def __aenter__(self) -> _Handoff[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ended = True
+        self._wake()
+
+    # -- the consumer's side ---------------------------------------------------------
+
+    def receive_nowait(self) -> T:
+        """The next item; ``WouldBlock`` if none yet, ``EndOfStream`` if none will come."""
+        items = self._items
+        if items:
+            item = items.popleft()
+            if self._parked:
+                waiting = self._unpark()
+                if waiting:
+                    items.append(waiting[0])
+            return item
+        if self._parked:  # a buffer of size 0: straight from a waiting producer
+            waiting = self._unpark()
+            if waiting:
+                return waiting[0]
+        if self._ended:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    def _unpark(self) -> tuple[T] | None:
+        # The first waiting producer's item, telling it so; one cancelled meanwhile
+        # (its future cancelled, its own cleanup not run yet) keeps its item.
+        parked = self._parked
+        while parked:
+            future, item = parked.popleft()
+            if not future.done():
+                future.set_result(True)
+                return (item,)
+        return None
+
+    async def receive(self) -> T:
+        """The next item, waiting for one (``EndOfStream`` when none will come)."""
+        while True:
+            try:
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        """The consumer has gone: producers get ``BrokenResourceError`` from now on."""
+        self._closed = True
+        self._items.clear()
+        parked, self._parked = self._parked, deque()
+        for future, _ in parked:
+            if not future.done():
+                future.set_result(False)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class _Run(Generic[P]):
     """The producer side of one fan-out."""
 
@@ -105,7 +259,7 @@ class _Run(Generic[P]):
         ids: IdSource,
         pages: PageSource[P],
         options: FanOutOptions,
-        send: MemoryObjectSendStream[tuple[str, P | errors.GHLError]],
+        send: _Sink[tuple[str, P | errors.GHLError]],
     ) -> None:
         self.ids = _Ids(ids)
         self.pages = pages
@@ -186,29 +340,29 @@ async def run_fan_out(
     """
     if ready is not None:
         await ready()
-    send, receive = anyio.create_memory_object_stream[tuple[str, P | errors.GHLError]](
-        options.buffer
-    )
-    run = _Run(ids, pages, options, send)
+    stream = _Handoff[tuple[str, P | errors.GHLError]](options.buffer)
+    run = _Run(ids, pages, options, stream)
     task = spawn(run.run())
     task.add_done_callback(_retrieve)
     try:
-        with receive:
+        try:
             while True:
                 # Take a waiting item without a trip through the loop; the buffer bounds
                 # how many items pass without one, and the consumer's own awaits between
                 # items are checkpoints of its own.
                 try:
-                    item = receive.receive_nowait()
+                    item = stream.receive_nowait()
                 except anyio.WouldBlock:
                     try:
-                        item = await receive.receive()
+                        item = await stream.receive()
                     except anyio.EndOfStream:
                         break
                 except anyio.EndOfStream:
                     break
                 yield item
                 del item  # not kept alive while the next one is awaited
+        finally:
+            stream.close()
         # The stream ended: the producers are done (or failed).
         await task
         if run.error is not None:

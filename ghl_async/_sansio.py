@@ -57,17 +57,6 @@ def read_count(value: str | None) -> int | None:
     return int(value)
 
 
-def _positive(value: int | None, ceiling: int) -> int | None:
-    """Zero counts as absent; above ``ceiling`` is clamped to it."""
-    if not value:
-        return None
-    return min(value, ceiling)
-
-
-def _clamped(value: int | None, ceiling: int) -> int | None:
-    return None if value is None else min(value, ceiling)
-
-
 class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
     """What one reply's ``X-RateLimit-*`` headers say about the budget.
 
@@ -87,21 +76,36 @@ class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
         """Read the five documented headers (case-insensitive mapping expected)."""
-        interval_ms = read_count(headers.get("X-RateLimit-Interval-Milliseconds"))
+        # Once per reply, so written out: zero is absent for the budget and the daily
+        # limit, every value clamped, ``Remaining`` to the budget too.
+        get = headers.get
+        interval_ms = read_count(get("X-RateLimit-Interval-Milliseconds"))
         if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
             interval_ms = None
-        max_requests = _positive(read_count(headers.get("X-RateLimit-Max")), MAX_BUDGET)
-        remaining = _clamped(read_count(headers.get("X-RateLimit-Remaining")), MAX_BUDGET)
-        if remaining is not None and max_requests is not None:
-            remaining = min(remaining, max_requests)
+        max_requests = read_count(get("X-RateLimit-Max"))
+        if not max_requests:
+            max_requests = None
+        elif max_requests > MAX_BUDGET:
+            max_requests = MAX_BUDGET
+        remaining = read_count(get("X-RateLimit-Remaining"))
+        if remaining is not None:
+            ceiling = MAX_BUDGET if max_requests is None else max_requests
+            if remaining > ceiling:
+                remaining = ceiling
+        daily_limit = read_count(get("X-RateLimit-Limit-Daily"))
+        if not daily_limit:
+            daily_limit = None
+        elif daily_limit > MAX_DAILY:
+            daily_limit = MAX_DAILY
+        daily_remaining = read_count(get("X-RateLimit-Daily-Remaining"))
+        if daily_remaining is not None and daily_remaining > MAX_DAILY:
+            daily_remaining = MAX_DAILY
         return cls(
-            max_requests=max_requests,
-            interval=interval_ms / 1000.0 if interval_ms else None,
-            remaining=remaining,
-            daily_limit=_positive(read_count(headers.get("X-RateLimit-Limit-Daily")), MAX_DAILY),
-            daily_remaining=_clamped(
-                read_count(headers.get("X-RateLimit-Daily-Remaining")), MAX_DAILY
-            ),
+            max_requests,
+            interval_ms / 1000.0 if interval_ms else None,
+            remaining,
+            daily_limit,
+            daily_remaining,
         )
 
     @property

@@ -40,32 +40,41 @@ class _TooLarge(Exception):
 
 
 class _Gate:
-    """Holds the limiter across the sends of one request."""
+    """Holds the limiter across the sends of one request.
 
-    __slots__ = ("held", "limiter", "reply", "stats", "ticket")
+    The first send passes straight through (the middleware returns aiohttp's own
+    coroutine: no extra coroutine layer on the hot path); a resend, aiohttp's on a
+    stale keep-alive connection, first frees the failed send's slot and takes its own.
+    The reply's slot is freed by :meth:`AiohttpTransport.send` once its headers are in.
+    """
+
+    __slots__ = ("held", "limiter", "sends", "stats", "ticket")
 
     def __init__(self, limiter: Limiter, ticket: object, stats: ClientStats) -> None:
         self.limiter = limiter
         self.ticket = ticket
         self.stats = stats
         self.held = True
-        self.reply: Reply | None = None
+        self.sends = 0
 
-    async def __call__(
+    def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        self.stats.requests += 1
+        self.sends += 1
+        if self.sends == 1:
+            return handler(request)
+        return self._resend(request, handler)
+
+    async def _resend(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        self.stats.requests += 1
-        if not self.held:
-            # aiohttp is resending on a fresh connection: that is one more request.
-            self.ticket = await acquire_slot(self.limiter, None)  # the resend's own rate slot
-            self.held = True
-        self.reply = None
-        try:
-            response = await handler(request)
-            self.reply = Reply.from_headers(response.status, response.headers)
-            return response
-        finally:
-            await self.release(self.reply)
+        # aiohttp is resending on a fresh connection: that is one more request. The
+        # failed send got no reply; the resend needs a rate slot of its own.
+        await self.release(None)
+        self.ticket = await acquire_slot(self.limiter, None)
+        self.held = True
+        return await handler(request)
 
     async def release(self, reply: Reply | None) -> None:
         if self.held:
@@ -182,6 +191,9 @@ class AiohttpTransport:
                 raise_for_status=False,
                 auto_decompress=True,
             ) as response:
+                # The headers are in: free the slot now, before the body is read.
+                reply = Reply.from_headers(response.status, response.headers)
+                await gate.release(reply)
                 try:
                     body = await self._read(response)
                 except _TooLarge:
@@ -194,8 +206,7 @@ class AiohttpTransport:
                     )
                     too_large.retryable = False
                     raise too_large from None
-                assert gate.reply is not None  # our middleware saw this response
-                return RawReply(response.status, response.headers, body, gate.reply)
+                return RawReply(response.status, response.headers, body, reply)
         except asyncio.TimeoutError:
             error: errors.TransportError = errors.TransportError(
                 f"no complete reply within {self._timeout.total:g} s"
@@ -205,8 +216,8 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             error = errors.TransportError(_describe(exc))
         finally:
-            # A send that never reached the middleware (bad URL, closed session) frees
-            # its slot here; a send that did has already freed it.
+            # A send that got no reply (bad URL, closed session, connection lost) frees
+            # its slot here; one that got a reply has already freed it.
             await gate.release(None)
         raise error
 
@@ -220,6 +231,8 @@ class AiohttpTransport:
         first = await content.readany()
         if not first:
             return b""
+        if content.at_eof() and len(first) <= cap:
+            return first  # the whole body came in one piece (the common case)
         chunks = [first]
         total = len(first)
         while total <= cap and (chunk := await content.readany()):

@@ -15,7 +15,7 @@ import msgspec
 from . import errors
 from ._auth import TokenProvider, TokenSource
 from ._emails import MessageWithEmails, attach_emails
-from ._engine import Engine
+from ._engine import Engine, Slots
 from ._fanout import FanOutOptions, IdSource, run_fan_out
 from ._location_export import LocationPage, pass_admits, plan_passes, resume_token
 from ._paginate import paginate
@@ -153,7 +153,7 @@ class Client:
                 max_body_bytes=max_body_bytes,
             ),
             retry=retry if retry is not None else RetryPolicy(),
-            capacity=anyio.CapacityLimiter(max_concurrency),
+            capacity=Slots(max_concurrency),
             user_agent=user_agent or f"ghl-async/{__version__}",
             stats=self.stats,
         )
@@ -201,7 +201,7 @@ class Client:
         if self._loop is not loop:
             if self._loop is not None:
                 engine.transport.abandon()
-                engine.capacity = anyio.CapacityLimiter(self._max_concurrency)
+                engine.capacity = Slots(self._max_concurrency)
                 self._auth.forget_loop()
             engine.limiter = (
                 self._explicit_limiter
@@ -604,7 +604,8 @@ class Client:
             since=since,
             email_bodies=email_bodies,
         )
-        return _pages_only(items, on_page)
+        # No hook: the fan-out's own iterator, with no layer between it and the caller.
+        return items if on_page is None else _pages_only(items, on_page)
 
     @overload
     def fan_out(
@@ -660,7 +661,7 @@ class Client:
             since=since,
             email_bodies=email_bodies,
         )
-        return _messages_only(_pages_only(items, on_page))
+        return _messages_only(items if on_page is None else _pages_only(items, on_page))
 
     # -- conversations of a location -------------------------------------------------
 

@@ -7,17 +7,19 @@ proved over real sockets in test_client.py and test_hostile_server.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
 from ghl_async import errors
 from ghl_async._auth import TokenSource
-from ghl_async._engine import Engine
+from ghl_async._engine import Engine, Slots
 from ghl_async._paginate import paginate
 from ghl_async._pagination import next_export_params, next_messages_params, next_search_params
 from ghl_async._transport_base import Request
@@ -213,6 +215,74 @@ async def test_the_concurrency_slot_is_given_back_whatever_happens() -> None:
             await engine.get("https://h/x", {}, decode_ok, what="t")
     await engine.get("https://h/x", {}, decode_ok, what="t")
     assert engine.capacity.borrowed_tokens == 0
+
+
+# -- the concurrency slots ----------------------------------------------------------
+
+
+async def test_slots_bound_requests_in_flight_and_serve_waiters_in_order() -> None:
+    slots = Slots(2)
+    order: list[int] = []
+    in_flight = peak = 0
+
+    async def one(number: int) -> None:
+        nonlocal in_flight, peak
+        await slots.acquire()
+        order.append(number)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        slots.release()
+
+    async with anyio.create_task_group() as tg:
+        for number in range(6):
+            tg.start_soon(one, number)
+            await anyio.lowlevel.checkpoint()  # so that they queue in this order
+    assert peak == 2
+    assert order == list(range(6))
+    assert slots.borrowed_tokens == 0
+
+
+async def test_slots_take_no_free_slot_past_a_waiter() -> None:
+    slots = Slots(1)
+    slots.acquire_nowait()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slots.acquire)
+        await anyio.lowlevel.checkpoint()  # it waits in line
+        slots.release()  # the slot is the waiter's now, not free
+        with pytest.raises(anyio.WouldBlock):
+            slots.acquire_nowait()
+    assert slots.borrowed_tokens == 1
+    slots.release()
+    assert slots.borrowed_tokens == 0
+
+
+async def test_a_cancelled_waiter_passes_on_the_slot_it_was_handed() -> None:
+    slots = Slots(1)
+    slots.acquire_nowait()
+    first = asyncio.ensure_future(slots.acquire())
+    second = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)  # both wait in line
+    slots.release()  # handed to the first...
+    first.cancel()  # ...which is cancelled before it runs
+    await asyncio.wait({first})
+    assert first.cancelled()
+    await asyncio.wait_for(second, 1)  # the slot went on to the second
+    assert slots.borrowed_tokens == 1
+    slots.release()
+    assert slots.borrowed_tokens == 0
+
+
+async def test_a_waiter_cancelled_in_line_leaves_the_line() -> None:
+    slots = Slots(1)
+    slots.acquire_nowait()
+    with anyio.move_on_after(0.01):
+        await slots.acquire()
+    slots.release()
+    slots.acquire_nowait()  # free again: nobody left in line
+    slots.release()
+    assert slots.borrowed_tokens == 0
 
 
 # -- the one paging loop ------------------------------------------------------------

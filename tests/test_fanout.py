@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 
+import anyio
 import pytest
 
 from ghl_async import Client, RateLimit, RetryPolicy, _fanout, errors
@@ -427,3 +428,57 @@ def test_only_a_refused_token_and_a_spent_day_stop_a_fan_out() -> None:
         if isinstance(cls, type) and issubclass(cls, errors.GHLError) and cls.stops_fan_out
     }
     assert stopping == {"AuthenticationError", "DailyLimitExceeded"}
+
+
+# -- the hand-off between the producers and the consumer -----------------------------
+
+
+async def test_the_hand_off_keeps_order_and_serves_waiting_producers_in_turn() -> None:
+    stream = _fanout._Handoff[int](2)
+    stream.send_nowait(0)
+    stream.send_nowait(1)
+    with pytest.raises(anyio.WouldBlock):
+        stream.send_nowait(2)
+    waiting = [asyncio.ensure_future(stream.send(n)) for n in (2, 3)]
+    await asyncio.sleep(0)  # both wait for room, in this order
+    got = [stream.receive_nowait() for _ in range(4)]
+    await asyncio.wait(waiting)
+    assert got == [0, 1, 2, 3]
+    assert all(task.result() is None for task in waiting)
+
+
+async def test_a_hand_off_of_size_zero_passes_each_item_straight_through() -> None:
+    stream = _fanout._Handoff[str](0)
+    receiving = asyncio.ensure_future(stream.receive())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(stream.send("page"), 1)
+    assert await asyncio.wait_for(receiving, 1) == "page"
+    async with stream:  # the producers are done
+        pass
+    with pytest.raises(anyio.EndOfStream):
+        await stream.receive()
+
+
+async def test_a_producer_cancelled_while_waiting_for_room_withdraws_its_item() -> None:
+    stream = _fanout._Handoff[int](1)
+    stream.send_nowait(0)
+    cancelled = asyncio.ensure_future(stream.send(1))
+    later = asyncio.ensure_future(stream.send(2))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # its future is cancelled now, its cleanup runs later
+    assert stream.receive_nowait() == 0
+    assert stream.receive_nowait() == 2  # not 1: that one was withdrawn
+    await asyncio.wait({cancelled, later})
+    assert cancelled.cancelled() and later.result() is None
+
+
+async def test_producers_learn_at_once_that_the_consumer_has_gone() -> None:
+    stream = _fanout._Handoff[int](1)
+    stream.send_nowait(0)
+    waiting = asyncio.ensure_future(stream.send(1))
+    await asyncio.sleep(0)
+    stream.close()
+    with pytest.raises(anyio.BrokenResourceError):
+        await asyncio.wait_for(waiting, 1)
+    with pytest.raises(anyio.BrokenResourceError):
+        stream.send_nowait(2)
