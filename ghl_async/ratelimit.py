@@ -750,11 +750,9 @@ class LocalLimiter:
         book = self.book
         if self._lock is None:
             self._lock = anyio.Lock()
-        elif not self._lock.locked():
-            now = self._clock()
-            if book.wait_time(now) == 0.0:
-                return book.take(now)
         now = self._clock()
+        if self._may_pass(now):
+            return book.take(now)
         ahead = self._queued
         self._refuse_long_waits(now, max_wait, max_pause, ahead)
         self._queued += 1
@@ -768,6 +766,21 @@ class LocalLimiter:
             raise queue_wait_error(book.estimated_wait(now, self._queued - 1), max_wait)
         finally:
             self._queued -= 1
+
+    def _may_pass(self, now: float) -> bool:
+        """Whether a newcomer may take a slot now without a trip through the queue.
+
+        Only when a slot is free and, if others are queued, there is room for every one
+        of them as well: then going first costs none of them anything. Asking whether
+        the queue's lock is held would be wrong twice over: a waiter handed the lock but
+        not yet run holds it, so every newcomer would queue behind it and the queue,
+        once formed, would never drain while requests keep coming (a trip through the
+        event loop per request for nothing).
+        """
+        book = self.book
+        if book.wait_time(now) != 0.0:
+            return False
+        return not self._queued or book.estimated_wait(now, self._queued) == 0.0
 
     async def _queue(self, max_pause: float | None) -> object:
         book = self.book

@@ -627,3 +627,59 @@ def test_a_pause_stops_the_clock_of_neighbour_slots() -> None:
     assert book.blocked(0.5) == ("pause", pytest.approx(2.0))
     assert book.neighbour_slots(3.2) >= 6
     assert book.wait_time(2.5) == 0.0  # 10 - 6 - our 2 finished long ago: room
+
+
+async def _queue_two_behind_the_probe(limiter: LocalLimiter) -> tuple[object, list[object]]:
+    """The probe out, two callers queued behind it (waiting for its reply)."""
+    probe = await limiter.acquire()
+    got: list[object] = []
+
+    async def wait_for_a_slot() -> None:
+        got.append(await limiter.acquire())
+
+    for _ in range(2):
+        asyncio.get_running_loop().create_task(wait_for_a_slot())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert limiter._queued == 2 and not got
+    return probe, got
+
+
+def _finishes_at_once(limiter: LocalLimiter) -> bool:
+    """Whether an acquire completes without a single trip through the event loop."""
+    coro = limiter.acquire()
+    try:
+        coro.send(None)
+    except StopIteration:
+        return True
+    coro.close()
+    return False
+
+
+async def test_a_newcomer_goes_at_once_when_there_is_room_for_the_queue_too() -> None:
+    # The probe's reply frees the queue: its first waiter is handed the queue's lock but
+    # has not run yet. A newcomer with room for everyone must not queue behind it (it
+    # did: once formed, such a queue never drained while requests kept coming).
+    now = [0.0]
+    limiter = LocalLimiter(clock=lambda: now[0])
+    probe, got = await _queue_two_behind_the_probe(limiter)
+    await limiter.release(probe, reply(max_requests=10, interval=1.0))
+    assert _finishes_at_once(limiter)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(got) == 2  # the queued ones lost nothing
+    assert limiter.book.in_flight == 3 and limiter._queued == 0
+
+
+async def test_a_newcomer_never_takes_a_slot_a_queued_caller_is_owed() -> None:
+    # Room for the two queued callers only (the probe's slot is held for an interval):
+    # the newcomer waits its turn.
+    now = [0.0]
+    limiter = LocalLimiter(clock=lambda: now[0])
+    probe, got = await _queue_two_behind_the_probe(limiter)
+    await limiter.release(probe, reply(max_requests=3, interval=1.0))
+    assert not _finishes_at_once(limiter)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(got) == 2
+    assert limiter.book.in_flight == 2
