@@ -1,7 +1,8 @@
 """An agency's fan-out: many locations' conversations read into one stream.
 
 The producers run in one task of their own (tracked by the pool), never inside the
-consumer's async generator (see :mod:`ghl_async._fanout`, whose rules this follows):
+consumer's async generator: :func:`ghl_async._fanout.deliver` runs them and hands their
+items over, as for a fan-out of conversations, whose rules this follows:
 ``locations_at_once`` location loops each take the next location and run its
 conversations with the location's own workers in a task group of that location, and
 every worker of every location sends its pages straight into the one bounded stream the
@@ -19,18 +20,16 @@ everything and is raised as itself.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import errors
-from ._fanout import IdSource, _Ids
+from ._fanout import Ids, IdSource, Sink
 from .models import MessagesPage
 
-__all__ = ["AgencyItem", "AgencyRun", "LocationWork", "PageSource", "run_agency"]
+__all__ = ["AgencyItem", "AgencyRun", "LocationWork", "PageSource"]
 
 #: ``(location_id, conversation_id or None, page or error)``.
 AgencyItem = tuple[str, str | None, MessagesPage | errors.GHLError]
@@ -39,9 +38,6 @@ PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
 #: A location's work: its id -> (its conversation ids, where a conversation's pages come
 #: from). Called in the location's loop: what it raises stops the fan-out.
 LocationWork = Callable[[str], tuple[IdSource, PageSource]]
-
-# How long closing the fan-out waits for its producers to wind down.
-_CLOSE_WAIT = 1.0
 
 
 class AgencyRun:
@@ -65,9 +61,9 @@ class AgencyRun:
         workers: int,
         locations_at_once: int,
         return_exceptions: bool,
-        send: MemoryObjectSendStream[AgencyItem],
+        send: Sink[AgencyItem],
     ) -> None:
-        self.locations = _Ids(locations)
+        self.locations = Ids(locations)
         self.work = work
         self.workers = workers
         self.locations_at_once = locations_at_once
@@ -117,7 +113,7 @@ class AgencyRun:
     ) -> errors.GHLError | None:
         """Run one location's workers; the error that stopped the location, if any."""
         conversation_ids, pages = self.work(location_id)
-        location = _Location(location_id, _Ids(conversation_ids), pages)
+        location = _Location(location_id, Ids(conversation_ids), pages)
         async with anyio.create_task_group() as tg:
             for _ in range(self.workers):
                 tg.start_soon(self._worker, location, tg.cancel_scope, scope)
@@ -177,7 +173,7 @@ class _Location:
     def __init__(
         self,
         location_id: str,
-        ids: _Ids,
+        ids: Ids,
         pages: PageSource,
     ) -> None:
         self.id = location_id
@@ -189,45 +185,3 @@ class _Location:
         if self.error is None:
             self.error = error
         scope.cancel()
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    # Whatever the producers' task ends with was raised to the consumer or is moot.
-    if not task.cancelled():
-        task.exception()
-
-
-async def run_agency(
-    run: AgencyRun,
-    receive: MemoryObjectReceiveStream[AgencyItem],
-    spawn: Callable[[Awaitable[None]], asyncio.Task[None]],
-) -> AsyncGenerator[AgencyItem, None]:
-    """Yield the run's items as they arrive (``receive`` is its stream's other end).
-
-    Closed for any reason (the loop finished, ``break``, an exception in the loop body,
-    the consuming task cancelled), it cancels the producers' task and waits for it.
-    """
-    task = spawn(run.run())
-    task.add_done_callback(_retrieve)
-    try:
-        with receive:
-            while True:
-                try:
-                    item = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except anyio.EndOfStream:
-                        break
-                except anyio.EndOfStream:
-                    break
-                yield item
-                del item  # not kept alive while the next one is awaited
-        await task
-        if run.error is not None:
-            raise run.error
-    finally:
-        if not task.done():
-            task.cancel()
-            with anyio.move_on_after(_CLOSE_WAIT, shield=True):
-                await asyncio.wait({task})

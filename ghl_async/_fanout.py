@@ -13,7 +13,7 @@ every in-flight request at once.
 The stream's small buffer is the backpressure: a slow consumer slows fetching, and
 memory holds at most ``buffer + concurrency`` pages whatever the total.
 
-The stream is :class:`_Handoff`, not an anyio memory stream: the same bounded buffer and
+The stream is :class:`Handoff`, not an anyio memory stream: the same bounded buffer and
 the same exceptions, with no forced trip through the event loop on either side. A page
 arriving for an idle consumer wakes it once; pages arriving while it waits to run join
 the buffer and are taken on that one wake-up. (anyio's ``receive`` and ``send`` each
@@ -37,6 +37,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
 )
@@ -49,7 +50,17 @@ import anyio
 
 from . import errors
 
-__all__ = ["FanOutOptions", "IdSource", "PageSource", "run_fan_out"]
+__all__ = [
+    "FanOutOptions",
+    "Handoff",
+    "IdSource",
+    "Ids",
+    "PageSource",
+    "Producers",
+    "Sink",
+    "deliver",
+    "run_fan_out",
+]
 
 P = TypeVar("P")
 T = TypeVar("T")
@@ -72,7 +83,7 @@ class FanOutOptions:
     buffer: int
 
 
-class _Ids:
+class Ids:
     """Hands out ids one at a time from a sync or async iterable, lazily."""
 
     def __init__(self, ids: IdSource) -> None:
@@ -107,8 +118,8 @@ class _Ids:
                 return None
 
 
-class _Sink(Protocol[T_contra]):
-    """Where producers put items: a :class:`_Handoff` (or an anyio send stream)."""
+class Sink(Protocol[T_contra]):
+    """Where producers put items: a :class:`Handoff` (or an anyio send stream)."""
 
     def send_nowait(self, item: T_contra) -> None: ...
 
@@ -124,7 +135,7 @@ class _Sink(Protocol[T_contra]):
     ) -> bool | None: ...
 
 
-class _Handoff(Generic[T]):
+class Handoff(Generic[T]):
     """A bounded buffer between many producer tasks and one consumer, in one event loop.
 
     The sending side mirrors an anyio memory stream's: ``send_nowait`` raises
@@ -180,7 +191,7 @@ class _Handoff(Generic[T]):
         if not delivered:
             raise anyio.BrokenResourceError
 
-    async def __aenter__(self) -> _Handoff[T]:
+    async def __aenter__(self) -> Handoff[T]:
         return self
 
     async def __aexit__(
@@ -259,9 +270,9 @@ class _Run(Generic[P]):
         ids: IdSource,
         pages: PageSource[P],
         options: FanOutOptions,
-        send: _Sink[tuple[str, P | errors.GHLError]],
+        send: Sink[tuple[str, P | errors.GHLError]],
     ) -> None:
-        self.ids = _Ids(ids)
+        self.ids = Ids(ids)
         self.pages = pages
         self.options = options
         self.send = send
@@ -327,7 +338,18 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-async def run_fan_out(
+class Producers(Protocol):
+    """The producer side of a fan-out, as :func:`deliver` runs it."""
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the producers, to raise to the consumer (``None``: nothing)."""
+
+    def run(self) -> Coroutine[object, object, None]:
+        """Produce every item into the stream, then leave it (``async with``)."""
+
+
+def run_fan_out(
     ids: IdSource,
     pages: PageSource[P],
     options: FanOutOptions,
@@ -338,10 +360,31 @@ async def run_fan_out(
 
     ``ready`` is awaited first, in the consumer's loop (the client opens itself there).
     """
+
+    def producers(stream: Handoff[tuple[str, P | errors.GHLError]]) -> _Run[P]:
+        return _Run(ids, pages, options, stream)
+
+    return deliver(options.buffer, producers, spawn, ready)
+
+
+async def deliver(
+    buffer: int,
+    producers: Callable[[Handoff[T]], Producers],
+    spawn: Callable[[Awaitable[None]], asyncio.Task[None]],
+    ready: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncGenerator[T, None]:
+    """The consumer's side of any fan-out: yield what ``producers`` put in the stream.
+
+    ``ready`` is awaited first; then a :class:`Handoff` of ``buffer`` items is made,
+    ``producers(stream)`` run in a task of their own (``spawn``), and their items yielded
+    as they come. Closed for any reason (the loop finished, ``break``, an exception in
+    the loop body, the consuming task cancelled), it closes the stream, cancels that task
+    and waits for it (at most a second); an error the producers recorded is raised.
+    """
     if ready is not None:
         await ready()
-    stream = _Handoff[tuple[str, P | errors.GHLError]](options.buffer)
-    run = _Run(ids, pages, options, stream)
+    stream = Handoff[T](buffer)
+    run = producers(stream)
     task = spawn(run.run())
     task.add_done_callback(_retrieve)
     try:

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Literal, overload
 import anyio
 
 from . import errors
-from ._agency_fanout import AgencyItem, AgencyRun, LocationWork, PageSource, run_agency
+from ._agency_fanout import AgencyItem, AgencyRun, LocationWork, PageSource
 from ._agency_inflight import InFlight
 from ._auth import TokenProvider, TokenSource
 from ._engine import Engine
-from ._fanout import IdSource
+from ._fanout import Handoff, IdSource, deliver
 from ._location_tokens import MintedTokens
 from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
 from ._validation import MAX_PAGE_SIZE, check_base_url, check_id, check_int, check_types
@@ -574,16 +574,20 @@ class Locations:
             work = list(work)  # a list: its length sizes each location's workers
         count = len(plan) if plan is not None else len(work) if isinstance(work, list) else None
         location_ids: IdSource = list(plan) if plan is not None else work
-        send, receive = anyio.create_memory_object_stream[AgencyItem](1)
-        run = AgencyRun(
-            location_ids,
-            self._work(plan, type_filter, page_size, slots),
-            workers=workers_per_location(self.concurrency, self.max_pages, count),
-            locations_at_once=self.locations_at_once,
-            return_exceptions=return_exceptions,
-            send=send,
-        )
-        items = run_agency(run, receive, self._spawn)
+        location_work = self._work(plan, type_filter, page_size, slots)
+        workers = workers_per_location(self.concurrency, self.max_pages, count)
+
+        def producers(stream: Handoff[AgencyItem]) -> AgencyRun:
+            return AgencyRun(
+                location_ids,
+                location_work,
+                workers=workers,
+                locations_at_once=self.locations_at_once,
+                return_exceptions=return_exceptions,
+                send=stream,
+            )
+
+        items = deliver(1, producers, self._spawn)
         try:
             async with aclosing(items):
                 async for location_id, conversation_id, page in items:

@@ -434,7 +434,7 @@ def test_only_a_refused_token_and_a_spent_day_stop_a_fan_out() -> None:
 
 
 async def test_the_hand_off_keeps_order_and_serves_waiting_producers_in_turn() -> None:
-    stream = _fanout._Handoff[int](2)
+    stream = _fanout.Handoff[int](2)
     stream.send_nowait(0)
     stream.send_nowait(1)
     with pytest.raises(anyio.WouldBlock):
@@ -448,7 +448,7 @@ async def test_the_hand_off_keeps_order_and_serves_waiting_producers_in_turn() -
 
 
 async def test_a_hand_off_of_size_zero_passes_each_item_straight_through() -> None:
-    stream = _fanout._Handoff[str](0)
+    stream = _fanout.Handoff[str](0)
     receiving = asyncio.ensure_future(stream.receive())
     await asyncio.sleep(0)
     await asyncio.wait_for(stream.send("page"), 1)
@@ -460,7 +460,7 @@ async def test_a_hand_off_of_size_zero_passes_each_item_straight_through() -> No
 
 
 async def test_a_producer_cancelled_while_waiting_for_room_withdraws_its_item() -> None:
-    stream = _fanout._Handoff[int](1)
+    stream = _fanout.Handoff[int](1)
     stream.send_nowait(0)
     cancelled = asyncio.ensure_future(stream.send(1))
     later = asyncio.ensure_future(stream.send(2))
@@ -473,7 +473,7 @@ async def test_a_producer_cancelled_while_waiting_for_room_withdraws_its_item() 
 
 
 async def test_producers_learn_at_once_that_the_consumer_has_gone() -> None:
-    stream = _fanout._Handoff[int](1)
+    stream = _fanout.Handoff[int](1)
     stream.send_nowait(0)
     waiting = asyncio.ensure_future(stream.send(1))
     await asyncio.sleep(0)
