@@ -98,10 +98,15 @@ end
 local poll = math.max(tonumber(ARGV[5]), math.floor(shortest / 20))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
 -- Neighbour slots past their end wait for a reply, like a request in flight; with
--- nothing out (of any process), one of them makes way for this send.
+-- nothing out (of any process) sent within the server's interval, one of them makes
+-- way for this send (one out that long, hung or of a crashed process, is not waited
+-- for). An in-flight member is scored its send time plus the in-flight time.
 local probe = 0
+local sspan = longest
+if smax > 0 and sint > 0 then sspan = sint end
+local recent = math.max(now, now - sspan + tonumber(ARGV[4]))
 if redis.call('ZCOUNT', KEYS[5], '-inf', now) > 0
-   and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 then
+   and redis.call('ZCOUNT', KEYS[1], '(' .. recent, '+inf') == 0 then
   probe = 1
 end
 local wait = 0
