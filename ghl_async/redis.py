@@ -161,7 +161,19 @@ local status = tonumber(ARGV[2])
 local sent = tonumber(ARGV[9])
 local amax, aint = tonumber(ARGV[4]), tonumber(ARGV[5])
 if amax > 0 and aint > 0 and aint <= MAXINT then
-  redis.call('HSET', KEYS[3], 'max', math.min(amax, MAXBUDGET), 'interval', aint)
+  amax = math.min(amax, MAXBUDGET)
+  local was = redis.call('HMGET', KEYS[3], 'max', 'interval')
+  if tonumber(was[1]) ~= amax or tonumber(was[2]) ~= aint then
+    redis.call('HSET', KEYS[3], 'max', amax, 'interval', aint)
+    -- Neighbour slots booked under another budget: no more than the new budget stay
+    -- (the latest), none ending later than a booking under it would.
+    local n = redis.call('ZCARD', KEYS[5])
+    if n > amax then redis.call('ZREMRANGEBYRANK', KEYS[5], 0, n - amax - 1) end
+    local latest = now + aint
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. latest, '+inf')) do
+      redis.call('ZADD', KEYS[5], latest, m)
+    end
+  end
 end
 local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[10])
 local sint = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[11])

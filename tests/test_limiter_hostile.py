@@ -486,9 +486,47 @@ async def test_a_crashed_process_does_not_stall_the_others_behind_neighbour_slot
         assert await redis.zcard(b.keys[4]) == 9
         start = loop.time()
         ticket = await b.acquire(max_wait=2.0)
-        assert loop.time() - start < 1.0
+        assert loop.time() - start < 1.5  # A's slot an interval old: 0.2 s
         await b.release(ticket, Reply(200, RateLimitHeaders(10, 0.2, 8, None, None)))
     finally:
         await a.aclose()
         await b.aclose()
+        await redis.aclose()
+
+
+def test_a_budget_that_shrinks_trims_the_booked_slots() -> None:
+    # A server announces 50 per hour with nothing left (50 slots booked for an hour),
+    # then 10 per 0.2 s: no more than the new budget stay, ending within its interval.
+    book = WindowBook()
+    book.finish(0.01, Reply(200, RateLimitHeaders(50, 3600.0, 49, None, None)), book.take(0.0))
+    spent, last = book.take(0.02), book.take(0.02)
+    book.finish(0.03, Reply(200, RateLimitHeaders(50, 3600.0, 0, None, None)), spent)
+    assert book.neighbour_slots(0.03) == 48
+    book.finish(0.05, Reply(200, RateLimitHeaders(10, 0.2, 9, None, None)), last)
+    assert book.neighbour_slots(0.05) <= 10
+    wait = book.wait_time(0.3)
+    assert wait is not None and wait < 1.0
+
+
+@pytest.mark.anyio
+async def test_a_budget_that_shrinks_trims_the_booked_slots_in_redis_too(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisLimiter(redis_server.url, key="shrink")
+    redis = aioredis.Redis.from_url(redis_server.url)
+    loop = asyncio.get_running_loop()
+    try:
+        hour = RateLimitHeaders(50, 3600.0, 49, None, None)
+        await limiter.release(await limiter.acquire(), Reply(200, hour))
+        spent, last = await limiter.acquire(), await limiter.acquire()
+        await limiter.release(spent, Reply(200, RateLimitHeaders(50, 3600.0, 0, None, None)))
+        assert await redis.zcard(limiter.keys[4]) == 48
+        await limiter.release(last, Reply(200, RateLimitHeaders(10, 0.2, 9, None, None)))
+        assert await redis.zcard(limiter.keys[4]) <= 10
+        await asyncio.sleep(0.3)
+        start = loop.time()
+        await limiter.acquire(max_wait=2.0)
+        assert loop.time() - start < 1.0
+    finally:
+        await limiter.aclose()
         await redis.aclose()
