@@ -38,7 +38,8 @@ like with like: the neighbour's share is ``C_r`` less every request of ours the 
         where u_r = (our sends after s_r and before f_r)
                   + (ours_r less our slots held at f_r, not refused)
     a slot past its end stays booked until the reply of a send made after its end
-        frees it (one per reply); with nothing of ours out, a send takes its place
+        frees it (one per reply); with nothing of ours out sent within I, a send
+        takes its place
     a 429's pause stops the clock of every slot that would end during it
 
 *It never blames the neighbour for our own requests.* Write ``C_r = O_r + N_r``: ours
@@ -71,7 +72,11 @@ our book during it, perhaps forgotten at the server already). Such a reply keeps
 whose end passes while our sends go out is not freed by their replies either (sent
 before its end, they looked at a window it was still in): only a reply to a send made
 after its end frees it, one slot per reply, if that reply does not renew it; with
-nothing of ours out, one send takes the place of one such slot and looks. Before, a
+nothing of ours out, one send takes the place of one such slot and looks. A send out
+for a whole interval is not waited for (a hung request, a crashed process): its reply
+may be the client's timeout away, and meanwhile no reply could free the slots, so every
+send would stall behind a neighbour long gone (``tests/test_limiter_hostile.py``); one
+send per interval takes a slot's place then. Before, a
 booking simply ended at its time: the burst it let through refilled the neighbour's
 share at once and the server refused a few of ours; on the number line, a neighbour
 already spending when we start, replies handled late by a busy loop and ``Retry-After``
@@ -134,7 +139,7 @@ import logging
 import math
 import time
 import weakref
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -361,6 +366,9 @@ class WindowBook:
         # our sends.
         self._refused: list[float] = []
         self._sends = 0
+        # Send times of our requests in flight, oldest first: a neighbour slot past its
+        # end makes way for a send only while none of them went out within an interval.
+        self._out: list[float] = []
         # End times of neighbour slots (the server's constraint only), soonest first.
         # One past its end stays until a reply of a send made after its end frees it.
         self._booked: list[float] = []
@@ -452,24 +460,41 @@ class WindowBook:
         finished = self._finished
         booked = self._booked if constraint is self._server else []
         # Neighbour slots past their end wait for a reply, like a request in flight;
-        # with nothing of ours out, one of them makes way for a send (see take()).
+        # with none of ours out but sends an interval old, one of them makes way for a
+        # send (see take()), and when the newest send out turns an interval old.
         overdue = bisect_right(booked, now)
-        if overdue and not self.in_flight:
-            overdue -= 1
-            booked = booked[1:]
+        probe_at = math.inf
+        if overdue:
+            probe_at = self._probe_at()
+            if probe_at <= now:
+                overdue -= 1
+                booked = booked[1:]
         finite = len(finished) - first + len(booked) - overdue
         held = self.in_flight + overdue + finite
         if held < constraint.max_requests:
             return now
         needed = held - constraint.max_requests + 1
         if needed > finite:
-            return None
+            return None if probe_at == math.inf else probe_at
         interval = constraint.interval
         expiries = heapq.merge(
             (f + interval for f in itertools.islice(finished, first, None)),
             itertools.islice(booked, overdue, None),
         )
-        return next(itertools.islice(expiries, needed - 1, None))
+        return min(next(itertools.islice(expiries, needed - 1, None)), probe_at)
+
+    def _probe_at(self) -> float:
+        """From when a send may take the place of a neighbour slot past its end: once
+        no send of ours out went out within the server's interval. A reply to one sent
+        after the slot's end would free it, and one sent before may renew it; a send out
+        that long has no reply coming soon (a hung request, a crashed process), and
+        waiting for it would stall every send behind slots no reply can free.
+        """
+        out = self._out
+        if not out:
+            return -math.inf
+        server = self._server
+        return out[-1] + (server.interval if server is not None else self._longest)
 
     def blocked(self, now: float) -> tuple[str, float] | None:
         """``("daily", seconds)`` while the daily budget is spent, ``("pause", seconds)``
@@ -553,10 +578,11 @@ class WindowBook:
             refused = len(self._refused) - bisect_right(self._refused, edge)
             held = self.in_flight + alive - refused
         booked = self._booked
-        if booked and booked[0] <= now and not self.in_flight:
-            # Nothing of ours is out to free a neighbour slot past its end: this send
-            # takes its place and its reply looks again.
+        if booked and booked[0] <= now and self._probe_at() <= now:
+            # Nothing of ours sent within an interval is out to free a neighbour slot
+            # past its end: this send takes its place and its reply looks again.
             del booked[0]
+        insort(self._out, now)
         self.in_flight += 1
         self._sends += 1
         return _Ticket(now, held, self._sends - 1)
@@ -566,6 +592,13 @@ class WindowBook:
     def finish(self, now: float, reply: Reply | None, ticket: _Ticket | None = None) -> list[str]:
         """Record the end of a send (``ticket`` from :meth:`take`); return what changed."""
         self.in_flight -= 1
+        out = self._out
+        if out:
+            # This send's time (the oldest when the ticket is unknown: conservative).
+            at = 0 if ticket is None else bisect_left(out, ticket.sent)
+            if at == len(out) or (ticket is not None and out[at] != ticket.sent):
+                at = 0
+            del out[at]
         insort(self._finished, now)
         if reply is None:
             return []

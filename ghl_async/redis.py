@@ -98,10 +98,15 @@ end
 local poll = math.max(tonumber(ARGV[5]), math.floor(shortest / 20))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
 -- Neighbour slots past their end wait for a reply, like a request in flight; with
--- nothing out (of any process), one of them makes way for this send.
+-- nothing out (of any process) sent within the server's interval, one of them makes
+-- way for this send (one out that long, hung or of a crashed process, is not waited
+-- for). An in-flight member is scored its send time plus the in-flight time.
 local probe = 0
+local sspan = longest
+if smax > 0 and sint > 0 then sspan = sint end
+local recent = math.max(now, now - sspan + tonumber(ARGV[4]))
 if redis.call('ZCOUNT', KEYS[5], '-inf', now) > 0
-   and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 then
+   and redis.call('ZCOUNT', KEYS[1], '(' .. recent, '+inf') == 0 then
   probe = 1
 end
 local wait = 0
@@ -156,7 +161,19 @@ local status = tonumber(ARGV[2])
 local sent = tonumber(ARGV[9])
 local amax, aint = tonumber(ARGV[4]), tonumber(ARGV[5])
 if amax > 0 and aint > 0 and aint <= MAXINT then
-  redis.call('HSET', KEYS[3], 'max', math.min(amax, MAXBUDGET), 'interval', aint)
+  amax = math.min(amax, MAXBUDGET)
+  local was = redis.call('HMGET', KEYS[3], 'max', 'interval')
+  if tonumber(was[1]) ~= amax or tonumber(was[2]) ~= aint then
+    redis.call('HSET', KEYS[3], 'max', amax, 'interval', aint)
+    -- Neighbour slots booked under another budget: no more than the new budget stay
+    -- (the latest), none ending later than a booking under it would.
+    local n = redis.call('ZCARD', KEYS[5])
+    if n > amax then redis.call('ZREMRANGEBYRANK', KEYS[5], 0, n - amax - 1) end
+    local latest = now + aint
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. latest, '+inf')) do
+      redis.call('ZADD', KEYS[5], latest, m)
+    end
+  end
 end
 local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[10])
 local sint = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[11])
