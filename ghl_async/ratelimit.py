@@ -483,6 +483,11 @@ class WindowBook:
         )
         return min(next(itertools.islice(expiries, needed - 1, None)), probe_at)
 
+    def overdue(self, now: float) -> bool:
+        """Whether a neighbour slot past its end still waits for a reply to free it."""
+        booked = self._booked
+        return bool(booked) and booked[0] <= now
+
     def _probe_at(self) -> float:
         """From when a send may take the place of a neighbour slot past its end: once
         no send of ours out went out within the server's interval. A reply to one sent
@@ -813,7 +818,10 @@ class LocalLimiter:
         book = self.book
         if book.wait_time(now) != 0.0:
             return False
-        return not self._queued or book.estimated_wait(now, self._queued) == 0.0
+        if not self._queued:
+            return True
+        # The estimate counts a neighbour slot past its end as free; it is not yet.
+        return not book.overdue(now) and book.estimated_wait(now, self._queued) == 0.0
 
     async def _queue(self, max_pause: float | None) -> object:
         book = self.book

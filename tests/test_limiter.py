@@ -683,3 +683,20 @@ async def test_a_newcomer_never_takes_a_slot_a_queued_caller_is_owed() -> None:
         await asyncio.sleep(0)
     assert len(got) == 2
     assert limiter.book.in_flight == 2
+
+
+def test_a_newcomer_waits_behind_a_queue_while_neighbour_slots_are_overdue() -> None:
+    # The queue's estimate counts a neighbour slot past its end as free, but it is not
+    # until a reply frees it: with callers queued, a newcomer does not go first then.
+    now = [0.0]
+    limiter = LocalLimiter(clock=lambda: now[0])
+    book = limiter.book
+    book.finish(0.0, reply(max_requests=10, interval=1.0), book.take(0.0))
+    book.finish(0.1, reply(max_requests=10, interval=1.0, remaining=3), book.take(0.0))
+    assert book.neighbour_slots(0.1) == 6  # booked until 1.3
+    assert not book.overdue(1.2) and book.overdue(1.5)
+    assert book.wait_time(1.5) == 0.0  # nothing of ours out: a send may look
+    assert limiter._may_pass(1.5)
+    limiter._queued = 2
+    assert not limiter._may_pass(1.5)
+    assert limiter._may_pass(1.2)  # room for both and the newcomer, nothing overdue
