@@ -380,6 +380,7 @@ class WindowBook:
         server = self._server
         self._constraints = (*self._caps, server) if server is not None else tuple(self._caps)
         self._longest = max((c.interval for c in self._constraints), default=0.0)
+        self._pruned_at = math.nan  # the horizon moved: prune again
 
     @property
     def caps(self) -> tuple[RateLimit, ...]:
@@ -422,6 +423,11 @@ class WindowBook:
     # -- slots ---------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
+        # Pruning only bounds memory (every count bisects by its own edge), and one
+        # acquire asks several times at one ``now``: once is enough.
+        if now == self._pruned_at:
+            return
+        self._pruned_at = now
         horizon = now - self._longest
         gone = bisect_right(self._finished, horizon)
         if gone:
@@ -456,8 +462,8 @@ class WindowBook:
         """When one more slot of ``constraint`` is free (``now`` if it is), or ``None``
         when that needs a request in flight to finish first.
         """
-        first = self._own_alive(now, constraint)
         finished = self._finished
+        first = bisect_right(finished, now - constraint.interval)  # _own_alive()
         booked = self._booked if constraint is self._server else []
         # Neighbour slots past their end wait for a reply, like a request in flight;
         # with none of ours out but sends an interval old, one of them makes way for a
@@ -515,8 +521,9 @@ class WindowBook:
         """``0.0``: send now; a positive number: look again after that many seconds;
         ``None``: wait until a request in flight finishes.
         """
-        blocked = self.blocked(now)
-        if blocked is not None:
+        if now < self.daily_until or now < self.paused_until:
+            blocked = self.blocked(now)
+            assert blocked is not None
             return blocked[1]
         if not self.learned and self.in_flight:
             # Until the first reply says what the budget is, send one request at a time.
@@ -695,7 +702,6 @@ class WindowBook:
             return
         budget = server.max_requests
         counted = budget - min(remaining, budget)
-        self._prune(now)
         later = self._sends - ticket.sends - 1  # ours sent during the round trip
         ours = ticket.held + (reply.status != 429) + later
         theirs = counted - ours
