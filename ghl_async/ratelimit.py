@@ -530,7 +530,7 @@ class WindowBook:
             return None
         self._prune(now)
         latest = now
-        for constraint in self.constraints:
+        for constraint in self._constraints:
             free_at = self._free_at(now, constraint)
             if free_at is None:
                 return None
@@ -581,9 +581,9 @@ class WindowBook:
         # Our slots the server could still count, over its interval (while unknown, the
         # longest cap's: more of ours, never a neighbour that is not there).
         held = 0
-        if self.constraints:
+        if self._constraints:
             self._prune(now)
-            server = self.server
+            server = self._server
             window = server.interval if server else max(c.interval for c in self._caps)
             edge = now - window
             alive = len(self._finished) - bisect_right(self._finished, edge)
@@ -659,7 +659,7 @@ class WindowBook:
         max_requests, interval = rate.max_requests, rate.interval
         if not max_requests or not interval:
             return
-        server = self.server
+        server = self._server
         # Most replies repeat the budget: compare the numbers before building anything.
         if server is not None and (server.max_requests, server.interval) == (
             max_requests,
@@ -696,7 +696,7 @@ class WindowBook:
         self, now: float, reply: Reply, ticket: _Ticket, notes: list[str]
     ) -> None:
         """The rule of the module docstring: book what the server counted beyond us."""
-        server = self.server
+        server = self._server
         remaining = reply.rate.remaining
         if server is None or remaining is None:
             return
