@@ -627,8 +627,21 @@ class WindowBook:
             insort(self._refused, now)
         self.learned = True
         notes: list[str] = []
-        self._learn_budget(now, reply, notes)
-        daily_spent = self._learn_daily(now, reply, notes)
+        rate, server = reply.rate, self._server
+        # Most replies repeat the budget and have daily requests left: those two checks
+        # written out, the methods only for a change.
+        if server is None or (server.max_requests, server.interval) != (
+            rate.max_requests,
+            rate.interval,
+        ):
+            self._learn_budget(now, reply, notes)
+        left = rate.daily_remaining
+        daily_spent = False
+        if left is not None:
+            if left > 0:
+                self.daily_until = 0.0
+            else:
+                daily_spent = self._learn_daily(now, reply, notes)
         if ticket is not None and not (daily_spent and reply.status == 429):
             self._estimate_neighbour(now, reply, ticket, notes)
         if reply.status == 429 and not daily_spent:
@@ -795,7 +808,8 @@ class LocalLimiter:
         if self._lock is None:
             self._lock = anyio.Lock()
         now = self._clock()
-        if self._may_pass(now):
+        # _may_pass() with nobody queued, written out: the common case.
+        if book.wait_time(now) == 0.0 if not self._queued else self._may_pass(now):
             return book.take(now)
         ahead = self._queued
         self._refuse_long_waits(now, max_wait, max_pause, ahead)
