@@ -15,7 +15,7 @@ from . import errors
 from ._auth import TokenSource
 from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
 from ._transport_base import EMPTY, Request, Transport
-from .ratelimit import Limiter, acquire_slot
+from .ratelimit import Limiter, LocalLimiter, acquire_slot
 from .retry import RetryPolicy
 from .stats import ClientStats
 
@@ -180,9 +180,15 @@ class Engine:
                 except anyio.WouldBlock:
                     await capacity.acquire()
                 try:
-                    ticket = await acquire_slot(
-                        limiter, self.max_wait, max_pause=self.retry.max_retry_after
-                    )
+                    if type(limiter) is LocalLimiter:
+                        # The client's own limiter takes both bounds: no adapter frame.
+                        ticket = await limiter.acquire(
+                            max_wait=self.max_wait, max_pause=self.retry.max_retry_after
+                        )
+                    else:
+                        ticket = await acquire_slot(
+                            limiter, self.max_wait, max_pause=self.retry.max_retry_after
+                        )
                     raw = await self.transport.send(request, limiter, ticket)
                 finally:
                     capacity.release()

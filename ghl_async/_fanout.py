@@ -171,7 +171,9 @@ class Handoff(Generic[T]):
         if len(self._items) >= self._capacity:
             raise anyio.WouldBlock
         self._items.append(item)
-        self._wake()
+        waiter = self._waiter  # _wake(), written out: once per page
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def send(self, item: T) -> None:
         """Put ``item`` in the buffer, waiting for room."""

@@ -70,6 +70,7 @@ async def paginate(
         if on_page is not None:
             on_page(page)
         following = next_params(current, page)
+        after: str | None = None
         if following is not None:
             # Checked before the page goes out, so that on an error ``cursor`` is still
             # exactly where to resume: nothing after it handed out.
@@ -94,7 +95,7 @@ async def paginate(
         handed = [page]
         del page
         yield handed.pop()
-        current, cursor = following, cursor_of(following)
+        current, cursor = following, after
 
 
 def _located(

@@ -78,26 +78,53 @@ class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
         """Read the five documented headers (case-insensitive mapping expected)."""
         # Once per reply, so written out: zero is absent for the budget and the daily
         # limit, every value clamped, ``Remaining`` to the budget too.
+        # read_count's common case (plain digits) is written out too: a call per header
+        # saved; anything else goes through read_count itself.
         get = headers.get
-        interval_ms = read_count(get("X-RateLimit-Interval-Milliseconds"))
+        v = get("X-RateLimit-Interval-Milliseconds")
+        interval_ms = (
+            int(v)
+            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
+            else read_count(v)
+        )
         if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
             interval_ms = None
-        max_requests = read_count(get("X-RateLimit-Max"))
+        v = get("X-RateLimit-Max")
+        max_requests = (
+            int(v)
+            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
+            else read_count(v)
+        )
         if not max_requests:
             max_requests = None
         elif max_requests > MAX_BUDGET:
             max_requests = MAX_BUDGET
-        remaining = read_count(get("X-RateLimit-Remaining"))
+        v = get("X-RateLimit-Remaining")
+        remaining = (
+            int(v)
+            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
+            else read_count(v)
+        )
         if remaining is not None:
             ceiling = MAX_BUDGET if max_requests is None else max_requests
             if remaining > ceiling:
                 remaining = ceiling
-        daily_limit = read_count(get("X-RateLimit-Limit-Daily"))
+        v = get("X-RateLimit-Limit-Daily")
+        daily_limit = (
+            int(v)
+            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
+            else read_count(v)
+        )
         if not daily_limit:
             daily_limit = None
         elif daily_limit > MAX_DAILY:
             daily_limit = MAX_DAILY
-        daily_remaining = read_count(get("X-RateLimit-Daily-Remaining"))
+        v = get("X-RateLimit-Daily-Remaining")
+        daily_remaining = (
+            int(v)
+            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
+            else read_count(v)
+        )
         if daily_remaining is not None and daily_remaining > MAX_DAILY:
             daily_remaining = MAX_DAILY
         return cls(

@@ -193,7 +193,8 @@ class AiohttpTransport:
             ) as response:
                 # The headers are in: free the slot now, before the body is read.
                 reply = Reply.from_headers(response.status, response.headers)
-                await gate.release(reply)
+                gate.held = False
+                await limiter.release(gate.ticket, reply)
                 try:
                     body = await self._read(response)
                 except _TooLarge:
@@ -218,7 +219,8 @@ class AiohttpTransport:
         finally:
             # A send that got no reply (bad URL, closed session, connection lost) frees
             # its slot here; one that got a reply has already freed it.
-            await gate.release(None)
+            if gate.held:
+                await gate.release(None)
         raise error
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:

@@ -380,6 +380,7 @@ class WindowBook:
         server = self._server
         self._constraints = (*self._caps, server) if server is not None else tuple(self._caps)
         self._longest = max((c.interval for c in self._constraints), default=0.0)
+        self._pruned_at = math.nan  # the horizon moved: prune again
 
     @property
     def caps(self) -> tuple[RateLimit, ...]:
@@ -422,6 +423,11 @@ class WindowBook:
     # -- slots ---------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
+        # Pruning only bounds memory (every count bisects by its own edge), and one
+        # acquire asks several times at one ``now``: once is enough.
+        if now == self._pruned_at:
+            return
+        self._pruned_at = now
         horizon = now - self._longest
         gone = bisect_right(self._finished, horizon)
         if gone:
@@ -456,8 +462,8 @@ class WindowBook:
         """When one more slot of ``constraint`` is free (``now`` if it is), or ``None``
         when that needs a request in flight to finish first.
         """
-        first = self._own_alive(now, constraint)
         finished = self._finished
+        first = bisect_right(finished, now - constraint.interval)  # _own_alive()
         booked = self._booked if constraint is self._server else []
         # Neighbour slots past their end wait for a reply, like a request in flight;
         # with none of ours out but sends an interval old, one of them makes way for a
@@ -515,15 +521,16 @@ class WindowBook:
         """``0.0``: send now; a positive number: look again after that many seconds;
         ``None``: wait until a request in flight finishes.
         """
-        blocked = self.blocked(now)
-        if blocked is not None:
+        if now < self.daily_until or now < self.paused_until:
+            blocked = self.blocked(now)
+            assert blocked is not None
             return blocked[1]
         if not self.learned and self.in_flight:
             # Until the first reply says what the budget is, send one request at a time.
             return None
         self._prune(now)
         latest = now
-        for constraint in self.constraints:
+        for constraint in self._constraints:
             free_at = self._free_at(now, constraint)
             if free_at is None:
                 return None
@@ -574,9 +581,9 @@ class WindowBook:
         # Our slots the server could still count, over its interval (while unknown, the
         # longest cap's: more of ours, never a neighbour that is not there).
         held = 0
-        if self.constraints:
+        if self._constraints:
             self._prune(now)
-            server = self.server
+            server = self._server
             window = server.interval if server else max(c.interval for c in self._caps)
             edge = now - window
             alive = len(self._finished) - bisect_right(self._finished, edge)
@@ -620,8 +627,21 @@ class WindowBook:
             insort(self._refused, now)
         self.learned = True
         notes: list[str] = []
-        self._learn_budget(now, reply, notes)
-        daily_spent = self._learn_daily(now, reply, notes)
+        rate, server = reply.rate, self._server
+        # Most replies repeat the budget and have daily requests left: those two checks
+        # written out, the methods only for a change.
+        if server is None or (server.max_requests, server.interval) != (
+            rate.max_requests,
+            rate.interval,
+        ):
+            self._learn_budget(now, reply, notes)
+        left = rate.daily_remaining
+        daily_spent = False
+        if left is not None:
+            if left > 0:
+                self.daily_until = 0.0
+            else:
+                daily_spent = self._learn_daily(now, reply, notes)
         if ticket is not None and not (daily_spent and reply.status == 429):
             self._estimate_neighbour(now, reply, ticket, notes)
         if reply.status == 429 and not daily_spent:
@@ -652,7 +672,7 @@ class WindowBook:
         max_requests, interval = rate.max_requests, rate.interval
         if not max_requests or not interval:
             return
-        server = self.server
+        server = self._server
         # Most replies repeat the budget: compare the numbers before building anything.
         if server is not None and (server.max_requests, server.interval) == (
             max_requests,
@@ -689,13 +709,12 @@ class WindowBook:
         self, now: float, reply: Reply, ticket: _Ticket, notes: list[str]
     ) -> None:
         """The rule of the module docstring: book what the server counted beyond us."""
-        server = self.server
+        server = self._server
         remaining = reply.rate.remaining
         if server is None or remaining is None:
             return
         budget = server.max_requests
         counted = budget - min(remaining, budget)
-        self._prune(now)
         later = self._sends - ticket.sends - 1  # ours sent during the round trip
         ours = ticket.held + (reply.status != 429) + later
         theirs = counted - ours
@@ -789,7 +808,8 @@ class LocalLimiter:
         if self._lock is None:
             self._lock = anyio.Lock()
         now = self._clock()
-        if self._may_pass(now):
+        # _may_pass() with nobody queued, written out: the common case.
+        if book.wait_time(now) == 0.0 if not self._queued else self._may_pass(now):
             return book.take(now)
         ahead = self._queued
         self._refuse_long_waits(now, max_wait, max_pause, ahead)

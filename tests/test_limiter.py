@@ -700,3 +700,24 @@ def test_a_newcomer_waits_behind_a_queue_while_neighbour_slots_are_overdue() -> 
     limiter._queued = 2
     assert not limiter._may_pass(1.5)
     assert limiter._may_pass(1.2)  # room for both and the newcomer, nothing overdue
+
+
+def test_the_book_prunes_once_per_instant_and_again_when_the_window_shrinks() -> None:
+    """Pruning is skipped when asked twice at one instant, but a budget announced with a
+    shorter interval moves the horizon: the next prune at that same instant drops what
+    the new window no longer holds (memory stays bounded by the current window).
+    """
+    from ghl_async.ratelimit import WindowBook
+
+    book = WindowBook()  # HighLevel's default: 100 per 10 s
+    book.finish(0.5, None, book.take(0.0))
+    assert book.held(5.0) == 1  # still within 10 s
+    ticket = book.take(5.0)
+    shorter = Reply(200, RateLimitHeaders(max_requests=100, interval=1.0, remaining=98))
+    book.finish(5.0, shorter, ticket)
+    assert book.server == RateLimit(100, 1.0)
+    # Same instant as the prune above: the reply at 0.5 has left the 1 s window.
+    assert book.held(5.0) == 1
+    assert len(book._finished) == 1
+    assert book.held(6.5) == 0
+    assert book._finished == []
