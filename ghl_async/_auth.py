@@ -61,6 +61,11 @@ class TokenSource:
         """What the token is (for keying a shared limiter): the string or the provider."""
         return self._provider if self._provider is not None else self._current
 
+    @property
+    def current(self) -> str | None:
+        """The token to send now when it is known without asking the provider."""
+        return self._current
+
     async def get(self) -> str:
         """The token to send now."""
         current = self._current

@@ -167,7 +167,8 @@ class Engine:
         refreshed = False
         while True:
             attempt += 1
-            token = await self.auth.get()
+            # A known token needs no coroutine per page; a provider is asked (once).
+            token = self.auth.current or await self.auth.get()
             headers = self._headers(token)
             rate = None
             request = Request(method, url, params, headers, form, json)
