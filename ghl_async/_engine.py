@@ -15,7 +15,7 @@ from . import errors
 from ._auth import TokenSource
 from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
 from ._transport_base import EMPTY, Request, Transport
-from .ratelimit import Limiter, LocalLimiter, acquire_slot
+from .ratelimit import Limiter, SlotAcquire, slot_acquirer
 from .retry import RetryPolicy
 from .stats import ClientStats
 
@@ -112,12 +112,24 @@ class Engine:
         self.capacity = capacity
         self.user_agent = user_agent
         self.stats = stats
-        self.limiter: Limiter | None = None
+        self._limiter: Limiter | None = None
+        self._acquire: SlotAcquire | None = None
         # The OAuth routes take another ``Version`` than the Conversations routes.
         self.api_version = api_version
         # The client's bound on any wait for a rate slot (None: none).
         self.max_wait: float | None = None
         self._headers_for: tuple[str, Mapping[str, str]] | None = None
+
+    @property
+    def limiter(self) -> Limiter | None:
+        """The rate limiter every request goes through (``None`` until the client opens)."""
+        return self._limiter
+
+    @limiter.setter
+    def limiter(self, limiter: Limiter | None) -> None:
+        self._limiter = limiter
+        # How to ask it for a slot is decided here, once, not per request.
+        self._acquire = None if limiter is None else slot_acquirer(limiter)
 
     def _headers(self, token: str) -> Mapping[str, str]:
         cached = self._headers_for
@@ -159,8 +171,8 @@ class Engine:
 
         Retried as the policy allows; a 401 asks the token source for a new token once.
         """
-        limiter = self.limiter
-        if limiter is None:
+        limiter, acquire = self._limiter, self._acquire
+        if limiter is None or acquire is None:
             raise RuntimeError("the client is not open: use 'async with Client(...)'")
         stats = self.stats
         attempt = 0
@@ -181,15 +193,9 @@ class Engine:
                 except anyio.WouldBlock:
                     await capacity.acquire()
                 try:
-                    if type(limiter) is LocalLimiter:
-                        # The client's own limiter takes both bounds: no adapter frame.
-                        ticket = await limiter.acquire(
-                            max_wait=self.max_wait, max_pause=self.retry.max_retry_after
-                        )
-                    else:
-                        ticket = await acquire_slot(
-                            limiter, self.max_wait, max_pause=self.retry.max_retry_after
-                        )
+                    ticket = await acquire(
+                        max_wait=self.max_wait, max_pause=self.retry.max_retry_after
+                    )
                     raw = await self.transport.send(request, limiter, ticket)
                 finally:
                     capacity.release()

@@ -140,7 +140,7 @@ import math
 import time
 import weakref
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -150,7 +150,16 @@ import msgspec
 from . import errors
 from ._sansio import RateLimitHeaders, parse_retry_after, seconds_until_daily_reset
 
-__all__ = ["Limiter", "LocalLimiter", "RateLimit", "Reply", "WindowBook", "acquire_slot"]
+__all__ = [
+    "Limiter",
+    "LocalLimiter",
+    "RateLimit",
+    "Reply",
+    "SlotAcquire",
+    "WindowBook",
+    "acquire_slot",
+    "slot_acquirer",
+]
 
 logger = logging.getLogger("ghl_async")
 
@@ -280,19 +289,42 @@ def _smaller(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-async def acquire_slot(
-    limiter: Limiter, max_wait: float | None, *, max_pause: float | None = None
-) -> object:
-    """``limiter.acquire(max_wait=..., max_pause=...)``, as far as the limiter takes
-    them: without ``max_pause`` it gets the smaller bound as ``max_wait``; written
-    before either existed, plain ``acquire()`` (it then waits as it always did).
+class SlotAcquire(Protocol):
+    """A limiter's ``acquire``, called with both bounds (see :func:`slot_acquirer`)."""
+
+    def __call__(self, *, max_wait: float | None, max_pause: float | None) -> Awaitable[object]:
+        """Wait for a send slot within the bounds; return its ticket."""
+        ...
+
+
+def slot_acquirer(limiter: Limiter) -> SlotAcquire:
+    """How to ask ``limiter`` for a slot with both bounds, decided once per limiter.
+
+    A limiter whose ``acquire`` takes ``max_wait`` and ``max_pause`` is called as it is
+    (no adapter frame per request); one without ``max_pause`` gets the smaller bound as
+    ``max_wait``; one written before either existed, plain ``acquire()`` (it then waits
+    as it always did).
     """
     keywords = _keywords(limiter)
     if "max_pause" in keywords:
-        return await limiter.acquire(max_wait=max_wait, max_pause=max_pause)
-    if "max_wait" in keywords:
+        return limiter.acquire
+
+    async def without_max_pause(*, max_wait: float | None, max_pause: float | None) -> object:
         return await limiter.acquire(max_wait=_smaller(max_wait, max_pause))
-    return await limiter.acquire()
+
+    async def without_bounds(*, max_wait: float | None, max_pause: float | None) -> object:
+        return await limiter.acquire()
+
+    return without_max_pause if "max_wait" in keywords else without_bounds
+
+
+def acquire_slot(
+    limiter: Limiter, max_wait: float | None, *, max_pause: float | None = None
+) -> Awaitable[object]:
+    """``limiter.acquire(max_wait=..., max_pause=...)``, as far as the limiter takes
+    them (see :func:`slot_acquirer`).
+    """
+    return slot_acquirer(limiter)(max_wait=max_wait, max_pause=max_pause)
 
 
 def refuse_long_wait(kind: str, wait: float, max_wait: float | None) -> None:
@@ -808,8 +840,11 @@ class LocalLimiter:
         if self._lock is None:
             self._lock = anyio.Lock()
         now = self._clock()
-        # _may_pass() with nobody queued, written out: the common case.
-        if book.wait_time(now) == 0.0 if not self._queued else self._may_pass(now):
+        if self._queued:
+            passes = self._may_pass(now)
+        else:  # the common case, written out: a free slot and nobody ahead
+            passes = book.wait_time(now) == 0.0
+        if passes:
             return book.take(now)
         ahead = self._queued
         self._refuse_long_waits(now, max_wait, max_pause, ahead)
