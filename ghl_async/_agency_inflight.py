@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-import anyio
+from ._engine import Slots
 
 __all__ = ["InFlight", "busy_time", "next_in_flight"]
 
@@ -90,8 +90,7 @@ class InFlight:
     """The shared cap on page requests at once, resized by :func:`next_in_flight`.
 
     A worker calls :meth:`take` before it asks for its next page and :meth:`give` once
-    the page (or the error) is in. Each worker is its own task and holds one slot at a
-    time (the slot's borrower is the task).
+    the page (or the error) is in. Each worker holds one slot at a time.
     """
 
     __slots__ = ("_cpu", "_cpu_at", "_wall", "_wall_at", "ceiling", "floor", "limiter", "peak")
@@ -106,7 +105,7 @@ class InFlight:
     ) -> None:
         self.ceiling = ceiling
         self.floor = floor
-        self.limiter = anyio.CapacityLimiter(ceiling)
+        self.limiter = Slots(ceiling)
         self.peak = 0
         """The most page requests at once so far."""
         # The clocks: wall time, and the busy time of the thread running the event loop.
@@ -136,11 +135,8 @@ class InFlight:
         wall = self._wall()
         if wall - self._wall_at >= PERIOD:
             self._reconsider(wall)
-        try:
-            # A free slot needs no trip through the loop: the request is the checkpoint.
-            limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await limiter.acquire()
+        # A free slot needs no trip through the loop: the request is the checkpoint.
+        await limiter.acquire()
         held = limiter.borrowed_tokens
         if held > self.peak:
             self.peak = held
@@ -159,7 +155,8 @@ class InFlight:
             # another kind): that period says nothing about requests at once.
             return
         limiter = self.limiter
-        waiting = limiter.statistics().tasks_waiting > 0
-        limiter.total_tokens = next_in_flight(
-            self.limit, busy, waiting, floor=self.floor, ceiling=self.ceiling
+        limiter.resize(
+            next_in_flight(
+                self.limit, busy, limiter.waiting > 0, floor=self.floor, ceiling=self.ceiling
+            )
         )

@@ -82,14 +82,35 @@ class Slots:
             raise
 
     def release(self) -> None:
-        """Give a slot back (to the first waiter, if any)."""
+        """Give a slot back (to the first waiter, if any, unless the bound shrank)."""
+        if self.borrowed_tokens <= self.total_tokens and self._hand_over():
+            return  # the slot changes hands: still borrowed
+        self.borrowed_tokens -= 1
+
+    @property
+    def waiting(self) -> int:
+        """How many wait for a slot."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def resize(self, total_tokens: int) -> None:
+        """Change the bound: slots it adds go to waiters at once; past a smaller one,
+        slots given back are not handed on until the count is under it.
+        """
+        if total_tokens < 1:
+            raise ValueError("total_tokens must be at least 1")
+        self.total_tokens = total_tokens
+        while self.borrowed_tokens < total_tokens and self._hand_over():
+            self.borrowed_tokens += 1
+
+    def _hand_over(self) -> bool:
+        """Give a slot to the first waiter still waiting; False when there is none."""
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)  # the slot changes hands: still borrowed
-                return
-        self.borrowed_tokens -= 1
+                waiter.set_result(None)
+                return True
+        return False
 
 
 class Engine:

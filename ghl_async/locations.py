@@ -40,7 +40,7 @@ from . import errors
 from ._agency_fanout import AgencyItem, AgencyRun, LocationWork, PageSource
 from ._agency_inflight import InFlight
 from ._auth import TokenProvider, TokenSource
-from ._engine import Engine
+from ._engine import Engine, Slots
 from ._fanout import Handoff, IdSource, deliver
 from ._location_tokens import MintedTokens
 from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
@@ -278,7 +278,7 @@ class Locations:
                 auth=TokenSource(tokens.token, timeout=self._timeout),
                 transport=self._transport,
                 retry=self._retry,
-                capacity=anyio.CapacityLimiter(4),
+                capacity=Slots(4),
                 user_agent=self._user_agent,
                 stats=self.stats,
                 api_version=OAUTH_VERSION,
@@ -359,7 +359,7 @@ class Locations:
                     self._minted.forget_loop()
             if self._oauth is not None:
                 self._oauth.limiter = LocalLimiter()
-                self._oauth.capacity = anyio.CapacityLimiter(4)
+                self._oauth.capacity = Slots(4)
                 self._oauth.auth.forget_loop()
             self._loop = loop
         await self._transport.open()

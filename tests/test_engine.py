@@ -285,6 +285,33 @@ async def test_a_waiter_cancelled_in_line_leaves_the_line() -> None:
     assert slots.borrowed_tokens == 0
 
 
+async def test_slots_that_grow_go_to_waiters_and_that_shrink_are_not_handed_on() -> None:
+    slots = Slots(2)
+    slots.acquire_nowait()
+    slots.acquire_nowait()
+    waiters = [asyncio.ensure_future(slots.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert slots.waiting == 3
+    slots.resize(3)  # one more: the first waiter has it at once
+    await asyncio.sleep(0)
+    assert waiters[0].done() and slots.borrowed_tokens == 3 and slots.waiting == 2
+    slots.resize(1)  # three held past a bound of one
+    slots.release()
+    slots.release()
+    await asyncio.sleep(0)
+    assert slots.borrowed_tokens == 1 and slots.waiting == 2  # nothing handed on
+    slots.release()  # under the bound again: the next waiter's turn
+    await asyncio.sleep(0)
+    assert waiters[1].done() and not waiters[2].done()
+    assert slots.borrowed_tokens == 1
+    with pytest.raises(ValueError):
+        slots.resize(0)
+    waiters[2].cancel()
+    await asyncio.wait({waiters[2]})
+    slots.release()
+    assert slots.borrowed_tokens == 0 and slots.waiting == 0
+
+
 # -- the one paging loop ------------------------------------------------------------
 
 

@@ -411,7 +411,7 @@ async def test_the_cap_follows_how_busy_the_loop_thread_was() -> None:
         for _ in range(20):  # 16 hold a slot, 4 wait for one
             tg.start_soon(hold, done)
         await wait_all_tasks_blocked()
-        assert cap.limiter.statistics().tasks_waiting == 4
+        assert cap.limiter.waiting == 4
         clocks.run(0.125, busy=0.3)
         tg.start_soon(hold, done)  # its take() reconsiders: time to spare, 4 waiting
         await wait_all_tasks_blocked()
