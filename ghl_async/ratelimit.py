@@ -150,16 +150,7 @@ import msgspec
 from . import errors
 from ._sansio import RateLimitHeaders, parse_retry_after, seconds_until_daily_reset
 
-__all__ = [
-    "Limiter",
-    "LocalLimiter",
-    "RateLimit",
-    "Reply",
-    "SlotAcquire",
-    "WindowBook",
-    "acquire_slot",
-    "slot_acquirer",
-]
+__all__ = ["Limiter", "LocalLimiter", "RateLimit", "Reply", "WindowBook", "acquire_slot"]
 
 logger = logging.getLogger("ghl_async")
 
