@@ -78,53 +78,26 @@ class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
         """Read the five documented headers (case-insensitive mapping expected)."""
         # Once per reply, so written out: zero is absent for the budget and the daily
         # limit, every value clamped, ``Remaining`` to the budget too.
-        # read_count's common case (plain digits) is written out too: a call per header
-        # saved; anything else goes through read_count itself.
         get = headers.get
-        v = get("X-RateLimit-Interval-Milliseconds")
-        interval_ms = (
-            int(v)
-            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
-            else read_count(v)
-        )
+        interval_ms = read_count(get("X-RateLimit-Interval-Milliseconds"))
         if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
             interval_ms = None
-        v = get("X-RateLimit-Max")
-        max_requests = (
-            int(v)
-            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
-            else read_count(v)
-        )
+        max_requests = read_count(get("X-RateLimit-Max"))
         if not max_requests:
             max_requests = None
         elif max_requests > MAX_BUDGET:
             max_requests = MAX_BUDGET
-        v = get("X-RateLimit-Remaining")
-        remaining = (
-            int(v)
-            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
-            else read_count(v)
-        )
+        remaining = read_count(get("X-RateLimit-Remaining"))
         if remaining is not None:
             ceiling = MAX_BUDGET if max_requests is None else max_requests
             if remaining > ceiling:
                 remaining = ceiling
-        v = get("X-RateLimit-Limit-Daily")
-        daily_limit = (
-            int(v)
-            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
-            else read_count(v)
-        )
+        daily_limit = read_count(get("X-RateLimit-Limit-Daily"))
         if not daily_limit:
             daily_limit = None
         elif daily_limit > MAX_DAILY:
             daily_limit = MAX_DAILY
-        v = get("X-RateLimit-Daily-Remaining")
-        daily_remaining = (
-            int(v)
-            if v is not None and len(v) <= _MAX_DIGITS and v.isdigit() and v.isascii()
-            else read_count(v)
-        )
+        daily_remaining = read_count(get("X-RateLimit-Daily-Remaining"))
         if daily_remaining is not None and daily_remaining > MAX_DAILY:
             daily_remaining = MAX_DAILY
         return cls(

@@ -486,7 +486,7 @@ class WindowBook:
         when that needs a request in flight to finish first.
         """
         finished = self._finished
-        first = bisect_right(finished, now - constraint.interval)  # _own_alive()
+        first = self._own_alive(now, constraint)
         booked = self._booked if constraint is self._server else []
         # Neighbour slots past their end wait for a reply, like a request in flight;
         # with none of ours out but sends an interval old, one of them makes way for a
@@ -544,9 +544,8 @@ class WindowBook:
         """``0.0``: send now; a positive number: look again after that many seconds;
         ``None``: wait until a request in flight finishes.
         """
-        if now < self.daily_until or now < self.paused_until:
-            blocked = self.blocked(now)
-            assert blocked is not None
+        blocked = self.blocked(now)
+        if blocked is not None:
             return blocked[1]
         if not self.learned and self.in_flight:
             # Until the first reply says what the budget is, send one request at a time.
@@ -650,21 +649,8 @@ class WindowBook:
             insort(self._refused, now)
         self.learned = True
         notes: list[str] = []
-        rate, server = reply.rate, self._server
-        # Most replies repeat the budget and have daily requests left: those two checks
-        # written out, the methods only for a change.
-        if server is None or (server.max_requests, server.interval) != (
-            rate.max_requests,
-            rate.interval,
-        ):
-            self._learn_budget(now, reply, notes)
-        left = rate.daily_remaining
-        daily_spent = False
-        if left is not None:
-            if left > 0:
-                self.daily_until = 0.0
-            else:
-                daily_spent = self._learn_daily(now, reply, notes)
+        self._learn_budget(now, reply, notes)
+        daily_spent = self._learn_daily(now, reply, notes)
         if ticket is not None and not (daily_spent and reply.status == 429):
             self._estimate_neighbour(now, reply, ticket, notes)
         if reply.status == 429 and not daily_spent:
