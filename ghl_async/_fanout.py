@@ -171,9 +171,7 @@ class Handoff(Generic[T]):
         if len(self._items) >= self._capacity:
             raise anyio.WouldBlock
         self._items.append(item)
-        waiter = self._waiter  # _wake(), written out: once per page
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     async def send(self, item: T) -> None:
         """Put ``item`` in the buffer, waiting for room."""
