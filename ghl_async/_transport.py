@@ -71,15 +71,16 @@ class _Gate:
     ) -> aiohttp.ClientResponse:
         # aiohttp is resending on a fresh connection: that is one more request. The
         # failed send got no reply; the resend needs a rate slot of its own.
-        await self.release(None)
+        if self.held:
+            await self.release(None)
         self.ticket = await acquire_slot(self.limiter, None)
         self.held = True
         return await handler(request)
 
-    async def release(self, reply: Reply | None) -> None:
-        if self.held:
-            self.held = False
-            await self.limiter.release(self.ticket, reply)
+    def release(self, reply: Reply | None) -> Awaitable[None]:
+        """Free the held slot: the limiter's release, to await (no frame of its own)."""
+        self.held = False
+        return self.limiter.release(self.ticket, reply)
 
 
 class AiohttpTransport:
@@ -193,8 +194,7 @@ class AiohttpTransport:
             ) as response:
                 # The headers are in: free the slot now, before the body is read.
                 reply = Reply.from_headers(response.status, response.headers)
-                gate.held = False
-                await limiter.release(gate.ticket, reply)
+                await gate.release(reply)
                 try:
                     body = await self._read(response)
                 except _TooLarge:
