@@ -667,11 +667,14 @@ async def test_a_full_device_is_one_line_and_exit_3(
     assert "cannot write /dev/full: No space left on device" in one_line(capsys.readouterr().err)
 
 
-async def test_a_closed_pipe_is_one_line_and_exit_141() -> None:
+async def test_a_closed_pipe_is_one_line_and_exit_141(tmp_path: Path) -> None:
     async with FakeHighLevel(conversations=30, messages=(100, 200), seed=45) as fake:
         argv = ("export", *fake.conversation_ids, "--out", "-", "--base-url", fake.url)
         read_end, write_end = os.pipe()
-        process = await _subprocess(*argv, env={"GHL_TOKEN": fake.token}, stdout=write_end)
+        # In tmp_path: with --out -, what was not delivered is listed in ./messages.failed.
+        process = await _subprocess(
+            *argv, env={"GHL_TOKEN": fake.token}, stdout=write_end, cwd=tmp_path
+        )
         os.close(write_end)
         with os.fdopen(read_end, "rb") as reader:  # what `| head -1` does, then it exits
             first = await anyio.to_thread.run_sync(reader.readline)
@@ -686,11 +689,15 @@ async def test_an_output_without_permission_is_one_line_and_exit_2(tmp_path: Pat
     folder.mkdir()
     folder.chmod(0o500)
     command = [sys.executable, "-m", "ghl_async"]
-    if os.geteuid() == 0:  # root writes anywhere: run the command as nobody instead
+    if os.geteuid() == 0:
+        # Root writes anywhere: run the command as root without the capabilities that
+        # override file permissions. Not as another user: that user may be unable to read
+        # the checkout and its venv (a clone under a 0700 temp dir), and the test would
+        # fail on the import instead of the write.
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv")
-        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
     process = await asyncio.create_subprocess_exec(
         *command,
         "export",
@@ -723,11 +730,13 @@ async def test_serve_fake_prints_its_location_and_a_busy_port_is_one_line() -> N
 
 
 async def test_every_flag_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from argparse import _SubParsersAction
+
     from ghl_async._cli_args import build_parser
 
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    for name, command in commands.items():
+    (commands,) = [a for a in parser._actions if isinstance(a, _SubParsersAction)]
+    for name, command in commands.choices.items():
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
