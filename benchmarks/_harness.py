@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -27,7 +27,8 @@ class FakeServer:
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_fake/stats") as response:
-            return json.loads(response.read())
+            stats: dict[str, Any] = json.loads(response.read())
+        return stats
 
 
 @contextlib.contextmanager
@@ -77,10 +78,10 @@ def fake_server(
         process.wait()
 
 
-def measure(run: Callable[[], Awaitable[Any]]) -> tuple[float, float, Any]:
+def measure(run: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[float, float, Any]:
     """Wall seconds, this process's CPU seconds, and the result of one run."""
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = asyncio.run(run())  # type: ignore[arg-type]
+    result = asyncio.run(run())
     return time.perf_counter() - wall0, time.process_time() - cpu0, result
 
 

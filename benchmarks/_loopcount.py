@@ -67,7 +67,7 @@ class _CountingQueue(collections.deque[asyncio.Handle]):
 
     def popleft(self) -> asyncio.Handle:
         handle = super().popleft()
-        if not handle._cancelled:  # type: ignore[attr-defined]
+        if not handle._cancelled:
             self.counts.callbacks += 1
             self.counts.kinds[_kind(handle)] += 1
         return handle

@@ -45,10 +45,10 @@ def draw(section: Section, folder: Path) -> bool:
     if section.chart is None:
         return False
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]  # the bench extra
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return False
     name, label, names, values = section.chart

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 import aiolimiter
 
 from ._alternatives import Counts, ghl_async_pages, handwritten, official_sdk
@@ -9,6 +12,9 @@ from ._harness import fake_server, measure, median, sdk_available
 from ._report import Section
 
 BUDGET, INTERVAL = 25, 1.0
+
+# A client of the comparison: ``factory(url, ids)`` is one run, to await.
+RunnerFactory = Callable[[str, list[str]], Coroutine[Any, Any, object]]
 
 
 def run(smoke: bool) -> Section:
@@ -18,19 +24,19 @@ def run(smoke: bool) -> Section:
     ideal = ((requests - 1) // BUDGET) * INTERVAL
     results: dict[str, list[tuple[float, int, int, str]]] = {}
 
-    def one(name: str, runner_factory: object) -> None:
+    def one(name: str, runner_factory: RunnerFactory) -> None:
         with fake_server(
             conversations=conversations, messages="950", rate=f"{BUDGET}/{INTERVAL:g}s"
         ) as server:
             ids = server.stats()["conversationIds"]
-            wall, _, result = measure(lambda: runner_factory(server.url, ids))  # type: ignore[operator]
+            wall, _, result = measure(lambda: runner_factory(server.url, ids))
             stats = server.stats()
         failed = result.failed if isinstance(result, Counts) and result.failed else ""
         results.setdefault(name, []).append(
             (wall, stats["throttled"], stats["maxInWindow"], failed)
         )
 
-    runs: dict[str, object] = {
+    runs: dict[str, RunnerFactory] = {
         "ghl_async": lambda url, ids: ghl_async_pages(url, ids, 16),
         "hand-written + AsyncLimiter(25, 1)": lambda url, ids: handwritten(
             url, ids, 16, aiolimiter.AsyncLimiter(BUDGET, INTERVAL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._alternatives import ghl_async_pages, handwritten, workers
@@ -20,7 +20,7 @@ def run(smoke: bool) -> Section:
     ) as server:
         url = server.url
         ids = server.stats()["conversationIds"]
-        runs: dict[str, Callable[[], Awaitable[Any]]] = {
+        runs: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
             "ghl_async": lambda: ghl_async_pages(url, ids, concurrency),
             "floor: 64 workers, aiohttp + msgspec": lambda: workers(url, ids, concurrency),
             "hand-written aiohttp + json": lambda: handwritten(url, ids, concurrency),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._alternatives import (
@@ -33,10 +33,10 @@ def pages_of(conversations: int, messages: str) -> int:
 
 def clients(
     url: str, ids: list[str], *, sdk: bool, concurrency: int = CONCURRENCY
-) -> dict[str, Callable[[], Awaitable[Any]]]:
+) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
     """Every client of the comparison, by the name its rows carry."""
     n = concurrency
-    runs: dict[str, Callable[[], Awaitable[Any]]] = {
+    runs: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
         "ghl_async fan_out_pages": lambda: ghl_async_pages(url, ids, n),
         "ghl_async fan_out": lambda: ghl_async_messages(url, ids, n),
         "hand-written aiohttp + json": lambda: handwritten(url, ids, n),

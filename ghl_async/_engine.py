@@ -15,7 +15,7 @@ from . import errors
 from ._auth import TokenSource
 from ._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
 from ._transport_base import EMPTY, Request, Transport
-from .ratelimit import Limiter, SlotAcquire, slot_acquirer
+from .ratelimit import Limiter
 from .retry import RetryPolicy
 from .stats import ClientStats
 
@@ -133,24 +133,13 @@ class Engine:
         self.capacity = capacity
         self.user_agent = user_agent
         self.stats = stats
-        self._limiter: Limiter | None = None
-        self._acquire: SlotAcquire | None = None
+        # The rate limiter every request goes through (``None`` until the client opens).
+        self.limiter: Limiter | None = None
         # The OAuth routes take another ``Version`` than the Conversations routes.
         self.api_version = api_version
         # The client's bound on any wait for a rate slot (None: none).
         self.max_wait: float | None = None
         self._headers_for: tuple[str, Mapping[str, str]] | None = None
-
-    @property
-    def limiter(self) -> Limiter | None:
-        """The rate limiter every request goes through (``None`` until the client opens)."""
-        return self._limiter
-
-    @limiter.setter
-    def limiter(self, limiter: Limiter | None) -> None:
-        self._limiter = limiter
-        # How to ask it for a slot is decided here, once, not per request.
-        self._acquire = None if limiter is None else slot_acquirer(limiter)
 
     def _headers(self, token: str) -> Mapping[str, str]:
         cached = self._headers_for
@@ -192,8 +181,8 @@ class Engine:
 
         Retried as the policy allows; a 401 asks the token source for a new token once.
         """
-        limiter, acquire = self._limiter, self._acquire
-        if limiter is None or acquire is None:
+        limiter = self.limiter
+        if limiter is None:
             raise RuntimeError("the client is not open: use 'async with Client(...)'")
         stats = self.stats
         attempt = 0
@@ -214,7 +203,7 @@ class Engine:
                 except anyio.WouldBlock:
                     await capacity.acquire()
                 try:
-                    ticket = await acquire(
+                    ticket = await limiter.acquire(
                         max_wait=self.max_wait, max_pause=self.retry.max_retry_after
                     )
                     raw = await self.transport.send(request, limiter, ticket)

@@ -26,7 +26,7 @@ import aiohttp
 
 from . import errors
 from ._transport_base import RawReply, Request
-from .ratelimit import Limiter, Reply, acquire_slot
+from .ratelimit import Limiter, Reply
 from .stats import ClientStats
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport"]
@@ -73,7 +73,7 @@ class _Gate:
         # failed send got no reply; the resend needs a rate slot of its own.
         if self.held:
             await self.release(None)
-        self.ticket = await acquire_slot(self.limiter, None)
+        self.ticket = await self.limiter.acquire()
         self.held = True
         return await handler(request)
 

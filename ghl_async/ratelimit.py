@@ -133,14 +133,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import heapq
-import inspect
 import itertools
 import logging
 import math
 import time
 import weakref
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -150,7 +149,7 @@ import msgspec
 from . import errors
 from ._sansio import RateLimitHeaders, parse_retry_after, seconds_until_daily_reset
 
-__all__ = ["Limiter", "LocalLimiter", "RateLimit", "Reply", "WindowBook", "acquire_slot"]
+__all__ = ["Limiter", "LocalLimiter", "RateLimit", "Reply", "WindowBook"]
 
 logger = logging.getLogger("ghl_async")
 
@@ -227,10 +226,8 @@ class Limiter(Protocol):
     aiohttp makes on a stale keep-alive connection) and :meth:`release` with the ticket
     once the reply's headers are in (``reply``) or the send failed (``None``).
 
-    An implementation written before ``max_wait`` existed (``acquire(self)``) still
-    works: :func:`acquire_slot` calls it without the keyword, and it simply never fails
-    fast; one that takes ``max_wait`` but not ``max_pause`` gets the smaller of the two
-    as ``max_wait``.
+    ``acquire`` must take both keywords, ``max_wait`` and ``max_pause``: the client
+    passes them on every request (a limiter with no use for a bound may ignore it).
     """
 
     async def acquire(
@@ -251,71 +248,12 @@ class Limiter(Protocol):
         ...
 
 
-_KEYWORDS: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
-
-
-def _keywords(limiter: Limiter) -> frozenset[str]:
-    """Which of ``max_wait`` and ``max_pause`` the limiter's ``acquire`` takes."""
-    kind = type(limiter)
-    known = _KEYWORDS.get(kind)
-    if known is None:
-        parameters: Mapping[str, inspect.Parameter]
-        try:
-            parameters = inspect.signature(limiter.acquire).parameters
-        except (TypeError, ValueError):  # pragma: no cover - a C callable
-            parameters = {}
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            known = frozenset({"max_wait", "max_pause"})
-        else:
-            known = frozenset({"max_wait", "max_pause"} & parameters.keys())
-        _KEYWORDS[kind] = known
-    return known
-
-
 def _smaller(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     if b is None:
         return a
     return min(a, b)
-
-
-class SlotAcquire(Protocol):
-    """A limiter's ``acquire``, called with both bounds (see :func:`slot_acquirer`)."""
-
-    def __call__(self, *, max_wait: float | None, max_pause: float | None) -> Awaitable[object]:
-        """Wait for a send slot within the bounds; return its ticket."""
-        ...
-
-
-def slot_acquirer(limiter: Limiter) -> SlotAcquire:
-    """How to ask ``limiter`` for a slot with both bounds, decided once per limiter.
-
-    A limiter whose ``acquire`` takes ``max_wait`` and ``max_pause`` is called as it is
-    (no adapter frame per request); one without ``max_pause`` gets the smaller bound as
-    ``max_wait``; one written before either existed, plain ``acquire()`` (it then waits
-    as it always did).
-    """
-    keywords = _keywords(limiter)
-    if "max_pause" in keywords:
-        return limiter.acquire
-
-    async def without_max_pause(*, max_wait: float | None, max_pause: float | None) -> object:
-        return await limiter.acquire(max_wait=_smaller(max_wait, max_pause))
-
-    async def without_bounds(*, max_wait: float | None, max_pause: float | None) -> object:
-        return await limiter.acquire()
-
-    return without_max_pause if "max_wait" in keywords else without_bounds
-
-
-def acquire_slot(
-    limiter: Limiter, max_wait: float | None, *, max_pause: float | None = None
-) -> Awaitable[object]:
-    """``limiter.acquire(max_wait=..., max_pause=...)``, as far as the limiter takes
-    them (see :func:`slot_acquirer`).
-    """
-    return slot_acquirer(limiter)(max_wait=max_wait, max_pause=max_pause)
 
 
 def refuse_long_wait(kind: str, wait: float, max_wait: float | None) -> None:

@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
 
 from ghl_async import Client
+from ghl_async._transport import AiohttpTransport
 from ghl_async.testing import FakeHighLevel
 
 
@@ -32,13 +34,26 @@ def server() -> ServerFactory:
     return start
 
 
+def aiohttp_session(client: Client) -> aiohttp.ClientSession | None:
+    """The session of the client's aiohttp transport (``None`` while it has none)."""
+    transport = client._engine.transport
+    assert isinstance(transport, AiohttpTransport)
+    return transport._session
+
+
+def open_session(client: Client) -> aiohttp.ClientSession:
+    """The session of the client's aiohttp transport, which must have one."""
+    session = aiohttp_session(client)
+    assert session is not None, "the client has no session"
+    return session
+
+
 def open_connections(client: Client) -> int:
     """Connections the client's pool has handed out and not taken back."""
-    session = client._engine.transport._session
-    assert session is not None
+    session = open_session(client)
     connector = session.connector
     assert connector is not None
-    return len(connector._acquired)  # type: ignore[attr-defined]
+    return len(connector._acquired)
 
 
 async def settle(predicate: Callable[[], bool], timeout: float = 1.0) -> float:

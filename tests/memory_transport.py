@@ -61,7 +61,9 @@ class CountingLimiter:
         self.acquired = 0
         self.released: list[Reply | None] = []
 
-    async def acquire(self) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         self.acquired += 1
         return self.acquired
 

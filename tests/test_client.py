@@ -15,7 +15,13 @@ from ghl_async import Client, FilterType, MessagesPage, RetryPolicy, errors
 from ghl_async.models import decode_email
 from ghl_async.testing import FakeHighLevel
 
-from .conftest import LogCapture, ServerFactory, open_connections
+from .conftest import (
+    LogCapture,
+    ServerFactory,
+    aiohttp_session,
+    open_connections,
+    open_session,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -370,11 +376,11 @@ async def test_the_session_opens_in_aenter_and_closing_releases_everything(
 ) -> None:
     async with server(conversations=3, messages=20) as fake:
         client = Client(fake.token, base_url=fake.url)
-        assert client._engine.transport._session is None
+        assert aiohttp_session(client) is None
         async with client:
             await asyncio.gather(*(client.get_messages(c) for c in fake.conversation_ids))
             assert open_connections(client) == 0
-            session = client._engine.transport._session
+            session = aiohttp_session(client)
         assert session is not None and session.closed
         assert "closed" in repr(client)
 
@@ -494,7 +500,7 @@ async def test_a_client_opens_on_first_use_and_aclose_closes_it(server: ServerFa
         for use in ("fan_out", "iter_messages", "iter_conversations"):
             client = Client(fake.token, base_url=fake.url)
             if use == "fan_out":
-                got = [m async for _, m in client.fan_out(ids)]
+                got: list[object] = [m async for _, m in client.fan_out(ids)]
             elif use == "iter_messages":
                 got = [m async for m in client.iter_messages(ids[1])]
             else:
@@ -505,7 +511,7 @@ async def test_a_client_opens_on_first_use_and_aclose_closes_it(server: ServerFa
 
 
 def open_connections_or_none(client: Client) -> int | None:
-    session = client._engine.transport._session
+    session = aiohttp_session(client)
     return None if session is None or session.closed else open_connections(client)
 
 
@@ -521,8 +527,7 @@ async def test_a_client_dropped_without_closing_prints_nothing(
             for _ in range(2):
                 client = Client(fake.token, base_url=fake.url)
                 await client.get_messages(fake.conversation_ids[0])
-                session = client._engine.transport._session
-                assert session is not None
+                session = open_session(client)
             del client
             gc.collect()
             await asyncio.sleep(0.05)  # the dropped client's session closes on the loop

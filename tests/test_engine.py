@@ -214,7 +214,9 @@ async def test_the_concurrency_slot_is_given_back_whatever_happens() -> None:
         with pytest.raises(errors.GHLError):
             await engine.get("https://h/x", {}, decode_ok, what="t")
     await engine.get("https://h/x", {}, decode_ok, what="t")
-    assert engine.capacity.borrowed_tokens == 0
+    capacity = engine.capacity
+    assert isinstance(capacity, anyio.CapacityLimiter)  # make_engine's
+    assert capacity.borrowed_tokens == 0
 
 
 # -- the concurrency slots ----------------------------------------------------------

@@ -125,6 +125,13 @@ def check_message(message: Mapping[str, Any]) -> None:
     check_shape(message, MESSAGE_REQUIRED, MESSAGE_OPTIONAL, may_lack=frozenset({"contentType"}))
 
 
+def instant(text: str) -> int:
+    """``parse_instant`` of a stamp the fake wrote: never ``None``."""
+    stamp = parse_instant(text)
+    assert stamp is not None, text
+    return stamp
+
+
 def auth(fake: FakeHighLevel) -> dict[str, str]:
     return {"Authorization": f"Bearer {fake.token}", "Version": "2021-04-15"}
 
@@ -134,6 +141,7 @@ async def get(
     fake: FakeHighLevel,
     path: str,
     headers: Mapping[str, str] | None = None,
+    /,
     **params: str | int,
 ) -> tuple[int, Mapping[str, str], Any]:
     query = {name: str(value) for name, value in params.items()}
@@ -267,7 +275,7 @@ async def test_paging_follows_the_requested_order_to_the_end(
     async with server(conversations=8, seed=9) as fake:
         got, _ = await export_all(session, fake, sortBy=sort_by, sortOrder=order, limit=10)
         field = "dateAdded" if sort_by == "createdAt" else "dateUpdated"
-        stamps = [parse_instant(m.get(field, m["dateAdded"])) for m in got]
+        stamps = [instant(m.get(field, m["dateAdded"])) for m in got]
         assert stamps == sorted(stamps, reverse=order == "desc")
         assert len(got) == len({m["id"] for m in got})
 

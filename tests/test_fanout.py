@@ -257,7 +257,7 @@ async def test_bad_fan_out_arguments(server: ServerFactory) -> None:
             with pytest.raises(ValueError):
                 client.fan_out(["a"], concurrency=0)
             with pytest.raises(TypeError):
-                client.fan_out(["a"], concurrency=2.5)  # type: ignore[arg-type]
+                client.fan_out(["a"], concurrency=2.5)  # type: ignore[call-overload]
             with pytest.raises(ValueError, match="not a HighLevel id"):
                 async for _ in client.fan_out(["../etc"]):
                     pass

@@ -422,23 +422,25 @@ async def test_a_pause_within_max_retry_after_is_waited_out(server: ServerFactor
     assert [len(p.messages) for p in pages] == [20, 20]  # the default page size
 
 
-class OldStyleLimiter:
-    """A user's limiter written before ``acquire`` took ``max_wait``."""
+class UserLimiter:
+    """A user's own limiter (the :class:`Limiter` protocol), around a LocalLimiter."""
 
     def __init__(self) -> None:
         self.inner = LocalLimiter()
         self.acquired = 0
 
-    async def acquire(self) -> object:
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
         self.acquired += 1
-        return await self.inner.acquire()
+        return await self.inner.acquire(max_wait=max_wait, max_pause=max_pause)
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         await self.inner.release(ticket, reply)
 
 
-async def test_a_limiter_without_max_wait_still_works(server: ServerFactory) -> None:
-    limiter = OldStyleLimiter()
+async def test_a_user_written_limiter_is_asked_for_every_send(server: ServerFactory) -> None:
+    limiter = UserLimiter()
     async with server(conversations=1, messages=30) as fake:
         async with Client(fake.token, base_url=fake.url, limiter=limiter) as client:
             page = await client.get_messages(fake.conversation_ids[0])
@@ -585,23 +587,25 @@ def test_max_wait_must_be_sensible() -> None:
         Client("t", max_wait=-1.0)
 
 
-class PauseOnlyLimiter:
-    """A limiter written when ``max_wait`` bounded only a pause (no ``max_pause``)."""
+class BoundsLimiter:
+    """A user's own limiter that records the bounds the client asks it to honour."""
 
     def __init__(self) -> None:
         self.inner = LocalLimiter()
-        self.bounds: list[float | None] = []
+        self.bounds: list[tuple[float | None, float | None]] = []
 
-    async def acquire(self, *, max_wait: float | None = None) -> object:
-        self.bounds.append(max_wait)
-        return await self.inner.acquire(max_wait=max_wait)
+    async def acquire(
+        self, *, max_wait: float | None = None, max_pause: float | None = None
+    ) -> object:
+        self.bounds.append((max_wait, max_pause))
+        return await self.inner.acquire(max_wait=max_wait, max_pause=max_pause)
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         await self.inner.release(ticket, reply)
 
 
-async def test_a_limiter_without_max_pause_gets_the_smaller_bound(server: ServerFactory) -> None:
-    limiter = PauseOnlyLimiter()
+async def test_a_user_written_limiter_gets_both_bounds(server: ServerFactory) -> None:
+    limiter = BoundsLimiter()
     async with server(conversations=1, messages=30) as fake:
         retry = RetryPolicy(max_retry_after=7.0)
         async with Client(fake.token, base_url=fake.url, limiter=limiter, retry=retry) as c:
@@ -610,7 +614,8 @@ async def test_a_limiter_without_max_pause_gets_the_smaller_bound(server: Server
             fake.token, base_url=fake.url, limiter=limiter, retry=retry, max_wait=2.0
         ) as c:
             await c.get_messages(fake.conversation_ids[0])
-    assert limiter.bounds == [7.0, 2.0]
+    # max_wait is the client's (none, then 2 s); max_pause is RetryPolicy.max_retry_after.
+    assert limiter.bounds == [(None, 7.0), (2.0, 7.0)]
 
 
 def test_a_pause_stops_the_clock_of_neighbour_slots() -> None:
@@ -624,7 +629,7 @@ def test_a_pause_stops_the_clock_of_neighbour_slots() -> None:
     # Nothing of ours renews them while paused (until 2.5) and the neighbour goes on
     # spending: they end the pause's length later than they would have, not at once
     # when it is over.
-    assert book.blocked(0.5) == ("pause", pytest.approx(2.0))
+    assert book.blocked(0.5) == pytest.approx(("pause", 2.0))
     assert book.neighbour_slots(3.2) >= 6
     assert book.wait_time(2.5) == 0.0  # 10 - 6 - our 2 finished long ago: room
 

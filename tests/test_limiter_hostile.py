@@ -18,6 +18,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 from ghl_async import Client, LocalLimiter, RateLimit, Reply, errors
 from ghl_async._sansio import RateLimitHeaders
-from ghl_async.ratelimit import WindowBook
+from ghl_async.ratelimit import WindowBook, _Ticket
 from ghl_async.redis import RedisLimiter
 from ghl_async.testing import Faults
 
@@ -135,8 +136,8 @@ def drive(
             else:
                 push(now + trip(rng), "reply", (answer, payload))
         elif kind == "reply":
-            answer, ticket = payload  # type: ignore[misc]
-            book.finish(now, answer, ticket)  # type: ignore[arg-type]
+            answer, ticket = cast("tuple[Reply | None, _Ticket]", payload)  # pushed by arrive
+            book.finish(now, answer, ticket)
             run.most_booked = max(run.most_booked, book.neighbour_slots(now))
             state = len(book._finished) + len(book._refused) + book.in_flight
             run.most_state = max(run.most_state, state)
@@ -389,7 +390,7 @@ async def test_a_huge_retry_after_is_refused_at_once_and_bounded_in_work() -> No
     late = book.take(0.01)  # sent before the first 429, refused after it
     book.finish(0.03, reply(0, 429, week), late)
     assert book.neighbour_slots(0.03) <= BUDGET
-    assert book.blocked(0.03) == ("pause", pytest.approx(week, abs=0.02))
+    assert book.blocked(0.03) == pytest.approx(("pause", week), abs=0.02)
 
 
 # -- real sockets ----------------------------------------------------------------------

@@ -18,12 +18,13 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 
 from ghl_async import RateLimit, Reply
 from ghl_async._sansio import RateLimitHeaders
-from ghl_async.ratelimit import WindowBook
+from ghl_async.ratelimit import WindowBook, _Ticket
 
 BUDGET, INTERVAL = 25, 1.0
 WORKERS = 16
@@ -153,7 +154,7 @@ def simulate(
             if later is not None and later < duration + 5:
                 push(later, "neighbour")
         elif kind == "arrive":
-            sent, ticket = payload  # type: ignore[misc]
+            sent, ticket = cast("tuple[float, _Ticket]", payload)  # pushed by try_send
             count(now)
             neighbours = sum(1 for _, who, _ in window if who == "theirs")
             accepted = len(window) < BUDGET
@@ -177,7 +178,7 @@ def simulate(
             loop_free[0] = handled
             push(handled, "handle", payload)
         elif kind in ("reply", "handle"):
-            reply, ticket, neighbours = payload  # type: ignore[misc]
+            reply, ticket, neighbours = cast("tuple[Reply, _Ticket, int]", payload)  # by arrive
             before = book.neighbour_slots(now)
             book.finish(now, reply, ticket)
             booked = book.neighbour_slots(now) - before

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -354,7 +354,12 @@ async def test_a_run_locked_out_by_a_live_one_retries_after_a_lease(
                     ctx, location_id, str(tmp_path), run_id="r1", base_url=agency.url
                 )
         assert caught.value.defer_score == 3000
-        run_state = await pool.hget("ghl_async:run:r1:locations", location_id)
+        # redis-py types an async reply as ``Awaitable[str | None] | str | None``; the
+        # pool awaits and, without decode_responses, answers bytes.
+        run_state = await cast(
+            "Awaitable[bytes | None]", pool.hget("ghl_async:run:r1:locations", location_id)
+        )
+        assert run_state is not None
         assert b"another export is writing" in run_state
 
 

@@ -133,7 +133,7 @@ async def test_sync_command(
 ) -> None:
     async with server(conversations=8, messages=(0, 30), seed=63) as fake:
         monkeypatch.setenv("GHL_TOKEN", fake.token)
-        argv = (
+        argv: tuple[str, ...] = (
             "sync",
             "--location",
             fake.location_id,
