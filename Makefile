@@ -1,16 +1,35 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both build .venv first.
 # `make docs` builds the docs site into build/site (strict: a broken link or reference fails).
+#
+# The development environment is locked: requirements/dev.lock pins every package of every
+# extra (dev, docs, bench, redis, arq, cli) and the build tools, with hashes, so a fresh
+# clone tests against exactly what CI tested. It is uv's universal lock (`uv pip compile
+# --universal`): one file for every Python we support, with markers where a package's
+# release differs by Python version, which pip-tools cannot do without one file per
+# version. Installing it needs only pip (`--require-hashes`), so a fresh machine needs no
+# uv to run the suite. `make lock` regenerates it at the newest releases. The library's
+# own ranges in pyproject.toml stay open: users get the newest releases, and CI also runs
+# the suite against the newest and the lowest releases pyproject allows (.ci/drift).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
+STAMP  := $(VENV)/.installed-lock
+LOCK   := requirements/dev.lock
 
-.PHONY: demo test lint typecheck pytest docs bench bench-smoke redis-server clean
+.PHONY: demo test lint typecheck pytest docs bench bench-smoke redis-server lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+	  --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --no-build-isolation -e .
 	touch $(STAMP)
+
+# Every extra at its newest release that pyproject allows, for every Python from 3.10 on.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml requirements/tools.in --all-extras --universal \
+	  --python-version 3.10 --generate-hashes --no-header --upgrade --quiet -o $(LOCK)
 
 demo: $(STAMP)
 	$(BIN)/ghl-async demo
@@ -22,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ghl_async tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict ghl_async
+	$(BIN)/mypy --strict ghl_async tests benchmarks
 
 # coverage starts before pytest: the fake_highlevel plugin imports ghl_async at start-up.
 pytest: $(STAMP)
@@ -38,28 +57,16 @@ redis-server:
 	}
 	@command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server"; exit 1; }
 
-DOCS_STAMP := $(VENV)/.installed-docs
-
-$(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,docs]'
-	touch $(DOCS_STAMP)
-
 # mkdocs-material's notice about its successor is not a build problem: keep the log clean.
-docs: $(DOCS_STAMP)
+docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
-BENCH_STAMP := $(VENV)/.installed-bench
-
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
-	touch $(BENCH_STAMP)
-
 # The full side-by-side run: writes benchmarks/RESULTS.md and benchmarks/charts/.
-bench: $(BENCH_STAMP) redis-server
+bench: $(STAMP) redis-server
 	$(BIN)/python -m benchmarks
 
 # A one-minute run of every benchmark, small: checks each runs and makes its table.
-bench-smoke: $(BENCH_STAMP) redis-server
+bench-smoke: $(STAMP) redis-server
 	$(BIN)/python -m benchmarks --smoke
 
 clean:
