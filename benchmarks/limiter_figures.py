@@ -40,7 +40,7 @@ def _one_process(
 
 def _arq_recipe(conversations: int, workers: int) -> tuple[float, dict[str, Any]] | None:
     """The README's arq recipe: RedisLimiter(RateLimit(100, 10.0)) in each worker."""
-    from tests.redis_fixtures import RedisServer
+    from tests.support.redis_server import RedisServer
 
     if shutil.which("redis-server") is None:
         return None

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from ghl_async import Client, RateLimit
-from ghl_async._sync import run_sync
+from ghl_async.export.sync import run_sync
 from ghl_async.testing import FakeHighLevel
 
 from ._report import Section

@@ -27,7 +27,7 @@ from ._report import Section
 def run_workers(
     url: str, redis_url: str, key: str, rate: str, ids: list[str], processes: int
 ) -> dict[str, Any]:
-    """Run ``processes`` workers of ``tests.redis_worker`` on ``ids``, let go together.
+    """Run ``processes`` workers of ``tests.support.redis_worker`` on ``ids``, let go together.
 
     Returns their outputs and the times, in seconds: ``ready`` (spawn until every
     worker was ready), ``wall`` (let go until the last closed), ``spawn_to_exit``.
@@ -38,7 +38,7 @@ def run_workers(
             [
                 sys.executable,
                 "-m",
-                "tests.redis_worker",
+                "tests.support.redis_worker",
                 "--ready",
                 url,
                 FAKE_TOKEN,
@@ -75,7 +75,7 @@ def run_workers(
 
 
 def run(smoke: bool) -> Section:
-    from tests.redis_fixtures import RedisServer  # the tests' throwaway redis-server
+    from tests.support.redis_server import RedisServer  # the tests' throwaway redis-server
 
     budget, interval, processes = 20, 1.0, 3
     conversations = 5 if smoke else 20  # 95 messages: 10 pages of 10 each

@@ -56,7 +56,7 @@ async def _one_run(
     from arq.connections import RedisSettings
 
     from ghl_async import RateLimit
-    from ghl_async.jobs import enqueue_locations, read_run
+    from ghl_async.export.jobs import enqueue_locations, read_run
 
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     await pool.flushdb()
@@ -100,7 +100,7 @@ async def _one_run(
 
 
 def run(smoke: bool) -> Section:
-    from tests.redis_fixtures import RedisServer  # the tests' throwaway redis-server
+    from tests.support.redis_server import RedisServer  # the tests' throwaway redis-server
 
     locations = 6 if smoke else 40
     conversations = 4 if smoke else 50

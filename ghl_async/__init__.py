@@ -18,15 +18,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ghl_async._version import __version__
 
 if TYPE_CHECKING:
-    from . import errors
-    from ._sansio import RateLimitHeaders
-    from .client import DEFAULT_BASE_URL, Client, LocationPage, MessageWithEmails, PageHook
-    from .errors import GHLError
-    from .locations import AgencyToken, Locations, LocationTokenProvider, location_concurrency
-    from .models import (
+    from ghl_async import errors
+    from ghl_async._sansio import RateLimitHeaders
+    from ghl_async.agency.locations import (
+        AgencyToken,
+        Locations,
+        LocationTokenProvider,
+        location_concurrency,
+    )
+    from ghl_async.client import (
+        DEFAULT_BASE_URL,
+        Client,
+        LocationPage,
+        MessageWithEmails,
+        PageHook,
+    )
+    from ghl_async.errors import GHLError
+    from ghl_async.models import (
         CallMeta,
         Conversation,
         EmailMessage,
@@ -38,10 +49,10 @@ if TYPE_CHECKING:
         MessagesPage,
         MessageType,
     )
-    from .ratelimit import Limiter, LocalLimiter, RateLimit, Reply
-    from .records import to_records
-    from .retry import RetryPolicy
-    from .stats import ClientStats
+    from ghl_async.ratelimit import Limiter, LocalLimiter, RateLimit, Reply
+    from ghl_async.records import to_records
+    from ghl_async.retry import RetryPolicy
+    from ghl_async.stats import ClientStats
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -79,11 +90,11 @@ __all__ = [
 # Where each public name lives; ``None``: the name is that module itself.
 _HOMES: dict[str, tuple[str, str | None]] = {
     "DEFAULT_BASE_URL": (".client", "DEFAULT_BASE_URL"),
-    "AgencyToken": (".locations", "AgencyToken"),
+    "AgencyToken": (".agency.locations", "AgencyToken"),
     "CallMeta": (".models", "CallMeta"),
     "Client": (".client", "Client"),
-    "LocationPage": ("._location_export", "LocationPage"),
-    "MessageWithEmails": ("._emails", "MessageWithEmails"),
+    "LocationPage": (".export.location", "LocationPage"),
+    "MessageWithEmails": ("._http.emails", "MessageWithEmails"),
     "ClientStats": (".stats", "ClientStats"),
     "Conversation": (".models", "Conversation"),
     "EmailMessage": (".models", "EmailMessage"),
@@ -103,9 +114,9 @@ _HOMES: dict[str, tuple[str, str | None]] = {
     "Reply": (".ratelimit", "Reply"),
     "RetryPolicy": (".retry", "RetryPolicy"),
     "errors": (".errors", None),
-    "location_concurrency": (".locations", "location_concurrency"),
-    "LocationTokenProvider": (".locations", "LocationTokenProvider"),
-    "Locations": (".locations", "Locations"),
+    "location_concurrency": (".agency.locations", "location_concurrency"),
+    "LocationTokenProvider": (".agency.locations", "LocationTokenProvider"),
+    "Locations": (".agency.locations", "Locations"),
     "to_records": (".records", "to_records"),
 }
 

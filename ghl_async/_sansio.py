@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from . import errors
-from .models import _ERROR_DECODER
+from ghl_async import errors
+from ghl_async.models import _ERROR_DECODER
 
 API_VERSION = "2021-04-15"
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .models import FilterType
+from ghl_async.models import FilterType
 
 MAX_PAGE_SIZE = 100
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Literal, TypeVar, overload
 import anyio
 import msgspec
 
-from . import errors
-from ._auth import TokenProvider, TokenSource
-from ._emails import MessageWithEmails, attach_emails
-from ._engine import Engine, Slots
-from ._fanout import FanOutOptions, IdSource, run_fan_out
-from ._location_export import LocationPage, pass_admits, plan_passes, resume_token
-from ._paginate import paginate
-from ._pagination import (
+from ghl_async import errors
+from ghl_async._http.aiohttp_transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
+from ghl_async._http.auth import TokenProvider, TokenSource
+from ghl_async._http.emails import MessageWithEmails, attach_emails
+from ghl_async._http.engine import Engine, Slots
+from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
+from ghl_async._http.paginate import paginate
+from ghl_async._params import (
     EXPORT_PAGE_MAX,
     check_cursor,
     check_since,
@@ -30,8 +30,7 @@ from ._pagination import (
     next_messages_params,
     next_search_params,
 )
-from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
-from ._validation import (
+from ghl_async._validation import (
     MAX_PAGE_SIZE,
     check_base_url,
     check_id,
@@ -39,8 +38,9 @@ from ._validation import (
     check_page_size,
     check_types,
 )
-from ._version import __version__
-from .models import (
+from ghl_async._version import __version__
+from ghl_async.export.location import LocationPage, pass_admits, plan_passes, resume_token
+from ghl_async.models import (
     Conversation,
     EmailMessage,
     ExportPage,
@@ -52,9 +52,10 @@ from .models import (
     decode_message,
     decode_page,
 )
-from .ratelimit import Limiter, RateLimit, shared_limiter, token_key
-from .retry import RetryPolicy
-from .stats import ClientStats
+from ghl_async.ratelimit import Limiter, RateLimit
+from ghl_async.ratelimit.local import shared_limiter, token_key
+from ghl_async.retry import RetryPolicy
+from ghl_async.stats import ClientStats
 
 if TYPE_CHECKING:  # aiohttp itself is imported by _transport.py only
     import aiohttp
@@ -98,7 +99,7 @@ class Client:
         rate_limit: a cap on the budget; by default the client follows the budget the
             server announces (100 per 10 s until it has said).
         limiter: a :class:`~ghl_async.ratelimit.Limiter` to share explicitly (for
-            instance :class:`ghl_async.redis.RedisLimiter` across processes). By
+            instance :class:`ghl_async.ratelimit.redis.RedisLimiter` across processes). By
             default all clients of one token in a process share one limiter.
         allow_insecure: allow a plain-http ``base_url`` off loopback.
         user_agent: the ``User-Agent`` header.

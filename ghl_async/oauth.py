@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import msgspec
 
-from .errors import DecodeError
+from ghl_async.errors import DecodeError
 
 __all__ = [
     "INSTALLED_LOCATIONS_PATH",

@@ -21,8 +21,8 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from .errors import GHLError
-from .models import Message, MessagesPage
+from ghl_async.errors import GHLError
+from ghl_async.models import Message, MessagesPage
 
 __all__ = ["COLUMNS", "Record", "to_records"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from . import errors
+from ghl_async import errors
 
 __all__ = ["RetryPolicy"]
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from ghl_async import Client
-from ghl_async._transport import AiohttpTransport
+from ghl_async._http.aiohttp_transport import AiohttpTransport
 from ghl_async.testing import FakeHighLevel
 
 
@@ -92,4 +92,4 @@ def ghl_log() -> AsyncIterator[LogCapture] | Any:
     logger.setLevel(old)
 
 
-from .redis_fixtures import redis_server  # noqa: E402, F401
+from tests.support.redis_server import redis_server  # noqa: E402, F401

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from ghl_async import Client, RateLimit
 from ghl_async._validation import check_int
 from ghl_async.testing import FakeHighLevel
-
-from .conftest import ServerFactory
+from tests.conftest import ServerFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -28,9 +28,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._agency import AgencyStats, FakeAgency, FakeLocationInfo
-    from ._data import make_conversations
-    from ._server import FakeHighLevel, FakeStats, Faults
+    from ghl_async.testing._agency import AgencyStats, FakeAgency, FakeLocationInfo
+    from ghl_async.testing._data import make_conversations
+    from ghl_async.testing._server import FakeHighLevel, FakeStats, Faults
 
 __all__ = [
     "AgencyStats",

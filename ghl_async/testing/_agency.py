@@ -24,9 +24,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..oauth import OAUTH_VERSION
-from ..ratelimit import RateLimit
-from ._server import API_ROUTES, UNAUTHORIZED, FakeHighLevel
+from ghl_async.oauth import OAUTH_VERSION
+from ghl_async.ratelimit import RateLimit
+from ghl_async.testing._server import API_ROUTES, UNAUTHORIZED, FakeHighLevel
 
 __all__ = ["OAUTH_ROUTES", "AgencyStats", "FakeAgency", "FakeLocationInfo"]
 

@@ -17,17 +17,17 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .._sansio import API_VERSION
-from ..models import FilterType
-from ..ratelimit import RateLimit
-from ._data import (
+from ghl_async._sansio import API_VERSION
+from ghl_async.models import FilterType
+from ghl_async.ratelimit import RateLimit
+from ghl_async.testing._data import (
     StoredConversation,
     email_ids,
     make_conversations,
     make_email,
     store_conversations,
 )
-from ._location import (
+from ghl_async.testing._location import (
     MessageIndex,
     QueryError,
     Record,

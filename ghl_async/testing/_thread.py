@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ._server import FakeHighLevel
+from ghl_async.testing._server import FakeHighLevel
 
 __all__ = ["serve_in_thread"]
 

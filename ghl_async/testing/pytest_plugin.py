@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ._server import FakeHighLevel
+    from ghl_async.testing._server import FakeHighLevel
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def fake_highlevel() -> Iterator[FakeHighLevel]:
     pytest-asyncio in its default strict mode (``@pytest.mark.asyncio``) or in auto mode,
     or from a plain test. Reach it with ``Client(fake.token, base_url=fake.url)``.
     """
-    from ._server import FakeHighLevel
-    from ._thread import serve_in_thread
+    from ghl_async.testing._server import FakeHighLevel
+    from ghl_async.testing._thread import serve_in_thread
 
     with serve_in_thread(FakeHighLevel(conversations=20, seed=0)) as fake:
         yield fake

@@ -1,0 +1,271 @@
+"""The one module that speaks aiohttp: send a request, get ``(status, headers, body)`` back.
+
+:class:`AiohttpTransport` implements :class:`ghl_async._http.transport.Transport`.
+
+Every send that reaches the wire passes the rate limiter, including the one aiohttp
+makes on its own: when a reused keep-alive connection turns out to be closed, aiohttp
+sends an idempotent request a second time inside ``session.get``. That resend runs
+through the request's middleware chain, so a per-request middleware is where the
+limiter is held: the first send uses the slot the caller acquired, any resend acquires
+another. Under a strict budget an unmetered resend is a 429 we caused ourselves.
+
+A caller's session brings its own defaults; every request here overrides the ones that
+would change what a reply means (``raise_for_status``, ``auto_decompress``, redirects,
+timeout, middlewares), so statuses reach the same decisions whatever the session. The
+body is read in chunks against ``max_body_bytes`` (counted after decompression): a
+server cannot make the client hold more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+
+import aiohttp
+
+from ghl_async import errors
+from ghl_async._http.transport import RawReply, Request
+from ghl_async.ratelimit import Limiter, Reply
+from ghl_async.stats import ClientStats
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport"]
+
+#: The largest reply body read by default (a page of 100 messages is well under 1 MiB).
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    """The body went over ``max_body_bytes``."""
+
+
+class _Gate:
+    """Holds the limiter across the sends of one request.
+
+    The first send passes straight through (the middleware returns aiohttp's own
+    coroutine: no extra coroutine layer on the hot path); a resend, aiohttp's on a
+    stale keep-alive connection, first frees the failed send's slot and takes its own.
+    The reply's slot is freed by :meth:`AiohttpTransport.send` once its headers are in.
+    """
+
+    __slots__ = ("held", "limiter", "sends", "stats", "ticket")
+
+    def __init__(self, limiter: Limiter, ticket: object, stats: ClientStats) -> None:
+        self.limiter = limiter
+        self.ticket = ticket
+        self.stats = stats
+        self.held = True
+        self.sends = 0
+
+    def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        self.stats.requests += 1
+        self.sends += 1
+        if self.sends == 1:
+            return handler(request)
+        return self._resend(request, handler)
+
+    async def _resend(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        # aiohttp is resending on a fresh connection: that is one more request. The
+        # failed send got no reply; the resend needs a rate slot of its own.
+        if self.held:
+            await self.release(None)
+        self.ticket = await self.limiter.acquire()
+        self.held = True
+        return await handler(request)
+
+    def release(self, reply: Reply | None) -> Awaitable[None]:
+        """Free the held slot: the limiter's release, to await (no frame of its own)."""
+        self.held = False
+        return self.limiter.release(self.ticket, reply)
+
+
+class AiohttpTransport:
+    """Requests over one long-lived :class:`aiohttp.ClientSession`.
+
+    Args:
+        session: a caller-owned session (never closed here), or ``None`` to open one in
+            :meth:`open` with a connector sized to ``max_connections``.
+        max_connections: the connection pool size for a session opened here.
+        timeout: seconds one attempt may take, connecting and reading included.
+        stats: where every send that reaches the wire is counted.
+        max_body_bytes: the largest body read; a longer one fails the attempt.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None,
+        *,
+        max_connections: int,
+        timeout: float,
+        stats: ClientStats,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError("session must be an aiohttp.ClientSession")
+        self._stats = stats
+        self._session = session
+        self._owns_session = session is None
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_body = max_body_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`aclose`."""
+        return self._session is not None and not self._session.closed
+
+    async def open(self) -> None:
+        """Open the session (inside the running loop) unless the caller gave one."""
+        if self._session is None or (self._owns_session and self._session.closed):
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=self._max_connections,
+                keepalive_timeout=30.0,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=True,
+                raise_for_status=False,
+            )
+            self._owns_session = True
+            self._loop = asyncio.get_running_loop()
+
+    def abandon(self) -> None:
+        """Let go of a session this transport opened, without awaiting (no warning follows).
+
+        For a client dropped unclosed, or used again under a new event loop. On a loop
+        still alive the session is closed there, properly, a moment later. On a closed
+        loop its sockets went with the loop, and closing the connector only marks it
+        closed. :meth:`open` makes a new session when one is needed again.
+        """
+        session, loop = self._session, self._loop
+        if session is None or not self._owns_session or session.closed or loop is None:
+            return
+        self._session = None
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: as below
+                loop.call_soon_threadsafe(_close_later, session)
+                return
+        connector = session.connector
+        if connector is not None:
+            _finish_now(connector.close())
+
+    async def aclose(self) -> None:
+        """Close the session if this transport opened it; release every connection."""
+        session = self._session
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    async def send(self, request: Request, limiter: Limiter, ticket: object) -> RawReply:
+        """Send ``request`` holding ``ticket`` of ``limiter`` and read the whole reply.
+
+        Raises:
+            ghl_async.errors.TransportError: no complete reply (the aiohttp error is not
+                chained: it would carry the request headers, token included).
+        """
+        session = self._session
+        if session is None or session.closed:
+            await limiter.release(ticket, None)
+            raise RuntimeError("the client is closed: open it again or make a new Client")
+        headers = request.headers
+        data: object = request.form
+        if request.json is not None:
+            data = request.json
+            headers = {**headers, "Content-Type": "application/json"}
+        gate = _Gate(limiter, ticket, self._stats)
+        try:
+            async with session.request(
+                request.method,
+                request.url,
+                params=request.params,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout,
+                middlewares=(gate,),
+                raise_for_status=False,
+                auto_decompress=True,
+            ) as response:
+                # The headers are in: free the slot now, before the body is read.
+                reply = Reply.from_headers(response.status, response.headers)
+                await gate.release(reply)
+                try:
+                    body = await self._read(response)
+                except _TooLarge:
+                    # Never hand a half-read connection back to the pool.
+                    response.close()
+                    too_large = errors.TransportError(
+                        f"reply body over max_body_bytes ({self._max_body} bytes): "
+                        "not read further",
+                        status=response.status,
+                    )
+                    too_large.retryable = False
+                    raise too_large from None
+                return RawReply(response.status, response.headers, body, reply)
+        except asyncio.TimeoutError:
+            error: errors.TransportError = errors.TransportError(
+                f"no complete reply within {self._timeout.total:g} s"
+            )
+        except aiohttp.ClientPayloadError as exc:
+            error = errors.TransportError(f"truncated reply body ({type(exc).__name__})")
+        except aiohttp.ClientError as exc:
+            error = errors.TransportError(_describe(exc))
+        finally:
+            # A send that got no reply (bad URL, closed session, connection lost) frees
+            # its slot here; one that got a reply has already freed it.
+            if gate.held:
+                await gate.release(None)
+        raise error
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._max_body
+        length = response.content_length
+        if length is not None and length > cap:
+            raise _TooLarge
+        # The stream yields decompressed bytes, so the count is of what we would hold.
+        content = response.content
+        first = await content.readany()
+        if not first:
+            return b""
+        if content.at_eof() and len(first) <= cap:
+            return first  # the whole body came in one piece (the common case)
+        chunks = [first]
+        total = len(first)
+        while total <= cap and (chunk := await content.readany()):
+            total += len(chunk)
+            chunks.append(chunk)
+        if total > cap:
+            raise _TooLarge
+        return first if len(chunks) == 1 else b"".join(chunks)
+
+
+# Sessions being closed for abandoned clients (a task is only weakly held by its loop).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(session: aiohttp.ClientSession) -> None:
+    task = asyncio.ensure_future(session.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _finish_now(pending: Awaitable[object]) -> None:
+    # The connector of a closed loop returns an awaitable that completes without ever
+    # suspending (there is nothing left to wait for): run it to the end here.
+    steps = pending.__await__()
+    try:
+        next(steps)
+    except StopIteration:
+        return
+    steps.close()  # it wanted to wait on a loop that is gone: give up quietly
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

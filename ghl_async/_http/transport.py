@@ -1,0 +1,83 @@
+"""The I/O seam: what the engine needs of a transport, and nothing of aiohttp.
+
+A :class:`Transport` sends one :class:`Request` holding a rate-limiter ticket and
+returns the whole reply as a :class:`RawReply` (status, headers, body, and the
+:class:`~ghl_async.ratelimit.Reply` parsed once for the limiter and the stats). It
+releases the ticket itself, once the reply's headers are in or the send failed, so a
+transport that sends more than once for one request (aiohttp's silent resend on a
+stale keep-alive connection) can meter each send. ``_transport.AiohttpTransport`` is
+the real one; the tests answer from a function in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ghl_async.ratelimit import Limiter, Reply
+
+__all__ = ["EMPTY", "RawReply", "Request", "Transport"]
+
+EMPTY: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as the engine hands it to a transport.
+
+    ``form`` is sent as an ``application/x-www-form-urlencoded`` body, ``json`` as an
+    ``application/json`` body (already encoded); at most one of them.
+    """
+
+    method: str
+    url: str
+    params: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    form: Mapping[str, str] | None = None
+    json: bytes | None = None
+
+
+@dataclass(slots=True)
+class RawReply:
+    """A complete reply: status, headers (case-insensitive), the whole body, and what its
+    rate-limit headers say (parsed once, for the limiter and the client's stats).
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    reply: Reply
+
+
+class Transport(Protocol):
+    """Sends requests and reads whole replies; owns its connections."""
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`aclose`."""
+        ...
+
+    async def open(self) -> None:
+        """Get ready to send, inside the running loop."""
+        ...
+
+    def abandon(self) -> None:
+        """Let go of connections without awaiting (a client dropped or moved to a new loop)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection this transport opened."""
+        ...
+
+    async def send(self, request: Request, limiter: Limiter, ticket: object) -> RawReply:
+        """Send ``request`` holding ``ticket`` of ``limiter``; return the whole reply.
+
+        The ticket is released exactly once for every send that reaches the wire (with
+        the reply, or ``None`` when the send failed) and once more for no send at all.
+
+        Raises:
+            ghl_async.errors.TransportError: no complete reply.
+            RuntimeError: the transport is closed.
+        """
+        ...

@@ -1,0 +1,188 @@
+"""An agency's fan-out: many locations' conversations read into one stream.
+
+The producers run in one task of their own (tracked by the pool), never inside the
+consumer's async generator: :func:`ghl_async._http.fanout.deliver` runs them and hands their
+items over, as for a fan-out of conversations, whose rules this follows:
+``locations_at_once`` location loops each take the next location and run its
+conversations with the location's own workers in a task group of that location, and
+every worker of every location sends its pages straight into the one bounded stream the
+consumer reads. A location therefore costs its workers and a task group, not a fan-out
+of its own (a task, a stream and a task group more) relaying into an outer one.
+
+Errors are as in a fan-out of conversations, per location: a conversation's
+:class:`~ghl_async.errors.GHLError` is its item with ``return_exceptions=True``; an
+error that fails the whole location (a refused token, a spent day, its search failing)
+stops that location's workers and is its item ``(location_id, conversation_id or None,
+error)``, the other locations going on; without ``return_exceptions`` either stops
+everything and is raised. Any other exception (a bad id, a token source raising) stops
+everything and is raised as itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+
+import anyio
+
+from ghl_async import errors
+from ghl_async._http.fanout import Ids, IdSource, Sink
+from ghl_async.models import MessagesPage
+
+__all__ = ["AgencyItem", "AgencyRun", "LocationWork", "PageSource"]
+
+#: ``(location_id, conversation_id or None, page or error)``.
+AgencyItem = tuple[str, str | None, MessagesPage | errors.GHLError]
+#: One conversation's pages (an async generator, closed when the fan-out stops).
+PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
+#: A location's work: its id -> (its conversation ids, where a conversation's pages come
+#: from). Called in the location's loop: what it raises stops the fan-out.
+LocationWork = Callable[[str], tuple[IdSource, PageSource]]
+
+
+class AgencyRun:
+    """The producer side of one agency fan-out."""
+
+    __slots__ = (
+        "error",
+        "locations",
+        "locations_at_once",
+        "return_exceptions",
+        "send",
+        "work",
+        "workers",
+    )
+
+    def __init__(
+        self,
+        locations: IdSource,
+        work: LocationWork,
+        *,
+        workers: int,
+        locations_at_once: int,
+        return_exceptions: bool,
+        send: Sink[AgencyItem],
+    ) -> None:
+        self.locations = Ids(locations)
+        self.work = work
+        self.workers = workers
+        self.locations_at_once = locations_at_once
+        self.return_exceptions = return_exceptions
+        self.send = send
+        self.error: BaseException | None = None
+
+    async def run(self) -> None:
+        """Run every location's workers until the ids run out or the stream is closed."""
+        # Workers return or record errors rather than raise them, so whatever leaves
+        # this task group (a bug, an outside cancellation) is real and propagates.
+        async with self.send, anyio.create_task_group() as tg:
+            for _ in range(self.locations_at_once):
+                tg.start_soon(self._location_loop, tg.cancel_scope)
+
+    def _stop(self, error: BaseException, scope: anyio.CancelScope) -> None:
+        if self.error is None:
+            self.error = error
+        scope.cancel()
+
+    async def _put(self, item: AgencyItem) -> None:
+        # The request just awaited was this task's checkpoint: wait (and checkpoint
+        # again) only when the buffer is full.
+        try:
+            self.send.send_nowait(item)
+        except anyio.WouldBlock:
+            await self.send.send(item)
+
+    async def _location_loop(self, scope: anyio.CancelScope) -> None:
+        try:
+            while (location_id := await self.locations.next()) is not None:
+                error = await self._location(location_id, scope)
+                if error is None:
+                    continue
+                if self.return_exceptions:
+                    await self._put((location_id, error.conversation_id, error))
+                    continue
+                self._stop(error, scope)
+                return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The consumer has gone: nothing is left to deliver, and nobody to tell.
+            scope.cancel()
+        except Exception as exc:
+            self._stop(exc, scope)
+
+    async def _location(
+        self, location_id: str, scope: anyio.CancelScope
+    ) -> errors.GHLError | None:
+        """Run one location's workers; the error that stopped the location, if any."""
+        conversation_ids, pages = self.work(location_id)
+        location = _Location(location_id, Ids(conversation_ids), pages)
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.workers):
+                tg.start_soon(self._worker, location, tg.cancel_scope, scope)
+        return location.error
+
+    async def _worker(
+        self, location: _Location, location_scope: anyio.CancelScope, scope: anyio.CancelScope
+    ) -> None:
+        try:
+            while (conversation_id := await location.ids.next()) is not None:
+                error = await self._conversation(location, conversation_id)
+                if error is None:
+                    continue
+                if self.return_exceptions and not error.stops_fan_out:
+                    await self._put((location.id, conversation_id, error))
+                    continue
+                # A refused token or a spent day fails every conversation of the location.
+                location.stop(error, location_scope)
+                return
+        except errors.GHLError as exc:
+            # The location's conversation source failed (its search): the location stops.
+            location.stop(exc, location_scope)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            scope.cancel()
+        except Exception as exc:
+            self._stop(exc, scope)
+
+    async def _conversation(
+        self, location: _Location, conversation_id: str
+    ) -> errors.GHLError | None:
+        location_id, send = location.id, self.send
+        try:
+            async with aclosing(location.pages(conversation_id)) as pages:
+                async for page in pages:
+                    item: AgencyItem = (location_id, conversation_id, page)
+                    # Waiting for its next page, a worker must not keep this one alive.
+                    del page
+                    # Sent here, not through _put: a page waiting for room is held by
+                    # this one frame only.
+                    try:
+                        send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await send.send(item)
+                    del item
+        except errors.GHLError as exc:
+            if exc.conversation_id is None:
+                errors.locate(exc, conversation_id, exc.last_message_id)
+            return exc
+        return None
+
+
+class _Location:
+    """One location's share of the run: its conversation ids, pages, and what stopped it."""
+
+    __slots__ = ("error", "id", "ids", "pages")
+
+    def __init__(
+        self,
+        location_id: str,
+        ids: Ids,
+        pages: PageSource,
+    ) -> None:
+        self.id = location_id
+        self.ids = ids
+        self.pages = pages
+        self.error: errors.GHLError | None = None
+
+    def stop(self, error: errors.GHLError, scope: anyio.CancelScope) -> None:
+        if self.error is None:
+            self.error = error
+        scope.cancel()

@@ -1,0 +1,756 @@
+"""An agency's locations in one process: a pool of per-location clients on one session.
+
+HighLevel counts its budget per location, so an agency app reading K locations has K
+budgets. :class:`Locations` keeps one :class:`~ghl_async.Client` per location (its own
+token, its own limiter, its own small concurrency), made on first use, all sending
+through one aiohttp session and connector that the pool opens and closes.
+
+A fan-out reads the locations side by side (``locations_at_once`` at a time), each with
+its own few workers (:func:`workers_per_location`), every worker of every location
+sending its pages into the one stream the consumer reads (:mod:`._agency_fanout`).
+Every page of every location passes one shared cap (``max_pages``): a page takes a slot
+before it is requested and gives it back when the consumer moves past it, so pages
+requested, buffered or being read never number more than the cap, however many
+locations run. Page requests at once are capped too, lower while the event loop is
+CPU-bound (:mod:`._agency_inflight`): past what the process's CPU handles, more
+requests at once only queue inside it, for the garbage collector to walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, overload
+
+import anyio
+
+from ghl_async import errors
+from ghl_async._http.aiohttp_transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
+from ghl_async._http.auth import TokenProvider, TokenSource
+from ghl_async._http.engine import Engine, Slots
+from ghl_async._http.fanout import Handoff, IdSource, deliver
+from ghl_async._validation import MAX_PAGE_SIZE, check_base_url, check_id, check_int, check_types
+from ghl_async._version import __version__
+from ghl_async.agency.fanout import AgencyItem, AgencyRun, LocationWork, PageSource
+from ghl_async.agency.inflight import InFlight
+from ghl_async.agency.tokens import MintedTokens
+from ghl_async.client import DEFAULT_BASE_URL, Client
+from ghl_async.models import Message, MessagesPage
+from ghl_async.oauth import (
+    INSTALLED_LOCATIONS_PATH,
+    OAUTH_VERSION,
+    InstalledLocation,
+    decode_installed_locations,
+    installed_locations_params,
+    next_skip,
+)
+from ghl_async.ratelimit import Limiter, LocalLimiter, RateLimit
+from ghl_async.retry import RetryPolicy
+from ghl_async.stats import ClientStats
+
+if TYPE_CHECKING:  # aiohttp itself is imported by _transport.py only
+    import aiohttp
+
+__all__ = [
+    "AgencyToken",
+    "LocationTokenProvider",
+    "Locations",
+    "location_concurrency",
+    "workers_per_location",
+]
+
+#: An async callable giving a location's current token (asked again after a 401).
+LocationTokenProvider = Callable[[str], Awaitable[str]]
+
+Types = Iterable[str] | str | None
+#: ``(location_id, conversation_id or None, page or error)``: a fan-out's item.
+PageItem = tuple[str, str | None, MessagesPage | errors.GHLError]
+MessageItem = tuple[str, str | None, Message | errors.GHLError]
+
+# A round trip assumed when sizing a location's concurrency (live HighLevel answers a
+# page in 100-300 ms; a loopback fake in a few ms).
+DEFAULT_LATENCY = 0.1
+
+
+def location_concurrency(
+    rate_limit: RateLimit | None, *, latency: float = DEFAULT_LATENCY, ceiling: int = 16
+) -> int:
+    """Requests a location needs in flight to spend its budget: rate x round trip, plus one.
+
+    More buys nothing: the limiter holds them back, each holding a connection and a page
+    slot. HighLevel's 100 per 10 s with a 0.1 s round trip is 2; 100 per 1 s is 11.
+
+    >>> location_concurrency(RateLimit(100, 10.0))
+    2
+    """
+    budget = rate_limit if rate_limit is not None else RateLimit()
+    return max(1, min(ceiling, math.ceil(budget.per_second * latency) + 1))
+
+
+def workers_per_location(concurrency: int, max_pages: int, locations: int | None) -> int:
+    """Conversations a location reads side by side in a fan-out of ``locations``.
+
+    At most ``concurrency``, and no more than twice the location's share of the page
+    cap: a worker that cannot get a page slot only waits, and costs memory and garbage
+    collector work while it does (300 locations under a cap of 256: 2 each). With the
+    number of locations unknown (an async source), ``concurrency``.
+
+    >>> workers_per_location(11, 256, 300)
+    2
+    """
+    if locations is None or locations < 1:
+        return concurrency
+    return max(1, min(concurrency, math.ceil(2 * max_pages / locations)))
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyToken:
+    """An agency (company) OAuth token, turned into location tokens on demand.
+
+    Each location's token is minted through ``POST /oauth/locationToken``, kept until it
+    expires and minted again after a 401. With ``app_id`` the pool can list the
+    locations the app is installed in (``GET /oauth/installedLocations``).
+
+    Attributes:
+        token: the agency access token, or an async callable returning it (asked again
+            after a 401: refresh it there, for instance with ``POST /oauth/token``).
+        company_id: the agency's company id.
+        app_id: the app's id, for listing its installed locations.
+    """
+
+    token: str | TokenProvider = field(repr=False)
+    company_id: str
+    app_id: str | None = None
+
+
+class _PageCap:
+    """The shared cap on pages in memory, and how many are held now and at most."""
+
+    __slots__ = ("held", "peak", "semaphore")
+
+    def __init__(self, size: int) -> None:
+        self.semaphore = anyio.Semaphore(size)
+        self.held = 0
+        self.peak = 0
+
+
+class _Slots:
+    """One fan-out's share of the cap: what it took is given back when it ends."""
+
+    __slots__ = ("cap", "held")
+
+    def __init__(self, cap: _PageCap) -> None:
+        self.cap = cap
+        self.held = 0
+
+    async def take(self) -> None:
+        cap = self.cap
+        await cap.semaphore.acquire()
+        self.held += 1
+        cap.held += 1
+        if cap.held > cap.peak:
+            cap.peak = cap.held
+
+    def give(self) -> None:
+        if self.held:
+            self.held -= 1
+            self.cap.held -= 1
+            self.cap.semaphore.release()
+
+    def give_all(self) -> None:
+        while self.held:
+            self.give()
+
+
+class Locations:
+    """Many locations of an agency in one process: a client per location, one session.
+
+    ::
+
+        async with Locations(AgencyToken(token, company_id=..., app_id=...)) as agency:
+            async for location_id, conversation_id, message in agency.fan_out_locations():
+                ...
+
+    Args:
+        tokens: where each location's token comes from: a mapping ``location_id ->
+            token`` (Private Integration Tokens), an async callable ``(location_id) ->
+            token`` (asked again after a 401), or an :class:`AgencyToken`.
+        base_url: the API root (as for :class:`~ghl_async.Client`).
+        timeout: seconds one attempt may take.
+        retry: how failures are retried, for every location and the OAuth routes.
+        rate_limit: each location's budget cap (default: follow what the server
+            announces, from HighLevel's 100 per 10 s); it also sizes the concurrency.
+        concurrency: requests in flight per location (default
+            :func:`location_concurrency` of ``rate_limit``).
+        max_pages: pages in memory at once across all locations (requested, buffered
+            or being read); also the shared connection pool's size, and the most page
+            requests at once (fewer while the event loop is CPU-bound: see
+            :attr:`in_flight_limit`).
+        locations_at_once: locations read side by side in a fan-out.
+        limiter: a ``(location_id) -> Limiter`` factory (for instance one
+            :class:`~ghl_async.ratelimit.redis.RedisLimiter` per location, shared across
+            processes); by default each location has its own in-process limiter.
+        session: a caller-owned :class:`aiohttp.ClientSession` for every location (never
+            closed here); by default the pool opens one.
+        allow_insecure: allow a plain-http ``base_url`` off loopback.
+        user_agent: the ``User-Agent`` header.
+        max_body_bytes: the largest reply body read.
+        clock: the monotonic clock location tokens expire by (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, str] | LocationTokenProvider | AgencyToken,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        rate_limit: RateLimit | None = None,
+        concurrency: int | None = None,
+        max_pages: int = 256,
+        locations_at_once: int = 1000,
+        limiter: Callable[[str], Limiter] | None = None,
+        session: aiohttp.ClientSession | None = None,
+        allow_insecure: bool = False,
+        user_agent: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("timeout must be a number of seconds")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        check_int(max_pages, "max_pages", 1)
+        check_int(locations_at_once, "locations_at_once", 1)
+        check_int(max_body_bytes, "max_body_bytes", 1)
+        if concurrency is None:
+            concurrency = location_concurrency(rate_limit)
+        check_int(concurrency, "concurrency", 1)
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError("rate_limit must be a RateLimit")
+        if isinstance(tokens, AgencyToken):
+            check_id(tokens.company_id, "company_id")
+            if tokens.app_id is not None and not tokens.app_id:
+                raise ValueError("app_id must not be empty")
+        elif not isinstance(tokens, Mapping) and not callable(tokens):
+            raise TypeError("tokens must be a mapping, an async callable or an AgencyToken")
+        self._tokens = tokens
+        self._base_url = check_base_url(base_url, allow_insecure=allow_insecure)
+        self._timeout = float(timeout)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._rate_limit = rate_limit
+        self._limiter_for = limiter
+        self._allow_insecure = allow_insecure
+        self._user_agent = user_agent or f"ghl-async/{__version__}"
+        self._max_body = max_body_bytes
+        self._clock = clock
+        self.concurrency = concurrency
+        """Requests in flight per location, at most."""
+        self.max_pages = max_pages
+        """Pages in memory at once across all locations, at most."""
+        self.locations_at_once = locations_at_once
+        """Locations a fan-out reads side by side, at most."""
+        self.stats = ClientStats()
+        """The pool's own requests (OAuth routes); each location's are in its client's."""
+        self._transport = AiohttpTransport(
+            session,
+            max_connections=max_pages,
+            timeout=self._timeout,
+            stats=self.stats,
+            max_body_bytes=max_body_bytes,
+        )
+        self._minted: MintedTokens | None = None
+        self._oauth: Engine | None = None
+        if isinstance(tokens, AgencyToken):
+            self._oauth = Engine(
+                auth=TokenSource(tokens.token, timeout=self._timeout),
+                transport=self._transport,
+                retry=self._retry,
+                capacity=Slots(4),
+                user_agent=self._user_agent,
+                stats=self.stats,
+                api_version=OAUTH_VERSION,
+            )
+            self._minted = MintedTokens(
+                self._oauth, base_url=self._base_url, company_id=tokens.company_id, clock=clock
+            )
+        self._clients: dict[str, Client] = {}
+        self._cap = _PageCap(max_pages)
+        self._in_flight = InFlight(max_pages)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return (
+            f"Locations(base_url={self._base_url!r}, clients={len(self._clients)}, "
+            f"concurrency={self.concurrency}, max_pages={self.max_pages}, "
+            f"tokens=<redacted>, {state})"
+        )
+
+    @property
+    def is_open(self) -> bool:
+        """True while the shared session is open."""
+        return self._transport.is_open
+
+    @property
+    def pages_held(self) -> int:
+        """Pages requested, buffered or being read right now (never above ``max_pages``)."""
+        return self._cap.held
+
+    @property
+    def peak_pages_held(self) -> int:
+        """The most pages held at once since the pool opened."""
+        return self._cap.peak
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Page requests the pool runs at once now, at most (adapts; never above ``max_pages``).
+
+        It shrinks while the event loop's thread is busy nearly all the time (more
+        requests at once would only queue inside the process) and grows back while it
+        has time to spare and requests wait for a slot.
+        """
+        return self._in_flight.limit
+
+    @property
+    def location_ids(self) -> list[str]:
+        """The locations that have a client so far."""
+        return list(self._clients)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Locations:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the shared session; ``async with`` (or the first use) does it for you."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                # Clients, locks, slots and the session belong to the old loop.
+                self._transport.abandon()
+                self._clients.clear()
+                self._cap = _PageCap(self.max_pages)
+                self._in_flight = InFlight(self.max_pages)
+                if self._minted is not None:
+                    self._minted.forget_loop()
+            if self._oauth is not None:
+                self._oauth.limiter = LocalLimiter()
+                self._oauth.capacity = Slots(4)
+                self._oauth.auth.forget_loop()
+            self._loop = loop
+        await self._transport.open()
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Stop running fan-outs, close every location's client and the shared session."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(tasks)
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for client in clients:
+            await client.aclose()
+        await self._transport.aclose()
+
+    async def _ready(self) -> None:
+        if self._closed:
+            raise RuntimeError("the pool is closed: open it again or make a new one")
+        if self._loop is not asyncio.get_running_loop() or not self._transport.is_open:
+            await self.open()
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- clients and tokens -------------------------------------------------------------
+
+    def _token_for(self, location_id: str) -> str | TokenProvider:
+        tokens = self._tokens
+        if isinstance(tokens, AgencyToken):
+            assert self._minted is not None
+            return self._minted.provider(location_id)
+        if isinstance(tokens, Mapping):
+            token = tokens.get(location_id)
+            if token is None:
+                raise ValueError(f"no token for location {location_id}")
+            return token
+        provider = tokens
+
+        async def token_of_location() -> str:
+            return await provider(location_id)
+
+        return token_of_location
+
+    async def client(self, location_id: str) -> Client:
+        """The client of ``location_id`` (made on first use, on the shared session)."""
+        check_id(location_id, "location_id")
+        await self._ready()
+        return self._client(location_id)
+
+    def _client(self, location_id: str) -> Client:
+        client = self._clients.get(location_id)
+        if client is None:
+            client = Client(
+                self._token_for(location_id),
+                base_url=self._base_url,
+                timeout=self._timeout,
+                retry=self._retry,
+                max_concurrency=self.concurrency,
+                # The pool's session: every location on one connector. Read from the
+                # transport the pool owns (the one aiohttp-speaking module opened it).
+                session=self._transport._session,
+                rate_limit=self._rate_limit,
+                limiter=(
+                    self._limiter_for(location_id)
+                    if self._limiter_for is not None
+                    else LocalLimiter(self._rate_limit)
+                ),
+                allow_insecure=self._allow_insecure,
+                user_agent=self._user_agent,
+                max_body_bytes=self._max_body,
+            )
+            self._clients[location_id] = client
+        return client
+
+    async def location_token(self, location_id: str) -> str:
+        """``location_id``'s current token from the agency token (minted or cached).
+
+        Raises:
+            TypeError: the pool was not given an :class:`AgencyToken`.
+            ghl_async.errors.GHLError: the server refused to mint it.
+        """
+        check_id(location_id, "location_id")
+        if self._minted is None:
+            raise TypeError("location tokens are minted only from an AgencyToken")
+        await self._ready()
+        return await self._minted.get(location_id)
+
+    async def installed_locations(
+        self, page_size: int = 100
+    ) -> AsyncGenerator[InstalledLocation, None]:
+        """Every location the app is installed in (``GET /oauth/installedLocations``).
+
+        Raises:
+            TypeError: the pool was not given an :class:`AgencyToken` with an ``app_id``.
+        """
+        check_int(page_size, "page_size", 1)
+        tokens = self._tokens
+        if not isinstance(tokens, AgencyToken) or tokens.app_id is None:
+            raise TypeError("listing locations needs an AgencyToken with an app_id")
+        await self._ready()
+        assert self._oauth is not None
+        skip: int | None = 0
+        while skip is not None:
+            params = installed_locations_params(
+                tokens.company_id, tokens.app_id, skip=skip, limit=page_size
+            )
+            page = await self._oauth.get(
+                self._base_url + INSTALLED_LOCATIONS_PATH,
+                params,
+                decode_installed_locations,
+                what="installed locations",
+            )
+            for location in page.locations:
+                yield location
+            skip = next_skip(page, skip)
+
+    async def _installed_ids(self) -> AsyncGenerator[str, None]:
+        async with aclosing(self.installed_locations()) as locations:
+            async for location in locations:
+                yield location.id
+
+    # -- fan-outs -----------------------------------------------------------------------
+
+    async def _pages(
+        self,
+        client: Client,
+        conversation_id: str,
+        type_filter: str | None,
+        page_size: int,
+        slots: _Slots,
+    ) -> AsyncGenerator[MessagesPage, None]:
+        """One conversation's pages, each taking a slot of the shared cap before its request."""
+        pages = client.iter_pages(conversation_id, type_filter, page_size)
+        in_flight = self._in_flight
+        async with aclosing(pages):
+            while True:
+                await slots.take()
+                try:
+                    await in_flight.take()
+                    try:
+                        page = await anext(pages)
+                    finally:
+                        in_flight.give()
+                except StopAsyncIteration:
+                    slots.give()
+                    return
+                except BaseException:
+                    slots.give()
+                    raise
+                # Handed out from the stack, not from a local: suspended here while its
+                # worker waits for room in the stream, this frame must not keep it alive.
+                # Its slot is given back when the consumer moves past it.
+                handed = [page]
+                del page
+                yield handed.pop()
+
+    async def _conversation_ids(
+        self, client: Client, location_id: str
+    ) -> AsyncGenerator[str, None]:
+        # The hook for a location's conversations: a Client.iter_location_messages (when
+        # it lands) would replace this search + per-conversation fan-out.
+        conversations = client.iter_conversations(location_id)
+        async with aclosing(conversations):
+            async for conversation in conversations:
+                yield conversation.id
+
+    def _work(
+        self,
+        plan: Mapping[str, IdSource | None] | None,
+        type_filter: str | None,
+        page_size: int,
+        slots: _Slots,
+    ) -> LocationWork:
+        """Where each location's conversations and pages come from."""
+
+        def work(location_id: str) -> tuple[IdSource, PageSource]:
+            check_id(location_id, "location_id")
+            client = self._client(location_id)
+            ids = plan.get(location_id) if plan is not None else None
+            if ids is None:
+                ids = self._conversation_ids(client, location_id)
+
+            def pages(conversation_id: str) -> AsyncGenerator[MessagesPage, None]:
+                check_id(conversation_id, "conversation_id")
+                return self._pages(client, conversation_id, type_filter, page_size, slots)
+
+            return ids, pages
+
+        return work
+
+    async def _run(
+        self,
+        work: Mapping[str, IdSource | None] | IdSource,
+        types: Types,
+        page_size: int,
+        return_exceptions: bool,
+    ) -> AsyncGenerator[PageItem, None]:
+        await self._ready()
+        type_filter = check_types(types)
+        slots = _Slots(self._cap)
+        self._in_flight.restart()
+        plan = work if isinstance(work, Mapping) else None
+        if plan is None and isinstance(work, (list, tuple)):
+            work = list(work)  # a list: its length sizes each location's workers
+        count = len(plan) if plan is not None else len(work) if isinstance(work, list) else None
+        location_ids: IdSource = list(plan) if plan is not None else work
+        location_work = self._work(plan, type_filter, page_size, slots)
+        workers = workers_per_location(self.concurrency, self.max_pages, count)
+
+        def producers(stream: Handoff[AgencyItem]) -> AgencyRun:
+            return AgencyRun(
+                location_ids,
+                location_work,
+                workers=workers,
+                locations_at_once=self.locations_at_once,
+                return_exceptions=return_exceptions,
+                send=stream,
+            )
+
+        items = deliver(1, producers, self._spawn)
+        try:
+            async with aclosing(items):
+                async for location_id, conversation_id, page in items:
+                    if isinstance(page, MessagesPage):
+                        try:
+                            yield location_id, conversation_id, page
+                        finally:
+                            slots.give()
+                    else:
+                        yield location_id, conversation_id, page
+                    del page
+        finally:
+            slots.give_all()
+
+    @overload
+    def fan_out_pages(
+        self,
+        pairs: Iterable[tuple[str, str]] | None = ...,
+        *,
+        locations: IdSource | None = ...,
+        types: Types = ...,
+        page_size: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncGenerator[tuple[str, str, MessagesPage], None]: ...
+
+    @overload
+    def fan_out_pages(
+        self,
+        pairs: Iterable[tuple[str, str]] | None = ...,
+        *,
+        locations: IdSource | None = ...,
+        types: Types = ...,
+        page_size: int = ...,
+        return_exceptions: Literal[True],
+    ) -> AsyncGenerator[PageItem, None]: ...
+
+    def fan_out_pages(
+        self,
+        pairs: Iterable[tuple[str, str]] | None = None,
+        *,
+        locations: IdSource | None = None,
+        types: Types = None,
+        page_size: int = MAX_PAGE_SIZE,
+        return_exceptions: bool = False,
+    ) -> AsyncGenerator[PageItem, None]:
+        """Pages of many locations as ``(location_id, conversation_id, page)``.
+
+        Give ``pairs`` of ``(location_id, conversation_id)`` (grouped by location first,
+        so every location runs on its own budget side by side), or whole ``locations``
+        (each location's conversations found through ``/conversations/search``), or
+        neither: every location the app is installed in (an :class:`AgencyToken` with an
+        ``app_id``).
+
+        Each conversation's pages come in the server's order. With
+        ``return_exceptions=True`` a failing conversation yields ``(location_id,
+        conversation_id, error)`` and a failing location (its token refused, its search
+        failed, its daily budget spent) yields ``(location_id, None or the conversation,
+        error)``; the others go on. Otherwise the first such error stops everything and
+        is raised. Breaking out of the loop stops every request in flight.
+        """
+        return self._fan_out_pages(pairs, locations, types, page_size, return_exceptions)
+
+    def _fan_out_pages(
+        self,
+        pairs: Iterable[tuple[str, str]] | None,
+        locations: IdSource | None,
+        types: Types,
+        page_size: int,
+        return_exceptions: bool,
+    ) -> AsyncGenerator[PageItem, None]:
+        if pairs is not None and locations is not None:
+            raise TypeError("give pairs or locations, not both")
+        check_int(page_size, "page_size", 1, MAX_PAGE_SIZE)
+        if isinstance(locations, (str, bytes)):
+            raise TypeError("locations must be an iterable of ids, not a single str")
+        work: Mapping[str, IdSource | None] | IdSource
+        if pairs is not None:
+            grouped: dict[str, list[str]] = {}
+            for location_id, conversation_id in pairs:
+                grouped.setdefault(location_id, []).append(conversation_id)
+            work = dict(grouped)
+        elif locations is not None:
+            work = locations
+        else:
+            work = _Deferred(self._installed_ids)
+        return self._run(work, types, page_size, return_exceptions)
+
+    @overload
+    def fan_out(
+        self,
+        pairs: Iterable[tuple[str, str]] | None = ...,
+        *,
+        locations: IdSource | None = ...,
+        types: Types = ...,
+        page_size: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncGenerator[tuple[str, str, Message], None]: ...
+
+    @overload
+    def fan_out(
+        self,
+        pairs: Iterable[tuple[str, str]] | None = ...,
+        *,
+        locations: IdSource | None = ...,
+        types: Types = ...,
+        page_size: int = ...,
+        return_exceptions: Literal[True],
+    ) -> AsyncGenerator[MessageItem, None]: ...
+
+    def fan_out(
+        self,
+        pairs: Iterable[tuple[str, str]] | None = None,
+        *,
+        locations: IdSource | None = None,
+        types: Types = None,
+        page_size: int = MAX_PAGE_SIZE,
+        return_exceptions: bool = False,
+    ) -> AsyncGenerator[MessageItem, None]:
+        """Messages of many locations as ``(location_id, conversation_id, message)``.
+
+        The same as :meth:`fan_out_pages`, one message at a time::
+
+            async for location_id, conversation_id, message in agency.fan_out(pairs):
+                ...
+        """
+        return _messages_only(
+            self._fan_out_pages(pairs, locations, types, page_size, return_exceptions)
+        )
+
+    def fan_out_locations(
+        self,
+        location_ids: IdSource | None = None,
+        *,
+        types: Types = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> AsyncGenerator[tuple[str, str, Message], None]:
+        """Every message of whole locations (default: every installed location).
+
+        Shorthand for ``fan_out(locations=location_ids)``; with no ids it asks
+        ``GET /oauth/installedLocations`` (an :class:`AgencyToken` with an ``app_id``).
+        """
+        if location_ids is None:
+            return self.fan_out(types=types, page_size=page_size)
+        return self.fan_out(locations=location_ids, types=types, page_size=page_size)
+
+
+class _Deferred(AsyncIterable[str]):
+    """An async id source made on first iteration (the installed locations)."""
+
+    def __init__(self, make: Callable[[], AsyncGenerator[str, None]]) -> None:
+        self._make = make
+
+    def __aiter__(self) -> AsyncGenerator[str, None]:
+        return self._make()
+
+
+async def _messages_only(
+    pages: AsyncGenerator[PageItem, None],
+) -> AsyncGenerator[MessageItem, None]:
+    async with aclosing(pages):
+        async for location_id, conversation_id, item in pages:
+            if isinstance(item, MessagesPage):
+                for message in item.messages:
+                    yield location_id, conversation_id, message
+            else:
+                yield location_id, conversation_id, item

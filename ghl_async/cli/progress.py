@@ -1,0 +1,128 @@
+"""What the command shows while it runs and when it ends: progress and the summary.
+
+Progress counts conversations settled (written in full, skipped as done before, or
+failed) against the conversations asked for, so it ends at 100% also after a resume or
+with failures. With tqdm installed (the ``cli`` extra) it is a bar; without it, a plain
+line at most once a second, so a bare ``pip install ghl-async`` works as well.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ghl_async.client import Client
+from ghl_async.export.files import ExportSummary
+from ghl_async.ratelimit import RateLimit
+
+__all__ = ["Progress", "summary_table"]
+
+BAR_HINT = "(pip install 'ghl-async[cli]' for a progress bar)"
+
+
+class Progress:
+    """A tqdm bar, a plain line, or nothing, on ``stream``."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        total: int | None,
+        client: Client,
+        stream: TextIO,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._total = total
+        self._stream = stream
+        self._clock = clock
+        self._started = clock()
+        self._last_line = -1.0
+        self._bar: Any = None
+        self._plain = False
+        self._summary = ExportSummary()
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self._plain = True
+            print(f"export: starting {BAR_HINT}", file=stream, flush=True)
+            return
+        self._bar = tqdm(total=total, unit="conv", file=stream, dynamic_ncols=True, desc="export")
+
+    def _rate(self) -> float:
+        return self._client.stats.requests / max(1e-6, self._clock() - self._started)
+
+    def update(self, summary: ExportSummary) -> None:
+        """Show the conversations settled so far."""
+        self._summary = summary
+        if self._bar is not None:
+            stats = self._client.stats
+            self._bar.set_postfix(
+                messages=summary.messages,
+                req_s=f"{self._rate():.1f}",
+                throttled=stats.throttled,
+                refresh=False,
+            )
+            self._bar.update(summary.finished - self._bar.n)
+        elif self._plain and self._clock() - self._last_line >= 1.0:
+            self._line()
+
+    def _line(self) -> None:
+        self._last_line = self._clock()
+        summary = self._summary
+        of = f"/{self._total}" if self._total is not None else ""
+        print(
+            f"export: {summary.finished}{of} conversations, {summary.messages} messages, "
+            f"{self._rate():.1f} req/s, {self._client.stats.throttled} throttled",
+            file=self._stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        """End the bar or print the last line."""
+        if self._bar is not None:
+            self._bar.close()
+        elif self._plain:
+            self._line()
+
+
+def budget_of(client: Client) -> RateLimit | None:
+    """The budget the server announced, if it did."""
+    stats = client.stats
+    if stats.server_max_requests and stats.server_interval:
+        return RateLimit(stats.server_max_requests, stats.server_interval)
+    return None
+
+
+def summary_table(
+    summary: ExportSummary, client: Client, budget: RateLimit | None, extra: dict[str, str]
+) -> str:
+    """The end-of-run table: counts, requests, and how close to the budget it ran."""
+    stats = client.stats
+    rate = stats.requests / summary.elapsed if summary.elapsed else 0.0
+    rows = [
+        (
+            "conversations",
+            f"{summary.conversations}"
+            + (f" (+{summary.skipped} already done)" if summary.skipped else ""),
+        ),
+        ("messages", f"{summary.messages}"),
+        ("failed conversations", f"{len(summary.failed)}"),
+        ("requests", f"{stats.requests}"),
+        ("retries", f"{stats.retries}"),
+        ("429s", f"{stats.throttled}"),
+        ("elapsed", f"{summary.elapsed:.1f} s"),
+    ]
+    if budget is not None and stats.requests and summary.elapsed:
+        # The fastest a strict window allows: one full window per max_requests sends.
+        ideal = ((stats.requests - 1) // budget.max_requests) * budget.interval
+        use = f"{100 * min(1.0, ideal / summary.elapsed):.0f}% of ideal ({ideal:.1f} s)"
+        budget_text = f"budget {budget.max_requests} per {budget.interval:g} s"
+        rows.append(("requests/s", f"{rate:.1f} ({budget_text}; {use})"))
+    else:
+        rows.append(("requests/s", f"{rate:.1f}"))
+    rows.extend(extra.items())
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows)

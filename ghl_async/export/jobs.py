@@ -1,0 +1,499 @@
+"""An agency's locations exported across processes and machines, on arq.
+
+::
+
+    # worker.py, run with: arq worker.WorkerSettings   (pip install "ghl-async[arq]")
+    from arq.connections import RedisSettings
+    from ghl_async.export.jobs import worker_settings
+
+    WorkerSettings = worker_settings(
+        tokens={"ve9EPM428h8vShlRW1KT": "pit-..."},      # or an async provider
+        redis_settings=RedisSettings.from_dsn("redis://localhost:6379/0"),
+    )
+
+    # anywhere: enqueue one job per location, then read progress from Redis
+    from arq import create_pool
+    from ghl_async.export.jobs import enqueue_locations, read_run
+
+    redis = await create_pool(RedisSettings.from_dsn("redis://localhost:6379/0"))
+    run = await enqueue_locations(redis, ["ve9EPM428h8vShlRW1KT", ...], "/shared/export")
+    print(await read_run(redis, run))
+
+One job per location. A location's throughput is capped by its own budget, which one
+job with a few requests in flight already saturates, so splitting a location over
+workers would gain nothing and cost a listing per split and more files; whole locations
+balance across workers because an idle worker takes the next one off the queue. Each
+job writes ``OUT_DIR/LOCATION.jsonl`` and its checkpoint (``export_messages``), draws
+on one :class:`~ghl_async.ratelimit.redis.RedisLimiter` key per location (every worker shares
+it), and records its state in Redis for :func:`read_run`.
+
+A worker that dies (``kill -9``, a lost machine) holds the job's arq in-progress key
+until it expires; a running job renews that key every few seconds and shortens it to
+``lease`` seconds, so a dead worker's job is picked up by another worker ``lease``
+seconds later rather than after arq's ``job_timeout + 10``. The retry resumes from the
+checkpoint: every message exactly once in the part file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+try:
+    from arq.connections import ArqRedis
+    from arq.constants import in_progress_key_prefix
+    from arq.jobs import Job, JobStatus
+    from arq.worker import Function, Retry, func
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("ghl_async.export.jobs needs arq: pip install 'ghl-async[arq]'") from exc
+
+from ghl_async import errors
+from ghl_async.client import DEFAULT_BASE_URL, Client
+from ghl_async.export.files import Checkpoint, ExportRefused, ExportSummary, export_messages
+from ghl_async.ratelimit import RateLimit
+from ghl_async.ratelimit.redis import RedisLimiter
+
+__all__ = [
+    "EXPORT_LOCATION",
+    "LocationState",
+    "RunState",
+    "Tokens",
+    "enqueue_locations",
+    "export_location",
+    "functions",
+    "job_id",
+    "latest_run",
+    "part_path",
+    "read_run",
+    "startup",
+    "worker_settings",
+]
+
+EXPORT_LOCATION = "ghl_async.export_location"
+"""The arq function name of :func:`export_location`."""
+
+Tokens = Mapping[str, str] | Callable[[str], Awaitable[str]]
+"""Where a location's token comes from: a static map, or ``async (location_id) -> token``."""
+
+_PREFIX = "ghl_async:"
+_RUNS = f"{_PREFIX}runs"  # sorted set: run id scored by its start time
+_KEEP = 7 * 86400  # a run's status keys expire a week after their last write
+_CTX = "ghl_async"
+_REDIS_TIMEOUT = 10.0
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LocationState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One location's job as the workers last reported it.
+
+    Attributes:
+        location_id: the location.
+        state: ``queued``, ``running``, ``done`` or ``failed`` (the job gave up: see
+            ``error``).
+        messages: messages in its part file so far (after a retry: those kept too).
+        conversations: conversations written in full (or skipped as done) so far.
+        failed_conversations: conversations that failed for good (ids in the part
+            file's ``.failed``).
+        tries: the arq try that last reported (2 and up: resumed after a failure).
+        worker: ``host:pid`` of the worker that last reported.
+        error: why the job failed, one line.
+        updated: when this was written (Unix time).
+    """
+
+    location_id: str
+    state: Literal["queued", "running", "done", "failed"] = "queued"
+    messages: int = 0
+    conversations: int = 0
+    failed_conversations: int = 0
+    tries: int = 0
+    worker: str | None = None
+    error: str | None = None
+    updated: float = 0.0
+
+    @property
+    def settled(self) -> bool:
+        """Done or failed: nothing more will happen to it."""
+        return self.state in ("done", "failed")
+
+
+class RunState(msgspec.Struct, kw_only=True):
+    """A run of :func:`enqueue_locations`: what it asked for and where each location is.
+
+    Attributes:
+        run_id: the run.
+        out_dir: where its part files go.
+        started: when it was enqueued (Unix time).
+        locations: each location's state, in the order enqueued.
+    """
+
+    run_id: str
+    out_dir: str
+    started: float
+    locations: list[LocationState] = msgspec.field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        """Messages written across every location."""
+        return sum(s.messages for s in self.locations)
+
+    @property
+    def settled(self) -> int:
+        """Locations done or failed."""
+        return sum(1 for s in self.locations if s.settled)
+
+    @property
+    def finished(self) -> bool:
+        """Every location settled."""
+        return self.settled == len(self.locations)
+
+    @property
+    def ok(self) -> bool:
+        """Every location done with no conversation failed."""
+        return all(s.state == "done" and not s.failed_conversations for s in self.locations)
+
+
+class _Meta(msgspec.Struct, kw_only=True):
+    out_dir: str
+    started: float
+    locations: list[str]
+
+
+_state_decoder = msgspec.json.Decoder(LocationState)
+_meta_decoder = msgspec.json.Decoder(_Meta)
+_encoder = msgspec.json.Encoder()
+
+
+def _meta_key(run_id: str) -> str:
+    return f"{_PREFIX}run:{run_id}"
+
+
+def _states_key(run_id: str) -> str:
+    return f"{_PREFIX}run:{run_id}:locations"
+
+
+def job_id(run_id: str, location_id: str) -> str:
+    """The arq job id of a location in a run: enqueuing it twice runs it once."""
+    return f"{_PREFIX}{run_id}:{location_id}"
+
+
+def part_path(out_dir: str, location_id: str) -> str:
+    """A location's part file under ``out_dir`` (its checkpoint is beside it)."""
+    return os.path.join(out_dir, f"{location_id}.jsonl")
+
+
+async def _write_state(redis: ArqRedis, run_id: str, state: LocationState) -> None:
+    state.updated = time.time()
+    key = _states_key(run_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, state.location_id, _encoder.encode(state).decode())
+        pipe.expire(key, _KEEP)
+        await pipe.execute()
+
+
+async def enqueue_locations(
+    redis: ArqRedis,
+    locations: Iterable[str],
+    out_dir: str,
+    *,
+    run_id: str | None = None,
+    mode: Literal["new", "resume", "force"] = "new",
+    types: str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    rate_limit: RateLimit | None = None,
+    concurrency: int = 4,
+    queue_name: str | None = None,
+) -> str:
+    """Enqueue one :func:`export_location` job per location; returns the run id.
+
+    ``out_dir`` must be a path every worker sees (a shared volume). ``mode`` is what a
+    first try does with an existing part file: refuse it (``new``), continue it
+    (``resume``) or replace it (``force``); a retry always resumes. Tokens never travel
+    through Redis: each worker gets them from its own :func:`startup`.
+    """
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    ids = list(dict.fromkeys(locations))
+    now = time.time()
+    meta = _Meta(out_dir=out_dir, started=now, locations=ids)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(_meta_key(run_id), _encoder.encode(meta), ex=_KEEP)
+        pipe.zadd(_RUNS, {run_id: now})
+        if ids:
+            pipe.hset(
+                _states_key(run_id),
+                mapping={
+                    i: _encoder.encode(LocationState(location_id=i, updated=now)) for i in ids
+                },
+            )
+            pipe.expire(_states_key(run_id), _KEEP)
+        await pipe.execute()
+    rate = None if rate_limit is None else [rate_limit.max_requests, rate_limit.interval]
+    for location_id in ids:
+        await redis.enqueue_job(
+            EXPORT_LOCATION,
+            location_id,
+            out_dir,
+            run_id=run_id,
+            mode=mode,
+            types=types,
+            base_url=base_url,
+            rate=rate,
+            concurrency=concurrency,
+            _job_id=job_id(run_id, location_id),
+            _queue_name=queue_name,
+        )
+    return run_id
+
+
+async def latest_run(redis: ArqRedis) -> str | None:
+    """The id of the run enqueued last, or ``None``."""
+    newest = await redis.zrange(_RUNS, -1, -1)
+    return newest[0].decode() if newest else None
+
+
+async def read_run(
+    redis: ArqRedis, run_id: str | None = None, *, ask_arq_after: float = 2.0
+) -> RunState | None:
+    """A run's state from Redis (the latest run by default); ``None`` when unknown.
+
+    A job that arq itself gave up on (its tries used up by dying workers) never reports:
+    such a location reads as ``failed`` with arq's reason. arq is asked only about a
+    location unsettled and quiet for ``ask_arq_after`` seconds (a run of 500 locations
+    is read several times a second).
+    """
+    run_id = run_id or await latest_run(redis)
+    if run_id is None:
+        return None
+    raw_meta = await redis.get(_meta_key(run_id))
+    if raw_meta is None:
+        return None
+    meta = _meta_decoder.decode(raw_meta)
+    raw: dict[bytes, bytes] = await redis.hgetall(_states_key(run_id))  # type: ignore[misc]
+    states = {k.decode(): _state_decoder.decode(v) for k, v in raw.items()}
+    run = RunState(run_id=run_id, out_dir=meta.out_dir, started=meta.started)
+    for location_id in meta.locations:
+        state = states.get(location_id) or LocationState(location_id=location_id)
+        # A job arq gave up on leaves its last report behind: ask arq about quiet ones.
+        if not state.settled and time.time() - state.updated >= ask_arq_after:
+            job = Job(job_id(run_id, location_id), redis)
+            if await job.status() == JobStatus.complete:
+                info = await job.result_info()
+                if info is not None and not info.success:
+                    state.state = "failed"
+                    state.error = f"arq: {info.result}"
+        run.locations.append(state)
+    return run
+
+
+async def _lease(redis: ArqRedis, key: str, lease: float) -> None:
+    # PEXPIRE never recreates the key, so a renewal after arq deleted it is harmless.
+    while True:
+        await redis.pexpire(key, int(lease * 1000))
+        await asyncio.sleep(lease / 3)
+
+
+def _kept_messages(part: str) -> int:
+    """Lines of ``part`` its checkpoint covers: what a resume keeps."""
+    left = Checkpoint.load(part + ".checkpoint").size
+    lines = 0
+    if not left:
+        return 0
+    with open(part, "rb") as handle:
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+            left -= len(chunk)
+    return lines
+
+
+def _write_failed(path: str, ids: Iterable[str]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{conversation_id}\n" for conversation_id in ids)
+
+
+async def _conversation_ids(client: Client, location_id: str) -> AsyncIterator[str]:
+    async for conversation in client.iter_conversations(location_id):
+        yield conversation.id
+
+
+class _Resources:
+    """What a worker's jobs share: the token source and options from :func:`startup`."""
+
+    def __init__(self, tokens: Tokens, lease: float, report_every: float) -> None:
+        self.tokens = tokens
+        self.lease = lease
+        self.report_every = report_every
+
+    async def token(self, location_id: str) -> str:
+        if isinstance(self.tokens, Mapping):
+            try:
+                return self.tokens[location_id]
+            except KeyError:
+                raise errors.AuthenticationError(
+                    f"this worker has no token for location {location_id}"
+                ) from None
+        return await self.tokens(location_id)
+
+
+async def startup(
+    ctx: dict[str, Any], *, tokens: Tokens, lease: float = 30.0, report_every: float = 0.5
+) -> None:
+    """Prepare a worker's ``ctx`` for ghl_async's jobs; call it from your ``on_startup``.
+
+    Args:
+        ctx: arq's worker context.
+        tokens: a location's token: a map, or an async provider (OAuth minting).
+        lease: seconds after which a dead worker's job is run again elsewhere.
+        report_every: seconds between a job's progress writes to Redis.
+    """
+    if lease <= 0 or report_every <= 0:
+        raise ValueError("lease and report_every must be positive")
+    ctx[_CTX] = _Resources(tokens, lease, report_every)
+
+
+async def export_location(
+    ctx: dict[str, Any],
+    location_id: str,
+    out_dir: str,
+    *,
+    run_id: str,
+    mode: Literal["new", "resume", "force"] = "new",
+    types: str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    rate: Sequence[float] | None = None,
+    concurrency: int = 4,
+) -> dict[str, Any]:
+    """The arq job: every message of one location into its part file, resumably.
+
+    A retry (``job_try`` 2 and up, after a worker died or a transient failure) resumes
+    from the checkpoint. Returns the location's final :class:`LocationState` as a dict.
+    """
+    resources: _Resources = ctx[_CTX]
+    redis: ArqRedis = ctx["redis"]
+    try_number = int(ctx.get("job_try") or 1)
+    lease = asyncio.create_task(
+        _lease(redis, in_progress_key_prefix + str(ctx["job_id"]), resources.lease)
+    )
+    part = part_path(out_dir, location_id)
+    state = LocationState(
+        location_id=location_id, state="running", tries=try_number, worker=_WORKER
+    )
+    try:
+        retrying = try_number > 1
+        kept = _kept_messages(part) if (retrying or mode == "resume") else 0
+        state.messages = kept
+        await _write_state(redis, run_id, state)
+        last_write = time.monotonic()
+        pending: set[asyncio.Task[None]] = set()
+
+        def progress(summary: ExportSummary) -> None:
+            nonlocal last_write
+            state.messages = kept + summary.messages
+            state.conversations = summary.conversations + summary.skipped
+            state.failed_conversations = len(summary.failed)
+            if time.monotonic() - last_write >= resources.report_every and not pending:
+                last_write = time.monotonic()
+                task = asyncio.ensure_future(_write_state(redis, run_id, state))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        limit = RateLimit(int(rate[0]), float(rate[1])) if rate else None
+        # A worker running many locations can keep a Redis reply waiting on its own loop
+        # for over a second: a 1 s timeout would fail conversations of a healthy Redis.
+        limiter = RedisLimiter(
+            redis, key=f"location:{location_id}", rate_limit=limit, timeout=_REDIS_TIMEOUT
+        )
+        token = await resources.token(location_id)
+        os.makedirs(out_dir, exist_ok=True)
+        async with Client(
+            token, base_url=base_url, limiter=limiter, max_concurrency=concurrency
+        ) as client:
+            summary = await export_messages(
+                client,
+                _conversation_ids(client, location_id),
+                out=part,
+                resume=retrying or mode == "resume",
+                force=mode == "force" and not retrying,
+                types=types,
+                source=f"location:{location_id}",
+                concurrency=concurrency,
+                on_progress=progress,
+            )
+        await asyncio.gather(*pending)
+        progress(summary)
+        if summary.failed:
+            _write_failed(part + ".failed", summary.failed)
+            first, error = next(iter(summary.failed.items()))
+            state.error = f"{len(summary.failed)} conversation(s) failed, first {first}: {error}"
+        state.state = "done"
+    except ExportRefused as exc:
+        if "another export is writing" in str(exc):
+            # The lease ran out while the first run is alive (its loop stalled): the
+            # part file's lock keeps this run out; come back after another lease.
+            state.error = f"try {try_number}: {exc}; retrying"
+            await _write_state(redis, run_id, state)
+            raise Retry(defer=resources.lease) from None
+        state.state, state.error = "failed", str(exc)
+    except errors.GHLError as exc:
+        if exc.stops_fan_out:
+            state.state, state.error = "failed", str(exc)  # a refused token, a spent day
+        else:
+            # Listing the location failed part way: run again later, from the checkpoint.
+            state.state, state.error = "running", f"try {try_number}: {exc}; retrying"
+            await _write_state(redis, run_id, state)
+            raise Retry(defer=min(60, 2**try_number)) from None
+    except OSError as exc:
+        state.state, state.error = "failed", f"cannot write {part}: {exc.strerror or exc}"
+    finally:
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+    await _write_state(redis, run_id, state)
+    return msgspec.to_builtins(state)  # type: ignore[no-any-return]
+
+
+def functions(*, max_tries: int = 10, timeout: float = 7 * 86400) -> list[Function]:
+    """ghl_async's arq functions, to add to your own ``WorkerSettings.functions``.
+
+    ``timeout`` is arq's per-job limit: a whole location's export; a dead worker's job
+    is re-run after the job's lease, not after this. ``max_tries`` counts dying workers
+    and transient failures alike.
+    """
+    return [func(export_location, name=EXPORT_LOCATION, max_tries=max_tries, timeout=timeout)]
+
+
+def worker_settings(
+    *,
+    tokens: Tokens,
+    lease: float = 30.0,
+    report_every: float = 0.5,
+    max_tries: int = 10,
+    extra_functions: Sequence[Any] = (),
+    on_startup: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    **worker_options: Any,
+) -> dict[str, Any]:
+    """The arq ``WorkerSettings`` (a dict, which arq accepts) running ghl_async's jobs.
+
+    ``extra_functions`` and ``on_startup`` are yours, run beside ours; any other arq
+    ``Worker`` option passes through (``redis_settings``, ``max_jobs``, ``queue_name``).
+    """
+
+    async def _startup(ctx: dict[str, Any]) -> None:
+        await startup(ctx, tokens=tokens, lease=lease, report_every=report_every)
+        if on_startup is not None:
+            await on_startup(ctx)
+
+    return {
+        "functions": [*functions(max_tries=max_tries), *extra_functions],
+        "on_startup": _startup,
+        **worker_options,
+    }
