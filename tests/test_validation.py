@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ghl_async import Client, RateLimit
 from ghl_async._validation import check_int
 from ghl_async.testing import FakeHighLevel
-from tests.conftest import ServerFactory
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -15,15 +15,17 @@ search plus fan-out (saying so on stderr) and records that in the checkpoint, so
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import datetime, timezone
 from typing import Any
 
 from ghl_async import errors
 from ghl_async._params import CHANNELS, format_export_date
+from ghl_async.cli.args import location_arg
+from ghl_async.cli.exits import say
+from ghl_async.cli.progress import export_with_progress
 from ghl_async.client import Client
 from ghl_async.export.files import (
     CHECKPOINT_FORMAT,
@@ -34,7 +36,7 @@ from ghl_async.export.files import (
     _Sink,
     message_line,
 )
-from ghl_async.export.location import LocationPage
+from ghl_async._http.export_route import LocationPage
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -81,8 +83,6 @@ def channel_arg(text: str) -> str:
 
 def add_export_flags(export: argparse.ArgumentParser) -> None:
     """The location export's flags on ``ghl-async export``."""
-    from ghl_async.cli.args import location_arg
-
     export.add_argument(
         "--contact", type=location_arg, metavar="CONTACT_ID", help="only this contact's messages"
     )
@@ -124,19 +124,10 @@ def _describe(args: argparse.Namespace) -> str:
     return ";".join(parts)
 
 
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-RunExport = Callable[..., Awaitable[ExportSummary]]
-
-
-async def export_location(
-    client: Client, args: argparse.Namespace, run_fan_out: RunExport
-) -> ExportSummary:
+async def export_location(client: Client, args: argparse.Namespace) -> ExportSummary:
     """``export --location``: the location export, or the fallback when refused.
 
-    ``run_fan_out`` is the CLI's conversation export (with its progress display).
+    The fallback is the CLI's conversation export (with its progress display).
 
     Raises:
         ExportRefused, OutputError, errors.GHLError: as the conversation export.
@@ -146,7 +137,7 @@ async def export_location(
     if args.resume and args.out != "-":
         recorded = Checkpoint.load(args.out + ".checkpoint").options
         if recorded is not None and recorded.source == fallback_source:
-            return await _fallback(client, args, run_fan_out, fallback_source, resume=True)
+            return await _fallback(client, args, fallback_source, resume=True)
     options = ExportOptions(
         format=CHECKPOINT_FORMAT,
         source=f"export:{described}",
@@ -188,9 +179,7 @@ async def export_location(
             f"{refused.message}; --until needs the location export (the fallback cannot "
             "bound by date from above)"
         )
-    return await _fallback(
-        client, args, run_fan_out, fallback_source, resume=False, reason=refused.message
-    )
+    return await _fallback(client, args, fallback_source, resume=False, reason=refused.message)
 
 
 def _write(sink: _Sink, page: LocationPage) -> None:
@@ -201,7 +190,6 @@ def _write(sink: _Sink, page: LocationPage) -> None:
 async def _fallback(
     client: Client,
     args: argparse.Namespace,
-    run_fan_out: RunExport,
     source: str,
     *,
     resume: bool,
@@ -222,10 +210,10 @@ async def _fallback(
                 # Announced once the search answers: a token refused everywhere gets
                 # the one line about the token instead.
                 said = True
-                _say(f"ghl-async: {reason}; falling back to conversation search + fan-out")
+                say(f"ghl-async: {reason}; falling back to conversation search + fan-out")
             yield conversation.id
 
-    return await run_fan_out(
+    return await export_with_progress(
         client,
         conversation_ids(),
         total=None,
@@ -239,79 +227,3 @@ async def _fallback(
         since=args.since,
         email_bodies=args.email_bodies,
     )
-
-
-# -- ghl-async sync ------------------------------------------------------------------
-
-
-def add_sync_parser(sub: Any) -> None:
-    """The ``sync`` command: a location's messages, incrementally, into a directory."""
-    from ghl_async.cli.args import base_url_arg, count_arg, location_arg, rate_arg
-    from ghl_async.client import DEFAULT_BASE_URL
-
-    sync = sub.add_parser(
-        "sync",
-        help="write a location's new or changed messages to a numbered file",
-        description="The first run writes every message of the location to "
-        "DIR/messages-000001.jsonl; each later run writes only what is new or changed "
-        "since the run before (a message edited comes again, whole) to the next "
-        "number. Load the files in order and upsert by id. A run with nothing new "
-        "writes nothing.",
-    )
-    sync.add_argument(
-        "--location",
-        type=location_arg,
-        required=True,
-        metavar="LOCATION_ID",
-        help="the location to sync",
-    )
-    sync.add_argument(
-        "--out", required=True, metavar="DIR", help="the directory of numbered files and state"
-    )
-    sync.add_argument(
-        "--email-bodies", action="store_true", help="fetch each email's bodies into 'emails'"
-    )
-    sync.add_argument(
-        "--concurrency", type=count_arg(1, 256), default=16, help="requests in flight (16)"
-    )
-    sync.add_argument(
-        "--base-url", type=base_url_arg, default=DEFAULT_BASE_URL, help="the API root"
-    )
-    sync.add_argument("--token-file", metavar="FILE", help="read the token from this file")
-    sync.add_argument("--rate", type=rate_arg, help="cap the budget, e.g. 100/10s")
-
-
-async def sync_command(args: argparse.Namespace) -> int:
-    """Run ``ghl-async sync``; one summary line on stderr. Returns the exit code."""
-    from ghl_async.cli.args import UsageError, read_token
-    from ghl_async.export.sync import SyncRefused, run_sync
-
-    token = read_token(args.token_file)
-    client = Client(
-        token, base_url=args.base_url, max_concurrency=args.concurrency, rate_limit=args.rate
-    )
-    async with client:
-        try:
-            summary = await run_sync(
-                client, args.location, args.out, email_bodies=args.email_bodies
-            )
-        except SyncRefused as exc:
-            raise UsageError(str(exc)) from None
-        except errors.LocationExportUnavailable as exc:
-            raise UsageError(f"{exc.message}; sync needs the location export") from None
-        except errors.AuthenticationError as exc:
-            raise UsageError(f"the token was refused ({exc.message}); check GHL_TOKEN") from None
-        except errors.GHLError as exc:
-            _say(f"ghl-async: sync run failed ({exc}); nothing of it was kept, run it again")
-            return 1
-        except OSError as exc:
-            _say(f"ghl-async: cannot write {args.out}: {exc.strerror or exc}; run it again")
-            return 3
-    if summary.file is None:
-        _say(f"sync: nothing new ({summary.requests} requests)")
-    else:
-        _say(
-            f"sync: run {summary.run} wrote {summary.messages} new or changed messages to "
-            f"{summary.file} ({summary.requests} requests)"
-        )
-    return 0

@@ -8,15 +8,16 @@ line at most once a second, so a bare ``pip install ghl-async`` works as well.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, TextIO
 
 from ghl_async.client import Client
-from ghl_async.export.files import ExportSummary
+from ghl_async.export.files import ExportSummary, export_messages
 from ghl_async.ratelimit import RateLimit
 
-__all__ = ["Progress", "summary_table"]
+__all__ = ["Progress", "budget_of", "export_with_progress", "summary_table"]
 
 BAR_HINT = "(pip install 'ghl-async[cli]' for a progress bar)"
 
@@ -86,6 +87,26 @@ class Progress:
             self._bar.close()
         elif self._plain:
             self._line()
+
+
+async def export_with_progress(
+    client: Client,
+    ids: Iterable[str] | AsyncIterable[str],
+    *,
+    total: int | None,
+    show: bool | None,
+    **options: Any,
+) -> ExportSummary:
+    """``export_messages`` with the progress display (on stderr when it is a terminal).
+
+    The conversation export of ``export``, ``demo`` and the ``--location`` fallback.
+    """
+    enabled = sys.stderr.isatty() if show is None else show
+    progress = Progress(enabled, total, client, sys.stderr)
+    try:
+        return await export_messages(client, ids, on_progress=progress.update, **options)
+    finally:
+        progress.close()
 
 
 def budget_of(client: Client) -> RateLimit | None:

@@ -1,8 +1,10 @@
-"""The command line on arq: ``worker``, ``export --queue`` and ``status``.
+"""The commands on arq: ``worker`` and ``status``, and the runner of ``export --queue``.
 
 ``ghl-async worker`` runs an arq worker with ghl_async's jobs; ``export --queue``
 enqueues one job per location and follows the run until every location is settled;
-``status`` shows a run from anywhere that reaches the Redis. Needs the ``arq`` extra.
+``status`` shows a run from anywhere that reaches the Redis. Needs the ``arq`` extra,
+imported (with :mod:`ghl_async.export.jobs`, which needs it) when a command runs, so the
+other commands work without it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,62 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from ghl_async.cli.args import UsageError, parse_location_ids
+from ghl_async._validation import check_id
+from ghl_async.cli.args import Subparsers, count_arg
+from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
     from ghl_async.export.jobs import RunState
 
-__all__ = ["run_queue_export", "run_status", "run_worker"]
+__all__ = [
+    "parse_location_ids",
+    "print_run",
+    "read_tokens",
+    "register",
+    "run_queue_export",
+    "run_status",
+    "run_worker",
+]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+def register(subparsers: Subparsers) -> None:
+    """The ``worker`` and ``status`` commands (``export --queue`` is on ``export``)."""
+    worker = subparsers.add_parser(
+        "worker",
+        help="run an arq worker for export --queue",
+        description="Run an arq worker with ghl_async's jobs (pip install 'ghl-async[arq]').",
+    )
+    worker.add_argument("--redis", required=True, metavar="URL", help="the queue's Redis")
+    worker.add_argument(
+        "--tokens-file",
+        required=True,
+        metavar="FILE",
+        help='location tokens as JSON: {"LOCATION_ID": "TOKEN", ...}',
+    )
+    worker.add_argument(
+        "--max-jobs", type=count_arg(1, 10_000), default=10, help="locations at once (10)"
+    )
+    worker.add_argument(
+        "--max-tries", type=count_arg(1, 1000), default=10, help="tries per location (10)"
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds after which a dead worker's job runs elsewhere (30)",
+    )
+    worker.add_argument(
+        "--poll-delay", type=float, default=0.5, help="seconds between queue polls (0.5)"
+    )
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    worker.set_defaults(handler=run_worker)
+
+    status = subparsers.add_parser("status", help="show a queued export's progress")
+    status.add_argument("--queue", required=True, metavar="REDIS_URL", help="the queue's Redis")
+    status.add_argument("--run", help="the run id (the latest by default)")
+    status.set_defaults(handler=run_status)
 
 
 def _arq() -> Any:
@@ -57,6 +105,29 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest
+
+
+def parse_location_ids(path: str) -> list[str]:
+    """Location ids from a file: one a line, ``#`` comments, duplicates once."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {path}: not UTF-8 text") from None
+    ids: list[str] = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(check_id(text, "location id"))
+        except ValueError as exc:
+            raise UsageError(f"{path} line {number}: {exc}") from None
+    if not ids:
+        raise UsageError(f"{path} names no location")
+    return list(dict.fromkeys(ids))
 
 
 def read_tokens(path: str) -> dict[str, str]:

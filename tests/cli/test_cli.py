@@ -9,18 +9,16 @@ import os
 import shutil
 import signal
 import sys
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from ghl_async import Client, MessagesPage, RateLimit
-from ghl_async.cli.main import main
 from ghl_async.export.files import export_messages
 from ghl_async.testing import FakeHighLevel, Faults
-from tests.conftest import ServerFactory
+from tests.support.cli import by_conversation, cli_process, expected, read_lines, run_cli
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -28,26 +26,6 @@ pytestmark = pytest.mark.anyio
 ROOMY = RateLimit(100_000, 1.0)
 
 FAST = {"rate_limit": None}
-
-
-async def run_cli(*argv: str) -> int:
-    """Run main() in a worker thread so this test's loop keeps serving the fake."""
-    return await anyio.to_thread.run_sync(main, list(argv))
-
-
-def read_lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def by_conversation(rows: list[dict[str, object]]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        grouped[str(row["conversationId"])].append(str(row["id"]))
-    return grouped
-
-
-def expected(fake: FakeHighLevel, ids: list[str]) -> dict[str, list[str]]:
-    return {c: [m["id"] for m in fake.messages(c)] for c in ids if fake.messages(c)}
 
 
 async def test_export_of_listed_ids_writes_every_message_as_camel_case_json_lines(
@@ -309,29 +287,6 @@ async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert "most requests in any window" in err
 
 
-# A shell starts background jobs with SIGINT ignored, and a child inherits that: the
-# command under test gets Python's Ctrl-C handler back, as it has in a terminal.
-_CHILD = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "{setup}from ghl_async.cli.main import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
-async def _subprocess(
-    *argv: str, env: dict[str, str], setup: str = "", **kwargs: Any
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _CHILD.format(setup=setup),
-        *argv,
-        env={**os.environ, **env},
-        stdout=kwargs.pop("stdout", asyncio.subprocess.PIPE),
-        stderr=asyncio.subprocess.PIPE,
-        **kwargs,
-    )
-
-
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 async def test_killed_mid_export_then_resumed_gives_every_message_exactly_once(
     tmp_path: Path,
@@ -353,7 +308,7 @@ async def test_killed_mid_export_then_resumed_gives_every_message_exactly_once(
             "4",
         )
         env = {"GHL_TOKEN": fake.token}
-        process = await _subprocess(*argv, env=env)
+        process = await cli_process(*argv, env=env)
         for _ in range(1000):
             await asyncio.sleep(0.01)
             if out.exists() and out.stat().st_size > 50_000:
@@ -367,7 +322,7 @@ async def test_killed_mid_export_then_resumed_gives_every_message_exactly_once(
             assert process.returncode == -signal.SIGKILL
         partial = out.read_bytes()
         assert len(partial) > 0
-        resumed = await _subprocess(*argv, "--resume", env=env)
+        resumed = await cli_process(*argv, "--resume", env=env)
         _, err = await resumed.communicate()
         assert resumed.returncode == 0, err.decode()
     rows = read_lines(out)
@@ -613,7 +568,7 @@ async def test_a_second_export_to_the_same_output_exits_2_at_once(
     ) as fake:
         out = tmp_path / "m.jsonl"
         argv = ("export", *fake.conversation_ids, "--out", str(out), "--base-url", fake.url)
-        first = await _subprocess(*argv, "--concurrency", "2", env={"GHL_TOKEN": fake.token})
+        first = await cli_process(*argv, "--concurrency", "2", env={"GHL_TOKEN": fake.token})
         try:
             for _ in range(1000):
                 await asyncio.sleep(0.01)
@@ -638,13 +593,13 @@ async def test_a_full_disk_stops_in_one_line_and_resume_completes_exactly_once(
         env = {"GHL_TOKEN": fake.token}
         # The file-size limit stands for a disk that fills up part way (EFBIG, like ENOSPC).
         limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
-        full = await _subprocess(*argv, env=env, setup=limit)
+        full = await cli_process(*argv, env=env, setup=limit)
         _, err = await full.communicate()
         assert full.returncode == 3
         line = one_line(err.decode())
         assert f"cannot write {out}: File too large" in line and "--resume" in line
         assert 0 < out.stat().st_size <= 60000
-        resumed = await _subprocess(*argv, "--resume", env=env)
+        resumed = await cli_process(*argv, "--resume", env=env)
         _, err = await resumed.communicate()
         assert resumed.returncode == 0, err.decode()
     rows = read_lines(out)
@@ -671,7 +626,7 @@ async def test_a_closed_pipe_is_one_line_and_exit_141(tmp_path: Path) -> None:
         argv = ("export", *fake.conversation_ids, "--out", "-", "--base-url", fake.url)
         read_end, write_end = os.pipe()
         # In tmp_path: with --out -, what was not delivered is listed in ./messages.failed.
-        process = await _subprocess(
+        process = await cli_process(
             *argv, env={"GHL_TOKEN": fake.token}, stdout=write_end, cwd=tmp_path
         )
         os.close(write_end)
@@ -712,14 +667,14 @@ async def test_an_output_without_permission_is_one_line_and_exit_2(tmp_path: Pat
 
 
 async def test_serve_fake_prints_its_location_and_a_busy_port_is_one_line() -> None:
-    first = await _subprocess("serve-fake", "--port", "0", "--token", "tok", env={})
+    first = await cli_process("serve-fake", "--port", "0", "--token", "tok", env={})
     assert first.stdout is not None
     try:
         url = (await first.stdout.readline()).decode().rsplit(" ", 1)[-1].strip()
         assert (await first.stdout.readline()).decode() == "token: tok\n"
         assert (await first.stdout.readline()).decode() == "location: ve9EPM428h8vShlRW1KT\n"
         port = url.rsplit(":", 1)[-1]
-        second = await _subprocess("serve-fake", "--port", port, env={})
+        second = await cli_process("serve-fake", "--port", port, env={})
         _, err = await second.communicate()
         assert second.returncode == 2
         assert f"cannot listen on 127.0.0.1:{port}" in one_line(err.decode())
@@ -731,7 +686,7 @@ async def test_serve_fake_prints_its_location_and_a_busy_port_is_one_line() -> N
 async def test_every_flag_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     from argparse import _SubParsersAction
 
-    from ghl_async.cli.args import build_parser
+    from ghl_async.cli.main import build_parser
 
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, _SubParsersAction)]

@@ -12,8 +12,8 @@ import pytest
 
 from ghl_async import RateLimit
 from ghl_async.testing import FakeHighLevel
-from tests.cli.test_cli import _subprocess, by_conversation, expected, read_lines, run_cli
-from tests.conftest import ServerFactory
+from tests.support.cli import by_conversation, cli_process, expected, read_lines, run_cli
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +153,7 @@ async def test_killed_mid_location_export_then_resumed_gives_every_message_once(
             "5/1s",  # about 25 pages: slow enough to be killed part way
         )
         env = {"GHL_TOKEN": fake.token}
-        process = await _subprocess(*argv, env=env)
+        process = await cli_process(*argv, env=env)
         for _ in range(2000):
             await asyncio.sleep(0.01)
             if out.exists() and out.stat().st_size > 2_000_000:
@@ -165,7 +165,7 @@ async def test_killed_mid_location_export_then_resumed_gives_every_message_once(
         checkpoint = (tmp_path / "m.jsonl.checkpoint").read_text().splitlines()
         assert json.loads(checkpoint[0])["source"] == f"export:{fake.location_id}"
         first_run = fake.stats.by_route["export"]
-        resumed = await _subprocess(*argv[:-2], "--resume", env=env)
+        resumed = await cli_process(*argv[:-2], "--resume", env=env)
         _, err = await resumed.communicate()
         assert resumed.returncode == 0, err.decode()
         # The resume started from the checkpoint, not from the top: it made fewer

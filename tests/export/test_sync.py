@@ -14,8 +14,8 @@ from ghl_async import Client, RetryPolicy, errors
 from ghl_async._params import high_water, updated_at
 from ghl_async.export.sync import STATE_FILE, PassMark, SyncRefused, advance, run_sync, wanted
 from ghl_async.models import Message
-from tests.cli.test_cli import run_cli
-from tests.conftest import ServerFactory
+from tests.support.cli import run_cli
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 

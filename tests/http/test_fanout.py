@@ -15,7 +15,7 @@ import pytest
 from ghl_async import Client, RateLimit, RetryPolicy, errors
 from ghl_async._http import fanout as _fanout
 from ghl_async.testing import Faults
-from tests.conftest import ServerFactory, open_connections, settle
+from tests.support.helpers import ServerFactory, open_connections, settle
 
 _SpawnFn = Callable[[Awaitable[None]], asyncio.Task[None]]
 

@@ -11,7 +11,7 @@ import pytest
 
 from ghl_async import Client, LocalLimiter, RateLimit, Reply, RetryPolicy, errors
 from ghl_async._sansio import RateLimitHeaders
-from tests.conftest import ServerFactory
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 

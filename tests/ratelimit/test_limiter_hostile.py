@@ -31,7 +31,7 @@ from ghl_async.ratelimit import WindowBook
 from ghl_async.ratelimit.book import Ticket
 from ghl_async.ratelimit.redis import RedisLimiter
 from ghl_async.testing import Faults
-from tests.conftest import ServerFactory
+from tests.support.helpers import ServerFactory
 from tests.support.redis_server import RedisServer
 
 BUDGET, INTERVAL = 10, 1.0

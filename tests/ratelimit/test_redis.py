@@ -15,7 +15,7 @@ from ghl_async import Client, RateLimit, Reply, errors
 from ghl_async._sansio import RateLimitHeaders
 from ghl_async.ratelimit.redis import RedisLimiter
 from ghl_async.testing import FakeHighLevel
-from tests.conftest import LogCapture
+from tests.support.helpers import LogCapture
 from tests.support.redis_server import RedisServer
 
 

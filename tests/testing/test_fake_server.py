@@ -33,7 +33,7 @@ from ghl_async.testing._location import (
     iso_millis,
     parse_instant,
 )
-from tests.conftest import ServerFactory
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 

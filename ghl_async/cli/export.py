@@ -1,0 +1,281 @@
+"""``ghl-async export``: messages to JSON Lines, by conversation, location or queue.
+
+Conversations named on the command line (or in ``--ids-file``) are exported here;
+``--location`` goes through :mod:`ghl_async.cli.location` and ``--locations-file`` with
+``--queue`` through :mod:`ghl_async.cli.queue`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Iterable
+
+from ghl_async import errors
+from ghl_async._validation import check_id
+from ghl_async.cli.args import (
+    Subparsers,
+    base_url_arg,
+    count_arg,
+    location_arg,
+    rate_arg,
+    read_token,
+)
+from ghl_async.cli.exits import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_PIPE,
+    EXIT_USAGE,
+    CommandExit,
+    UsageError,
+    say,
+)
+from ghl_async.cli.location import add_export_flags, export_location, location_flags_problem
+from ghl_async.cli.progress import budget_of, export_with_progress, summary_table
+from ghl_async.cli.queue import run_queue_export
+from ghl_async.client import DEFAULT_BASE_URL, Client
+from ghl_async.export.files import ExportRefused, OutputError
+from ghl_async.models import FilterType
+
+__all__ = ["interrupted", "parse_ids", "read_ids", "register", "run", "types_arg"]
+
+_FILTERS = tuple(member.value for member in FilterType)
+
+
+def types_arg(text: str) -> str:
+    """A comma list of ``type`` filters, any case, ``TYPE_`` optional: ``sms,TYPE_CALL``."""
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip().upper()
+        if not name:
+            continue
+        if not name.startswith("TYPE_"):
+            name = "TYPE_" + name
+        if name not in _FILTERS:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a message type filter; valid: {', '.join(_FILTERS)}"
+            )
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise argparse.ArgumentTypeError("no message type given")
+    return ",".join(names)
+
+
+def _refuse_token(text: str) -> str:
+    # Never echo the value: it is a secret that just landed in shell history.
+    raise argparse.ArgumentTypeError(
+        "the token is not taken on the command line (ps and shell history would show it); "
+        "set GHL_TOKEN or use --token-file"
+    )
+
+
+def register(subparsers: Subparsers) -> None:
+    """The ``export`` command, with the location export's flags."""
+    export = subparsers.add_parser(
+        "export",
+        help="export messages to JSON Lines",
+        description="Export messages as JSON Lines, resumably. The token comes from "
+        "GHL_TOKEN or --token-file, never from the command line.",
+    )
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "ids", nargs="*", default=[], metavar="CONVERSATION_ID", help="conversations to export"
+    )
+    source.add_argument(
+        "--ids-file", metavar="FILE", help="one id per line, # comments; - for stdin"
+    )
+    source.add_argument(
+        "--location", type=location_arg, metavar="LOCATION_ID", help="every conversation"
+    )
+    source.add_argument(
+        "--locations-file",
+        metavar="FILE",
+        help="every conversation of these locations, one id a line; with --queue",
+    )
+    export.add_argument(
+        "--queue",
+        metavar="REDIS_URL",
+        help="run one job per location on the arq workers of this Redis; --out is a directory",
+    )
+    export.add_argument(
+        "--types", type=types_arg, help="only these types, any case: sms,call or TYPE_EMAIL"
+    )
+    export.add_argument("--out", default="messages.jsonl", help="output file; - for stdout")
+    replace = export.add_mutually_exclusive_group()
+    replace.add_argument("--resume", action="store_true", help="continue a stopped export")
+    replace.add_argument("--force", action="store_true", help="replace an existing output")
+    export.add_argument(
+        "--concurrency", type=count_arg(1, 256), default=16, help="requests in flight (16)"
+    )
+    export.add_argument(
+        "--base-url", type=base_url_arg, default=DEFAULT_BASE_URL, help="the API root"
+    )
+    export.add_argument("--token-file", metavar="FILE", help="read the token from this file")
+    export.add_argument("--token", type=_refuse_token, help=argparse.SUPPRESS)
+    export.add_argument(
+        "--rate", type=rate_arg, help="cap the budget below the server's, e.g. 100/10s"
+    )
+    add_export_flags(export)
+    progress = export.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show progress even when stderr is not a terminal",
+    )
+    progress.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show progress"
+    )
+    export.set_defaults(handler=run, on_interrupt=interrupted)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``ghl-async export``; returns the exit code."""
+    if args.queue or args.locations_file:
+        if not (args.queue and args.locations_file):
+            raise UsageError("--locations-file and --queue go together")
+        return await run_queue_export(args)
+    return await _export(args)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What to say on Ctrl-C: how to continue."""
+    if args.queue:
+        return "\nInterrupted. The jobs keep running on the workers: ghl-async status"
+    return (
+        f"\nInterrupted. Everything written so far is kept; to continue, run the "
+        f"same command with --resume (output: {args.out})."
+    )
+
+
+def parse_ids(lines: Iterable[str], where: str) -> list[str]:
+    """Ids from lines: ``#`` starts a comment anywhere, blanks skipped, duplicates once."""
+    ids: list[str] = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(check_id(text, "conversation id"))
+        except ValueError as exc:
+            raise UsageError(f"{where} line {number}: {exc}") from None
+    return list(dict.fromkeys(ids))
+
+
+def read_ids(args: argparse.Namespace) -> list[str] | None:
+    """The ids the command names (``None`` for ``--location``), checked."""
+    if args.location:
+        return None
+    if args.ids_file is None:
+        try:
+            for conversation_id in args.ids:
+                check_id(conversation_id, "conversation id")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return list(dict.fromkeys(args.ids))
+    where = "stdin" if args.ids_file == "-" else args.ids_file
+    try:
+        if args.ids_file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.ids_file, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {where}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {where}: not UTF-8 text") from None
+    return parse_ids(text.removeprefix("\ufeff").splitlines(), where)
+
+
+def _write_lines(path: str, lines: Iterable[str]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in lines)
+
+
+def _output_failed(exc: OutputError) -> CommandExit:
+    if exc.broken_pipe:
+        # Later writes to the closed pipe (Python's flush at exit) would print again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # pragma: no cover - stdout replaced (tests)
+            pass
+        return CommandExit(EXIT_PIPE, "the reader of the output went away; export stopped")
+    then = "; free some space, then run the same command with --resume" if exc.resumable else ""
+    return CommandExit(EXIT_OUTPUT, f"{exc}{then}")
+
+
+async def _export(args: argparse.Namespace) -> int:
+    token = read_token(args.token_file)
+    ids = read_ids(args)
+    problem = location_flags_problem(args)
+    if problem is not None:
+        raise UsageError(problem)
+    client = Client(
+        token, base_url=args.base_url, max_concurrency=args.concurrency, rate_limit=args.rate
+    )
+    async with client:
+        try:
+            if ids is None:
+                # The location export, falling back to search + fan-out when refused.
+                summary = await export_location(client, args)
+            else:
+                summary = await export_with_progress(
+                    client,
+                    ids,
+                    total=len(ids),
+                    show=args.progress,
+                    out=args.out,
+                    resume=args.resume,
+                    force=args.force,
+                    types=args.types,
+                    concurrency=args.concurrency,
+                    since=args.since,
+                    email_bodies=args.email_bodies,
+                )
+        except ExportRefused as exc:
+            raise UsageError(str(exc)) from None
+        except OutputError as exc:
+            raise _output_failed(exc) from None
+        except errors.AuthenticationError as exc:
+            raise CommandExit(
+                EXIT_USAGE, f"the token was refused ({exc.message}); check GHL_TOKEN"
+            ) from None
+        except errors.DailyLimitExceeded as exc:
+            when = (
+                dt.datetime.fromtimestamp(exc.resets_at).astimezone().isoformat(timespec="minutes")
+                if exc.resets_at
+                else "at the start of the next day"
+            )
+            raise CommandExit(
+                EXIT_FAILED,
+                f"the daily request budget is spent; it resets {when}. "
+                f"Resume then with the same command plus --resume.",
+            ) from None
+        except (errors.PermissionDeniedError, errors.NotFoundError) as exc:
+            # Raised only by the listing: a conversation's own 403/404 is in the summary.
+            raise CommandExit(
+                EXIT_USAGE, f"cannot list location {args.location}: {exc.message}"
+            ) from None
+        except errors.GHLError as exc:
+            raise CommandExit(
+                EXIT_FAILED,
+                f"listing location {args.location} failed ({exc}); "
+                f"run the same command with --resume to continue",
+            ) from None
+    say(
+        "export finished\n"
+        + summary_table(summary, client, budget_of(client), {"output": args.out})
+    )
+    if summary.failed:
+        failed_path = (args.out if args.out != "-" else "messages") + ".failed"
+        _write_lines(failed_path, summary.failed)
+        for conversation_id, error in summary.failed.items():
+            say(f"  failed: {conversation_id}: {error}")
+        say(f"ghl-async: {len(summary.failed)} conversation(s) failed; ids in {failed_path}")
+        return EXIT_FAILED
+    return EXIT_OK
