@@ -93,7 +93,7 @@ _HOMES: dict[str, tuple[str, str | None]] = {
     "AgencyToken": (".agency.locations", "AgencyToken"),
     "CallMeta": (".models", "CallMeta"),
     "Client": (".client", "Client"),
-    "LocationPage": (".export.location", "LocationPage"),
+    "LocationPage": ("._http.export_route", "LocationPage"),
     "MessageWithEmails": ("._http.emails", "MessageWithEmails"),
     "ClientStats": (".stats", "ClientStats"),
     "Conversation": (".models", "Conversation"),

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
-import anyio
 import msgspec
 
 from ghl_async import errors
@@ -18,6 +16,7 @@ from ghl_async._http.auth import TokenProvider, TokenSource
 from ghl_async._http.emails import MessageWithEmails, attach_emails
 from ghl_async._http.engine import Engine, Slots
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
+from ghl_async._http.lifecycle import Lifecycle
 from ghl_async._http.paginate import paginate
 from ghl_async._params import (
     EXPORT_PAGE_MAX,
@@ -39,7 +38,7 @@ from ghl_async._validation import (
     check_types,
 )
 from ghl_async._version import __version__
-from ghl_async.export.location import LocationPage, pass_admits, plan_passes, resume_token
+from ghl_async._http.export_route import LocationExport, LocationPage, pass_admits, resume_token
 from ghl_async.models import (
     Conversation,
     EmailMessage,
@@ -71,7 +70,7 @@ Types = Iterable[str] | str | None
 P = TypeVar("P")
 
 
-class Client:
+class Client(Lifecycle):
     """An asyncio client for HighLevel's Conversations API: a conversation's messages
     (one page, every page, many conversations at once), a location's conversations, and
     single messages and email bodies.
@@ -111,6 +110,8 @@ class Client:
             when a slot is expected; nothing is sent. For web handlers.
     """
 
+    _closed_message = "the client is closed: open it again ('async with client') or make a new one"
+
     def __init__(
         self,
         token: str | TokenProvider,
@@ -144,15 +145,16 @@ class Client:
         self._max_concurrency = max_concurrency
         self.stats = ClientStats()
         """Live counters: requests, retries, throttled (429s), pages, messages, budget."""
+        transport = AiohttpTransport(
+            session,
+            max_connections=max_concurrency,
+            timeout=float(timeout),
+            stats=self.stats,
+            max_body_bytes=max_body_bytes,
+        )
         self._engine = Engine(
             auth=self._auth,
-            transport=AiohttpTransport(
-                session,
-                max_connections=max_concurrency,
-                timeout=float(timeout),
-                stats=self.stats,
-                max_body_bytes=max_body_bytes,
-            ),
+            transport=transport,
             retry=retry if retry is not None else RetryPolicy(),
             capacity=Slots(max_concurrency),
             user_agent=user_agent or f"ghl-async/{__version__}",
@@ -161,13 +163,10 @@ class Client:
         if max_wait is not None and (isinstance(max_wait, bool) or not max_wait >= 0):
             raise ValueError("max_wait must be a number of seconds >= 0, or None")
         self._engine.max_wait = max_wait
-        self._tasks: set[asyncio.Task[None]] = set()
-        # The event loop the limiter, slots and session belong to (None: never opened).
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        super().__init__(transport)
 
     def __repr__(self) -> str:
-        state = "open" if self._engine.transport.is_open else "closed"
+        state = "open" if self._transport.is_open else "closed"
         return (
             f"Client(base_url={self._base_url!r}, max_concurrency={self._max_concurrency}, "
             f"token=<redacted>, {state})"
@@ -178,17 +177,8 @@ class Client:
         """The rate limiter this client sends through (set once the client is open)."""
         return self._engine.limiter
 
-    async def __aenter__(self) -> Client:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    # -- life cycle (Lifecycle): open and aclose restated for the API reference, which
+    # shows no inherited members
 
     async def open(self) -> None:
         """Open the HTTP session and pick the limiter; ``async with`` does this for you.
@@ -197,54 +187,33 @@ class Client:
         ``asyncio.run()``) opens again for the new loop: the session, the shared
         limiter and the concurrency slots belong to a loop.
         """
-        loop = asyncio.get_running_loop()
-        engine = self._engine
-        if self._loop is not loop:
-            if self._loop is not None:
-                engine.transport.abandon()
-                engine.capacity = Slots(self._max_concurrency)
-                self._auth.forget_loop()
-            engine.limiter = (
-                self._explicit_limiter
-                if self._explicit_limiter is not None
-                else shared_limiter(loop, token_key(self._auth.identity), self._rate_limit)
-            )
-            self._loop = loop
-        await engine.transport.open()
-        self._closed = False
+        await super().open()
 
     async def aclose(self) -> None:
         """Stop running fan-outs and close the session (if the client opened it)."""
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(tasks)
-        await self._engine.transport.aclose()
+        await super().aclose()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop, *, moved: bool) -> None:
+        # The limiter, slots and token lock belong to a loop.
+        engine = self._engine
+        if moved:
+            engine.capacity = Slots(self._max_concurrency)
+            self._auth.forget_loop()
+        engine.limiter = (
+            self._explicit_limiter
+            if self._explicit_limiter is not None
+            else shared_limiter(loop, token_key(self._auth.identity), self._rate_limit)
+        )
 
     def __del__(self) -> None:
         # Dropped without aclose() (a notebook cell run again): close the session
         # quietly rather than leave aiohttp to print "Unclosed client session".
         # try/except, not contextlib.suppress: at interpreter exit module globals may
-        # be gone already, and a failed __init__ leaves no engine.
+        # be gone already, and a failed __init__ leaves no transport.
         try:  # noqa: SIM105
-            self._engine.transport.abandon()
+            self._transport.abandon()
         except Exception:
             pass
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(
-                "the client is closed: open it again ('async with client') or make a new one"
-            )
-
-    async def _ready(self) -> None:
-        """Open the client on first use (or under a new event loop); raise if closed."""
-        self._check_open()
-        if self._loop is not asyncio.get_running_loop():
-            await self.open()
 
     # -- one conversation ------------------------------------------------------------
 
@@ -296,7 +265,8 @@ class Client:
         self._count_page(page)
         return page
 
-    def _count_page(self, page: MessagesPage) -> None:
+    def _count_page(self, page: MessagesPage | ExportPage) -> None:
+        """Count a page as it arrives (``on_page`` of every paging loop)."""
         stats = self.stats
         stats.pages += 1
         stats.messages += len(page.messages)
@@ -478,12 +448,6 @@ class Client:
         )
 
     # -- many conversations ----------------------------------------------------------
-
-    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _fan_out_items(
         self,
@@ -767,7 +731,7 @@ class Client:
                 to :meth:`iter_conversations` and :meth:`fan_out`.
             ghl_async.errors.PaginationError: the server repeated a cursor.
         """
-        params = export_params(
+        query = export_params(
             location_id,
             channel=channel,
             contact_id=contact_id,
@@ -778,35 +742,20 @@ class Client:
             order=order,
             page_size=page_size,
         )
-        channels, start = plan_passes(params.get("channel"), cursor)
-        params.pop("channel", None)
-        return self._iter_location(
-            location_id,
-            params,
-            channels,
-            start,
-            unfiltered=channel is None,
-            email_bodies=email_bodies,
-        )
+        export = LocationExport.of(query, cursor=cursor, email_bodies=email_bodies)
+        return self._iter_location(export)
 
-    async def _iter_location(
-        self,
-        location_id: str,
-        params: dict[str, str],
-        channels: list[str | None],
-        start: str | None,
-        *,
-        unfiltered: bool,
-        email_bodies: bool,
-    ) -> AsyncGenerator[LocationPage, None]:
+    async def _iter_location(self, export: LocationExport) -> AsyncGenerator[LocationPage, None]:
+        """The pages of a checked export, pass after pass."""
         url = f"{self._base_url}/conversations/messages/export"
+        location_id, channels, unfiltered = export.location_id, export.passes, export.unfiltered
         first = True
         for index, channel in enumerate(channels):
-            query = dict(params)
+            query = dict(export.query)
             if channel is not None:
                 query["channel"] = channel
-            if index == 0 and start is not None:
-                query["cursor"] = start
+            if index == 0 and export.start is not None:
+                query["cursor"] = export.start
             pages = self._paged(
                 url,
                 query,
@@ -814,7 +763,7 @@ class Client:
                 next_export_params,
                 what=f"location {location_id} export",
                 check_cursor=_check_export_cursor,
-                on_page=self._count_export_page,
+                on_page=self._count_page,
             )
             async with aclosing(pages):
                 while True:
@@ -837,7 +786,7 @@ class Client:
                         if unfiltered
                         else messages
                     )
-                    if email_bodies:
+                    if export.email_bodies:
                         kept = await attach_emails(kept, self.get_email)
                     following = page.next_cursor if not page.is_last else None
                     yield LocationPage(
@@ -850,13 +799,6 @@ class Client:
                         repaired=page.repaired,
                         dropped=page.dropped + len(messages) - len(kept),
                     )
-
-    def _count_export_page(self, page: ExportPage) -> None:
-        stats = self.stats
-        stats.pages += 1
-        stats.messages += len(page.messages)
-        stats.repaired_fields += page.repaired
-        stats.dropped_messages += page.dropped
 
     async def iter_location_messages(
         self,

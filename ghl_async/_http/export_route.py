@@ -15,7 +15,8 @@ holds across a resume without remembering any ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
@@ -26,6 +27,7 @@ from ghl_async.models import Message
 __all__ = [
     "EMAIL_CHANNEL",
     "EMAIL_TYPES",
+    "LocationExport",
     "LocationPage",
     "is_email",
     "pass_admits",
@@ -119,6 +121,54 @@ def plan_passes(channel: str | None, cursor: str | None) -> tuple[list[str | Non
             "('rest:...' or 'email:...')"
         )
     return channels[index:], (check_cursor(rest) if rest else None)
+
+
+@dataclass(frozen=True, slots=True)
+class LocationExport:
+    """One location export's arguments, checked once: what every request of it asks for.
+
+    Made once by :meth:`of` from the query ``export_params`` checked (the keywords of
+    :meth:`~ghl_async.Client.iter_location_pages`, which says what each means), then
+    passed whole to the paging layer.
+
+    Attributes:
+        location_id: the location.
+        query: the checked first request, less ``channel`` and ``cursor`` (each pass
+            adds its own).
+        passes: the channels to request, in order (:func:`plan_passes`).
+        start: the server cursor the first pass starts at.
+        unfiltered: no ``channel`` was asked for: each pass drops what belongs to the
+            other (:func:`pass_admits`), and resume tokens name the pass.
+        email_bodies: email messages come with their bodies.
+    """
+
+    location_id: str
+    query: Mapping[str, str]
+    passes: tuple[str | None, ...]
+    start: str | None = None
+    unfiltered: bool = True
+    email_bodies: bool = False
+
+    @classmethod
+    def of(
+        cls, query: dict[str, str], *, cursor: str | None = None, email_bodies: bool = False
+    ) -> LocationExport:
+        """The export of a checked first request (``export_params``'s, taken over).
+
+        Raises:
+            ValueError, TypeError: ``cursor`` is not a cursor of this export (see
+                :func:`plan_passes`), before any request.
+        """
+        channel = query.pop("channel", None)
+        passes, start = plan_passes(channel, cursor)
+        return cls(
+            query["locationId"],
+            query,
+            tuple(passes),
+            start,
+            unfiltered=channel is None,
+            email_bodies=email_bodies,
+        )
 
 
 def resume_token(

@@ -43,8 +43,9 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -58,6 +59,7 @@ __all__ = [
     "PageSource",
     "Producers",
     "Sink",
+    "Workers",
     "deliver",
     "run_fan_out",
 ]
@@ -262,65 +264,74 @@ class Handoff(Generic[T]):
             waiter.set_result(None)
 
 
-class _Run(Generic[P]):
-    """The producer side of one fan-out."""
+class Workers(Generic[T]):
+    """What the producer side of every fan-out shares: its stream, the error that
+    stopped it, its workers' task group, and a conversation's pages sent into the stream.
 
-    def __init__(
-        self,
-        ids: IdSource,
-        pages: PageSource[P],
-        options: FanOutOptions,
-        send: Sink[tuple[str, P | errors.GHLError]],
-    ) -> None:
-        self.ids = Ids(ids)
-        self.pages = pages
-        self.options = options
+    Each worker runs a loop of its own (:meth:`_start`); the loop returns the errors of
+    its conversations rather than raise them, so whatever leaves the task group (a bug,
+    an outside cancellation) is real and propagates.
+    """
+
+    __slots__ = ("error", "send")
+
+    def __init__(self, send: Sink[T]) -> None:
         self.send = send
         self.error: BaseException | None = None
 
-    async def run(self) -> None:
-        # Workers return conversation errors rather than raise them, so whatever leaves
-        # this task group (a bug, an outside cancellation) is real and propagates.
+    async def _start(
+        self, workers: int, loop: Callable[[anyio.CancelScope], Awaitable[None]]
+    ) -> None:
+        """Run ``workers`` copies of ``loop`` until all end, then leave the stream."""
         async with self.send, anyio.create_task_group() as tg:
-            for _ in range(self.options.concurrency):
-                tg.start_soon(self._worker, tg.cancel_scope)
+            scope = tg.cancel_scope
+            for _ in range(workers):
+                tg.start_soon(self._guarded, partial(loop, scope), scope)
 
-    def _stop(self, error: BaseException, scope: anyio.CancelScope) -> None:
-        if self.error is None:
-            self.error = error
-        scope.cancel()
-
-    async def _worker(self, scope: anyio.CancelScope) -> None:
+    async def _guarded(
+        self, work: Callable[[], Awaitable[None]], scope: anyio.CancelScope
+    ) -> None:
+        """Run one worker's loop; what it raises stops every worker under ``scope``."""
         try:
-            while (conversation_id := await self.ids.next()) is not None:
-                error = await self._one(conversation_id)
-                if error is None:
-                    continue
-                # A refused token or a spent day fails every conversation alike: stop all.
-                if self.options.return_exceptions and not error.stops_fan_out:
-                    await self.send.send((conversation_id, error))
-                    continue
-                self._stop(error, scope)
-                return
+            await work()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The consumer has gone: nothing is left to deliver, and nobody to tell.
             scope.cancel()
         except Exception as exc:
             self._stop(exc, scope)
 
-    async def _one(self, conversation_id: str) -> errors.GHLError | None:
+    def _stop(self, error: BaseException, scope: anyio.CancelScope) -> None:
+        if self.error is None:
+            self.error = error
+        scope.cancel()
+
+    async def _put(self, item: T) -> None:
+        # The request just awaited was this task's checkpoint: wait (and checkpoint
+        # again) only when the buffer is full.
         try:
-            async with aclosing(self.pages(conversation_id)) as pages:
+            self.send.send_nowait(item)
+        except anyio.WouldBlock:
+            await self.send.send(item)
+
+    async def _send_pages(
+        self, head: tuple[str, ...], conversation_id: str, pages_of: PageSource[Any]
+    ) -> errors.GHLError | None:
+        """Send each page of ``conversation_id`` as the item ``(*head, page)``.
+
+        Returns the conversation's error, if one ended it.
+        """
+        send: Sink[Any] = self.send
+        try:
+            async with aclosing(pages_of(conversation_id)) as pages:
                 async for page in pages:
-                    item = (conversation_id, page)
+                    item = head + (page,)  # noqa: RUF005 - faster than (*head, page)
                     # Waiting for its next page, a worker must not keep this one alive.
                     del page
-                    # The request just awaited was this task's checkpoint: wait (and
-                    # checkpoint again) only when the buffer is full.
+                    # As _put, inline: a page waiting for room is held by this frame only.
                     try:
-                        self.send.send_nowait(item)
+                        send.send_nowait(item)
                     except anyio.WouldBlock:
-                        await self.send.send(item)
+                        await send.send(item)
                     del item
         except errors.GHLError as exc:
             # The page source marks its errors with the cursor to resume from; one that
@@ -329,6 +340,39 @@ class _Run(Generic[P]):
                 errors.locate(exc, conversation_id, exc.last_message_id)
             return exc
         return None
+
+
+class _Run(Workers[tuple[str, P | errors.GHLError]]):
+    """The producer side of one fan-out of conversations."""
+
+    __slots__ = ("ids", "options", "pages")
+
+    def __init__(
+        self,
+        ids: IdSource,
+        pages: PageSource[P],
+        options: FanOutOptions,
+        send: Sink[tuple[str, P | errors.GHLError]],
+    ) -> None:
+        super().__init__(send)
+        self.ids = Ids(ids)
+        self.pages = pages
+        self.options = options
+
+    async def run(self) -> None:
+        await self._start(self.options.concurrency, self._worker)
+
+    async def _worker(self, scope: anyio.CancelScope) -> None:
+        while (conversation_id := await self.ids.next()) is not None:
+            error = await self._send_pages((conversation_id,), conversation_id, self.pages)
+            if error is None:
+                continue
+            # A refused token or a spent day fails every conversation alike: stop all.
+            if self.options.return_exceptions and not error.stops_fan_out:
+                await self.send.send((conversation_id, error))
+                continue
+            self._stop(error, scope)
+            return
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -17,7 +17,7 @@ from ghl_async import errors
 from ghl_async._http.engine import Engine
 from ghl_async._params import cursor_of
 
-__all__ = ["paginate"]
+__all__ = ["hand_over", "paginate"]
 
 P = TypeVar("P")
 
@@ -90,12 +90,29 @@ async def paginate(
                     # Not a cursor we could send back: the reply is not the documented JSON.
                     raise _located(errors.DecodeError(str(exc)), conversation_id, cursor) from exc
             seen.add(after)
-        # Handed out from the stack, not from a local: suspended here until the consumer
-        # wants more (a fan-out waiting for room), this frame must not keep it alive.
-        handed = [page]
+        box = [page]
         del page
-        yield handed.pop()
+        yield hand_over(box)  # suspended until the consumer wants more: see hand_over
         current, cursor = following, after
+
+
+def hand_over(box: list[P]) -> P:
+    """Take the one item out of ``box``: how a generator yields what it must not keep.
+
+    A generator suspended at ``yield page`` keeps ``page`` in its frame until it is
+    resumed, and it stays suspended while its consumer works on the page and after (a
+    fan-out's worker waiting for room in the stream, or for its next request): the
+    page would outlive the consumer's use of it, one more page per generator. So a
+    page goes out from a one-item list, not from a local::
+
+        box = [page]
+        del page
+        yield hand_over(box)
+
+    Once yielded, the generator holds no reference to it: the page is freed as soon as
+    the consumer drops it.
+    """
+    return box.pop()
 
 
 def _located(

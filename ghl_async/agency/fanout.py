@@ -21,12 +21,12 @@ everything and is raised as itself.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from functools import partial
 
 import anyio
 
 from ghl_async import errors
-from ghl_async._http.fanout import Ids, IdSource, Sink
+from ghl_async._http.fanout import Ids, IdSource, Sink, Workers
 from ghl_async.models import MessagesPage
 
 __all__ = ["AgencyItem", "AgencyRun", "LocationWork", "PageSource"]
@@ -40,18 +40,10 @@ PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
 LocationWork = Callable[[str], tuple[IdSource, PageSource]]
 
 
-class AgencyRun:
+class AgencyRun(Workers[AgencyItem]):
     """The producer side of one agency fan-out."""
 
-    __slots__ = (
-        "error",
-        "locations",
-        "locations_at_once",
-        "return_exceptions",
-        "send",
-        "work",
-        "workers",
-    )
+    __slots__ = ("locations", "locations_at_once", "return_exceptions", "work", "workers")
 
     def __init__(
         self,
@@ -63,51 +55,27 @@ class AgencyRun:
         return_exceptions: bool,
         send: Sink[AgencyItem],
     ) -> None:
+        super().__init__(send)
         self.locations = Ids(locations)
         self.work = work
         self.workers = workers
         self.locations_at_once = locations_at_once
         self.return_exceptions = return_exceptions
-        self.send = send
-        self.error: BaseException | None = None
 
     async def run(self) -> None:
         """Run every location's workers until the ids run out or the stream is closed."""
-        # Workers return or record errors rather than raise them, so whatever leaves
-        # this task group (a bug, an outside cancellation) is real and propagates.
-        async with self.send, anyio.create_task_group() as tg:
-            for _ in range(self.locations_at_once):
-                tg.start_soon(self._location_loop, tg.cancel_scope)
-
-    def _stop(self, error: BaseException, scope: anyio.CancelScope) -> None:
-        if self.error is None:
-            self.error = error
-        scope.cancel()
-
-    async def _put(self, item: AgencyItem) -> None:
-        # The request just awaited was this task's checkpoint: wait (and checkpoint
-        # again) only when the buffer is full.
-        try:
-            self.send.send_nowait(item)
-        except anyio.WouldBlock:
-            await self.send.send(item)
+        await self._start(self.locations_at_once, self._location_loop)
 
     async def _location_loop(self, scope: anyio.CancelScope) -> None:
-        try:
-            while (location_id := await self.locations.next()) is not None:
-                error = await self._location(location_id, scope)
-                if error is None:
-                    continue
-                if self.return_exceptions:
-                    await self._put((location_id, error.conversation_id, error))
-                    continue
-                self._stop(error, scope)
-                return
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            # The consumer has gone: nothing is left to deliver, and nobody to tell.
-            scope.cancel()
-        except Exception as exc:
-            self._stop(exc, scope)
+        while (location_id := await self.locations.next()) is not None:
+            error = await self._location(location_id, scope)
+            if error is None:
+                continue
+            if self.return_exceptions:
+                await self._put((location_id, error.conversation_id, error))
+                continue
+            self._stop(error, scope)
+            return
 
     async def _location(
         self, location_id: str, scope: anyio.CancelScope
@@ -116,16 +84,17 @@ class AgencyRun:
         conversation_ids, pages = self.work(location_id)
         location = _Location(location_id, Ids(conversation_ids), pages)
         async with anyio.create_task_group() as tg:
+            worker = partial(self._worker, location, tg.cancel_scope)
             for _ in range(self.workers):
-                tg.start_soon(self._worker, location, tg.cancel_scope, scope)
+                # What a worker raises, other than its location's errors, stops them all.
+                tg.start_soon(self._guarded, worker, scope)
         return location.error
 
-    async def _worker(
-        self, location: _Location, location_scope: anyio.CancelScope, scope: anyio.CancelScope
-    ) -> None:
+    async def _worker(self, location: _Location, location_scope: anyio.CancelScope) -> None:
         try:
             while (conversation_id := await location.ids.next()) is not None:
-                error = await self._conversation(location, conversation_id)
+                head = (location.id, conversation_id)
+                error = await self._send_pages(head, conversation_id, location.pages)
                 if error is None:
                     continue
                 if self.return_exceptions and not error.stops_fan_out:
@@ -137,33 +106,6 @@ class AgencyRun:
         except errors.GHLError as exc:
             # The location's conversation source failed (its search): the location stops.
             location.stop(exc, location_scope)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            scope.cancel()
-        except Exception as exc:
-            self._stop(exc, scope)
-
-    async def _conversation(
-        self, location: _Location, conversation_id: str
-    ) -> errors.GHLError | None:
-        location_id, send = location.id, self.send
-        try:
-            async with aclosing(location.pages(conversation_id)) as pages:
-                async for page in pages:
-                    item: AgencyItem = (location_id, conversation_id, page)
-                    # Waiting for its next page, a worker must not keep this one alive.
-                    del page
-                    # Sent here, not through _put: a page waiting for room is held by
-                    # this one frame only.
-                    try:
-                        send.send_nowait(item)
-                    except anyio.WouldBlock:
-                        await send.send(item)
-                    del item
-        except errors.GHLError as exc:
-            if exc.conversation_id is None:
-                errors.locate(exc, conversation_id, exc.last_message_id)
-            return exc
-        return None
 
 
 class _Location:

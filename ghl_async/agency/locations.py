@@ -31,7 +31,6 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
@@ -41,6 +40,8 @@ from ghl_async._http.aiohttp_transport import DEFAULT_MAX_BODY_BYTES, AiohttpTra
 from ghl_async._http.auth import TokenProvider, TokenSource
 from ghl_async._http.engine import Engine, Slots
 from ghl_async._http.fanout import Handoff, IdSource, deliver
+from ghl_async._http.lifecycle import Lifecycle
+from ghl_async._http.paginate import hand_over
 from ghl_async._validation import MAX_PAGE_SIZE, check_base_url, check_id, check_int, check_types
 from ghl_async._version import __version__
 from ghl_async.agency.fanout import AgencyItem, AgencyRun, LocationWork, PageSource
@@ -174,7 +175,7 @@ class _Slots:
             self.give()
 
 
-class Locations:
+class Locations(Lifecycle):
     """Many locations of an agency in one process: a client per location, one session.
 
     ::
@@ -209,6 +210,9 @@ class Locations:
         max_body_bytes: the largest reply body read.
         clock: the monotonic clock location tokens expire by (tests pass their own).
     """
+
+    _closed_message = "the pool is closed: open it again or make a new one"
+    _transport: AiohttpTransport  # the one session every location's client sends through
 
     def __init__(
         self,
@@ -264,7 +268,7 @@ class Locations:
         """Locations a fan-out reads side by side, at most."""
         self.stats = ClientStats()
         """The pool's own requests (OAuth routes); each location's are in its client's."""
-        self._transport = AiohttpTransport(
+        transport = AiohttpTransport(
             session,
             max_connections=max_pages,
             timeout=self._timeout,
@@ -276,7 +280,7 @@ class Locations:
         if isinstance(tokens, AgencyToken):
             self._oauth = Engine(
                 auth=TokenSource(tokens.token, timeout=self._timeout),
-                transport=self._transport,
+                transport=transport,
                 retry=self._retry,
                 capacity=Slots(4),
                 user_agent=self._user_agent,
@@ -289,9 +293,7 @@ class Locations:
         self._clients: dict[str, Client] = {}
         self._cap = _PageCap(max_pages)
         self._in_flight = InFlight(max_pages)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        super().__init__(transport)
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -331,66 +333,35 @@ class Locations:
         """The locations that have a client so far."""
         return list(self._clients)
 
-    # -- life cycle --------------------------------------------------------------------
-
-    async def __aenter__(self) -> Locations:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    # -- life cycle (Lifecycle): open and aclose restated for the API reference, which
+    # shows no inherited members
 
     async def open(self) -> None:
         """Open the shared session; ``async with`` (or the first use) does it for you."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._loop is not None:
-                # Clients, locks, slots and the session belong to the old loop.
-                self._transport.abandon()
-                self._clients.clear()
-                self._cap = _PageCap(self.max_pages)
-                self._in_flight = InFlight(self.max_pages)
-                if self._minted is not None:
-                    self._minted.forget_loop()
-            if self._oauth is not None:
-                self._oauth.limiter = LocalLimiter()
-                self._oauth.capacity = Slots(4)
-                self._oauth.auth.forget_loop()
-            self._loop = loop
-        await self._transport.open()
-        self._closed = False
+        await super().open()
 
     async def aclose(self) -> None:
         """Stop running fan-outs, close every location's client and the shared session."""
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(tasks)
+        await super().aclose()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop, *, moved: bool) -> None:
+        if moved:
+            # Clients, locks and slots belong to the old loop.
+            self._clients.clear()
+            self._cap = _PageCap(self.max_pages)
+            self._in_flight = InFlight(self.max_pages)
+            if self._minted is not None:
+                self._minted.forget_loop()
+        if self._oauth is not None:
+            self._oauth.limiter = LocalLimiter()
+            self._oauth.capacity = Slots(4)
+            self._oauth.auth.forget_loop()
+
+    async def _close_parts(self) -> None:
         clients = list(self._clients.values())
         self._clients.clear()
         for client in clients:
             await client.aclose()
-        await self._transport.aclose()
-
-    async def _ready(self) -> None:
-        if self._closed:
-            raise RuntimeError("the pool is closed: open it again or make a new one")
-        if self._loop is not asyncio.get_running_loop() or not self._transport.is_open:
-            await self.open()
-
-    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- clients and tokens -------------------------------------------------------------
 
@@ -517,12 +488,10 @@ class Locations:
                 except BaseException:
                     slots.give()
                     raise
-                # Handed out from the stack, not from a local: suspended here while its
-                # worker waits for room in the stream, this frame must not keep it alive.
                 # Its slot is given back when the consumer moves past it.
-                handed = [page]
+                box = [page]
                 del page
-                yield handed.pop()
+                yield hand_over(box)  # suspended while its worker waits: see hand_over
 
     async def _conversation_ids(
         self, client: Client, location_id: str

@@ -1,6 +1,5 @@
 """A location's messages out of HighLevel and into files, resumably.
 
-- ``location``: the location export route's passes and resume tokens (pure decisions);
 - ``files``: JSON Lines output with a checkpoint, for conversations by id;
 - ``sync``: incremental runs into numbered files, with a high-water mark;
 - ``jobs``: an agency's locations as arq jobs, across processes and machines

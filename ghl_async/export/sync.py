@@ -31,7 +31,7 @@ import errno
 import fcntl
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import IO
 
@@ -40,6 +40,7 @@ import msgspec
 from ghl_async._params import export_params, updated_at
 from ghl_async.client import Client
 from ghl_async.export.files import message_line
+from ghl_async._http.export_route import LocationExport
 from ghl_async.models import Message
 
 __all__ = ["STATE_FILE", "SyncRefused", "SyncState", "SyncSummary", "run_sync", "wanted"]
@@ -182,22 +183,16 @@ async def run_sync(
         with open(part, "wb") as out:  # noqa: ASYNC230 - a local file, page by page, as _export
             for name, channel in _PASSES:
                 mark = marks.get(name, PassMark())
-                params = export_params(
+                query = export_params(
                     location_id,
                     channel=channel,
                     since=mark.mark,
                     sort_by="updatedAt",
                     order="asc",
                 )
-                params.pop("channel", None)
-                pages = client._iter_location(
-                    location_id,
-                    params,
-                    [channel],
-                    None,
-                    unfiltered=channel is None,  # the first pass drops stray emails
-                    email_bodies=email_bodies,
-                )
+                export = LocationExport.of(query, email_bodies=email_bodies)
+                # This pass only (the first pass, unfiltered, drops stray emails).
+                pages = client._iter_location(replace(export, passes=export.passes[:1]))
                 seen = mark
                 async with contextlib.aclosing(pages):
                     async for page in pages:

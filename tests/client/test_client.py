@@ -14,7 +14,7 @@ from aiohttp import web
 from ghl_async import Client, FilterType, MessagesPage, RetryPolicy, errors
 from ghl_async.models import decode_email
 from ghl_async.testing import FakeHighLevel
-from tests.conftest import (
+from tests.support.helpers import (
     LogCapture,
     ServerFactory,
     aiohttp_session,
@@ -614,7 +614,10 @@ def test_the_public_surface_is_exact_documented_and_enough_for_a_limiter() -> No
     assert sorted(ghl_async.__all__) == sorted(set(ghl_async.__all__))
     for name in ghl_async.__all__:
         value = getattr(ghl_async, name)
-        if isinstance(value, type) or inspect.isfunction(value):
+        # A type alias (LocationTokenProvider) is documented by its `#:` comment: it can
+        # carry no docstring, and on Python 3.10 a generic alias passes isinstance(type).
+        is_alias = typing.get_origin(value) is not None
+        if not is_alias and (isinstance(value, type) or inspect.isfunction(value)):
             assert value.__doc__, name
     # Everything a Limiter sees (Reply and its fields' types) is importable publicly.
     public = {getattr(ghl_async, n) for n in ghl_async.__all__}

@@ -10,7 +10,7 @@ import pytest
 
 from ghl_async import Client, RetryPolicy, errors
 from ghl_async.client import MessageWithEmails
-from ghl_async.export.location import (
+from ghl_async._http.export_route import (
     LocationPage,
     is_email,
     pass_admits,
@@ -18,7 +18,7 @@ from ghl_async.export.location import (
     resume_token,
 )
 from ghl_async.models import Message
-from tests.conftest import ServerFactory
+from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
 
