@@ -190,8 +190,27 @@ async def run_example(example: Example, namespace: dict[str, Any]) -> None:
 def test_the_readme_has_its_examples() -> None:
     """The collector finds the README's blocks, so an empty run cannot pass for green."""
     in_readme = [e for e in EXAMPLES if e.path.name == "README.md"]
-    assert len(in_readme) >= 8
-    assert all(e.check for e in in_readme if "async def" in e.code or "app =" in e.code)
+    assert len(in_readme) >= 4
+    assert all(e.check for e in in_readme)
+
+
+def _defines_without_running(code: str) -> bool:
+    return ("async def" in code and "asyncio.run(" not in code) or "app =" in code
+
+
+def test_every_docs_page_has_its_examples_checked() -> None:
+    """A block that defines what it does not run (a function, an app) has a check."""
+    unchecked = [e.name for e in EXAMPLES if not e.check and _defines_without_running(e.code)]
+    assert unchecked == []
+    assert len({e.path for e in EXAMPLES}) >= 10
+
+
+def test_every_page_stands_alone() -> None:
+    """No page includes the README (or any file) through snippets: each reads on its own."""
+    pages = [p for p in SOURCES if p.name != "README.md"]
+    including = [str(p.relative_to(ROOT)) for p in pages if "--8<--" in p.read_text("utf-8")]
+    assert including == []
+    assert "pymdownx.snippets" not in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
 
 
 def test_collect_reads_setup_check_and_skip(tmp_path: Path) -> None:
