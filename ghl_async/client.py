@@ -15,6 +15,7 @@ from ghl_async._http.aiohttp_transport import DEFAULT_MAX_BODY_BYTES, AiohttpTra
 from ghl_async._http.auth import TokenProvider, TokenSource
 from ghl_async._http.emails import MessageWithEmails, attach_emails
 from ghl_async._http.engine import Engine, Slots
+from ghl_async._http.export_route import LocationExport, LocationPage, pass_admits, resume_token
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
 from ghl_async._http.lifecycle import Lifecycle
 from ghl_async._http.paginate import paginate
@@ -38,7 +39,6 @@ from ghl_async._validation import (
     check_types,
 )
 from ghl_async._version import __version__
-from ghl_async._http.export_route import LocationExport, LocationPage, pass_admits, resume_token
 from ghl_async.models import (
     Conversation,
     EmailMessage,

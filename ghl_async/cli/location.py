@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ghl_async import errors
+from ghl_async._http.export_route import LocationPage
 from ghl_async._params import CHANNELS, format_export_date
 from ghl_async.cli.args import location_arg
 from ghl_async.cli.exits import say
@@ -36,7 +37,6 @@ from ghl_async.export.files import (
     _Sink,
     message_line,
 )
-from ghl_async._http.export_route import LocationPage
 
 __all__ = [
     "CHANNEL_TYPES",

@@ -37,10 +37,10 @@ from typing import IO
 
 import msgspec
 
+from ghl_async._http.export_route import LocationExport
 from ghl_async._params import export_params, updated_at
 from ghl_async.client import Client
 from ghl_async.export.files import message_line
-from ghl_async._http.export_route import LocationExport
 from ghl_async.models import Message
 
 __all__ = ["STATE_FILE", "SyncRefused", "SyncState", "SyncSummary", "run_sync", "wanted"]

@@ -9,7 +9,6 @@ import msgspec
 import pytest
 
 from ghl_async import Client, RetryPolicy, errors
-from ghl_async.client import MessageWithEmails
 from ghl_async._http.export_route import (
     LocationPage,
     is_email,
@@ -17,6 +16,7 @@ from ghl_async._http.export_route import (
     plan_passes,
     resume_token,
 )
+from ghl_async.client import MessageWithEmails
 from ghl_async.models import Message
 from tests.support.helpers import ServerFactory
 
