@@ -10,19 +10,22 @@
     async with Client(token, limiter=limiter) as client:
         ...
 
-The same rules as the in-process limiter (``ghl_async/ratelimit.py`` has the argument),
+The same rules as the in-process limiter (why they hold: docs/how-the-limiter-works.md),
 kept in Redis. A sorted set holds one member per request, scored by its reply time (while
 in flight: a moment ``in_flight_timeout`` ahead), so each constraint ``(max, interval)``
-counts the members scored after ``now - interval``: the caller's cap and the server's
+counts the members scored at or after ``now - interval``: the caller's cap and the server's
 announced budget both hold in every window. One atomic script per acquire drops what
 has expired and either takes a slot ("go") or names how long until one frees ("wait N
 ms"); a waiting process sleeps that long, no polling storm. All times come from Redis's
-own ``TIME``, so the machines' clocks do not matter.
+own ``TIME``, so the machines' clocks do not matter; it reads whole milliseconds, so a
+slot frees only once a whole interval has passed since its reply to the millisecond
+(never early by the fraction ``TIME`` drops).
 
-Until a reply announces the budget, one request goes at a time across all processes
-(the probe). A 429 seen by any process sets a shared paused-until key; a spent daily budget sets a
-shared daily-until time. Every acquire honours both, and a caller whose ``max_wait`` is
-shorter fails at once instead of sleeping. The budget the server announces is shared
+Until the first reply (of any process, whether or not it announces the budget), one
+request goes at a time across all processes (the probe). A 429 seen by any process sets
+a shared paused-until key; a spent daily budget sets a shared daily-until time. Every
+acquire honours both, and a caller whose ``max_wait`` is shorter fails at once instead
+of sleeping. The budget the server announces is shared
 in a hash. The neighbour estimate is the local one: a second sorted set keeps the
 requests the server refused, a third the reserved neighbour slots, and the hash counts
 the sends of every process. The work of each
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import Literal, NamedTuple
 
 import anyio
@@ -50,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "ghl_async.ratelimit.redis needs redis-py: pip install 'ghl-async[redis]'"
     ) from exc
 
-from ghl_async._sansio import MAX_BUDGET, MAX_INTERVAL_MS
+from ghl_async._sansio import MAX_BUDGET, MAX_INTERVAL_MS, seconds_until_daily_reset
 from ghl_async.errors import LimiterUnavailable
 from ghl_async.ratelimit.budget import RateLimit
 from ghl_async.ratelimit.local import LocalLimiter
@@ -78,9 +82,10 @@ local daily = tonumber(redis.call('HGET', KEYS[3], 'daily_until') or '0')
 if daily > now then return {3, daily - now} end
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then return {2, paused - now} end
-local known = redis.call('HEXISTS', KEYS[3], 'max') == 1
+local known = redis.call('HEXISTS', KEYS[3], 'replied') == 1
+  or redis.call('HEXISTS', KEYS[3], 'max') == 1
 if not known and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') > 0 then
-  -- Until a reply says what the budget is, one request at a time (of all processes).
+  -- Until the first reply (of any process), one request at a time.
   return {1, math.max(10, tonumber(ARGV[5]))}
 end
 local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[2])
@@ -98,7 +103,9 @@ for _, c in ipairs(limits) do
 end
 -- How soon to look again at a slot still in flight: its reply will bring it forward.
 local poll = math.max(tonumber(ARGV[5]), math.floor(shortest / 20))
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
+-- TIME drops the fraction of a millisecond: a slot replied at ``r`` ms (truly before
+-- r + 1) is held through ``now = r + interval`` and frees after it, never early.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - longest))
 -- Neighbour slots past their end wait for a reply, like a request in flight; with
 -- nothing out (of any process) sent within the server's interval, one of them makes
 -- way for this send (one out that long, hung or of a crashed process, is not waited
@@ -114,17 +121,17 @@ end
 local wait = 0
 for _, c in ipairs(limits) do
   local cmax, cint = c[1], c[2]
-  local held = redis.call('ZCOUNT', KEYS[1], '(' .. (now - cint), '+inf')
+  local held = redis.call('ZCOUNT', KEYS[1], now - cint, '+inf')
   local booked = 0
   if c[3] then booked = redis.call('ZCARD', KEYS[5]) - probe end
   if held + booked >= cmax then
     -- The soonest slot to free; look again then (a larger shortfall looks again).
     local free = math.huge
-    local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - cint), '+inf',
+    local first = redis.call('ZRANGEBYSCORE', KEYS[1], now - cint, '+inf',
                              'WITHSCORES', 'LIMIT', 0, 1)
     if first[2] then
-      free = tonumber(first[2]) + cint - now
-      if free > cint then free = math.min(free, poll) end
+      free = tonumber(first[2]) + cint + 1 - now
+      if free > cint + 1 then free = math.min(free, poll) end
     end
     if booked > 0 then
       -- The soonest booked slot still before its end (one past it waits for a reply).
@@ -181,6 +188,7 @@ local smax = tonumber(redis.call('HGET', KEYS[3], 'max') or ARGV[10])
 local sint = tonumber(redis.call('HGET', KEYS[3], 'interval') or ARGV[11])
 local longest = math.max(sint, tonumber(ARGV[12]))
 redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+if status > 0 then redis.call('HSET', KEYS[3], 'replied', 1) end
 local notes = {}
 local daily = tonumber(ARGV[7])
 local daily_429 = false
@@ -239,6 +247,7 @@ end
 if status == 429 and not daily_429 then
   local pause = tonumber(ARGV[3])
   if pause <= 0 then pause = sint end
+  if pause <= 0 then pause = tonumber(ARGV[12]) end
   local until_ = now + pause
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if until_ > current then
@@ -442,19 +451,30 @@ class RedisLimiter:
         assert isinstance(ticket, _RedisTicket)
         rate = reply.rate if reply is not None else None
 
-        def number(value: float | None, scale: float = 1.0) -> int:
-            return -1 if value is None else int(value * scale)
+        def number(value: int | None) -> int:
+            return -1 if value is None else int(value)
+
+        def ms(value: float | None) -> int:
+            # Rounded, not truncated: 1.001 s is 1001 ms, and a Retry-After under a
+            # millisecond is not "none" (-1, a whole interval's pause).
+            return -1 if value is None or value <= 0 else _ms(value)
+
+        reset_in = reply.daily_reset_in if reply is not None else None
+        if reset_in is None and rate is not None and rate.daily_remaining == 0:
+            # Spent, with no word on when it comes back: as the book assumes.
+            assert reply is not None
+            reset_in = seconds_until_daily_reset(time.time(), reply.retry_after)
 
         default = RateLimit() if self._adopt else None
         args: list[str | int] = [
             ticket.member,
             reply.status if reply is not None else 0,
-            number(reply.retry_after if reply is not None else None, 1000),
+            ms(reply.retry_after if reply is not None else None),
             number(rate.max_requests if rate else None),
-            number(rate.interval if rate else None, 1000),
+            ms(rate.interval if rate else None),
             number(rate.remaining if rate else None),
             number(rate.daily_remaining if rate else None),
-            number(reply.daily_reset_in if reply is not None else None, 1000),
+            ms(reset_in),
             ticket.sent,
             default.max_requests if default else -1,
             _ms(default.interval) if default else -1,
