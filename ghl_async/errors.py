@@ -17,7 +17,8 @@ reported before any request as plain :class:`ValueError` / :class:`TypeError`.
     ├── TransportError              connection reset, timeout, truncated or oversized body
     ├── DecodeError                 a body that is not the documented JSON
     ├── PaginationError             the server repeated a cursor
-    └── LimiterUnavailable          a shared limiter (Redis) cannot be reached
+    ├── LimiterUnavailable          a shared limiter (Redis) cannot be reached
+    └── SinkError                   an export's sink (file, SQLite, PostgreSQL) cannot write
 
 Errors never carry the token: they hold the status, the server's message, the body
 (capped) and HighLevel's ``traceId`` when the body has one.
@@ -38,6 +39,7 @@ __all__ = [
     "LocationExportUnavailable",
     "NotFoundError",
     "PaginationError",
+    "SinkError",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
@@ -223,6 +225,14 @@ class PaginationError(GHLError):
 
 class LimiterUnavailable(GHLError):
     """A shared rate limiter (Redis) could not be reached; nothing was sent."""
+
+    retryable = False
+
+
+class SinkError(GHLError):
+    """An export's sink could not keep a batch (a full disk, a database gone, a schema of
+    another version): nothing of that batch was kept, and the state before it stands.
+    """
 
     retryable = False
 

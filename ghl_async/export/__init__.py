@@ -1,7 +1,16 @@
-"""A location's messages out of HighLevel and into files, resumably.
+"""A location's messages out of HighLevel and into a sink, resumably and exactly once.
 
+- ``pipeline``: :func:`export_location`, one location into a sink, page by page, with the
+  state committed with the rows (and the conversation-by-conversation fallback);
+- ``sink``: the :class:`Sink` contract and the :class:`ExportState` a sink keeps;
+- ``schema``: the mirror's tables and columns, shared by every database sink;
 - ``files``: JSON Lines output with a checkpoint, for conversations by id;
 - ``sync``: incremental runs into numbered files, with a high-water mark;
-- ``jobs``: an agency's locations as arq jobs, across processes and machines
-  (``arq ghl_async.export.jobs.WorkerSettings``; needs the ``arq`` extra).
+- ``jobs``: an agency's locations as arq jobs, across processes and machines (needs
+  the ``arq`` extra; ``ghl-async worker`` runs one).
 """
+
+from ghl_async.export.pipeline import ExportResult, export_location
+from ghl_async.export.sink import Batch, ExportState, Sink
+
+__all__ = ["Batch", "ExportResult", "ExportState", "Sink", "export_location"]

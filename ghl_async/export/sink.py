@@ -1,0 +1,92 @@
+"""Where an export writes: the sink contract, and the state a sink commits with its rows.
+
+A sink keeps a location's messages and, in the same commit, where the export stands
+(:class:`ExportState`). Whatever instant a run is killed at, the state a sink holds
+never covers a row it does not hold, so the next run resumes from that state and every
+message lands exactly once, at its latest version (rows are upserted by message id; an
+older version never replaces a newer one).
+
+The pipeline (:mod:`ghl_async.export.pipeline`) is the only caller: it opens the sink,
+asks :meth:`Sink.load` where the location stands, then hands it one :class:`Batch`
+after another (a page of messages, the emails of that page, and the state after it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from ghl_async.models import EmailMessage, Message
+
+__all__ = ["Batch", "ExportState", "Sink"]
+
+
+class ExportState(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Where one location's export stands, as the sink last committed it.
+
+    ``query`` names what was asked (dates, channels, contact, email bodies): a resumed
+    run must ask the same, or start again. ``cursor`` is the export route's resume token
+    (it names its pass; ``None`` before the first page). ``done``: every page was
+    written. ``high_water``: the latest ``dateUpdated`` (else ``dateAdded``) written so
+    far, for incremental runs. ``fallback``: the route was refused and the run pages
+    conversation by conversation; ``conversations`` then holds each conversation's
+    last written message id (``None``: finished).
+    """
+
+    location_id: str
+    query: str
+    cursor: str | None = None
+    done: bool = False
+    high_water: datetime | None = None
+    fallback: bool = False
+    conversations: dict[str, str | None] = {}
+    messages: int = 0
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True):
+    """What a sink commits at once: messages, the emails among them, and the state after.
+
+    ``conversation_ids`` gives, message by message, the conversation it was read from
+    (``None``: the message's own ``conversationId``); empty means ``None`` for all.
+    ``emails`` pairs each fetched email body with the id of its email message.
+    """
+
+    messages: list[Message]
+    conversation_ids: list[str | None] = []
+    emails: list[tuple[str, EmailMessage]] = []
+    state: ExportState
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the export pipeline needs of a place to keep a location's messages.
+
+    Used as ``async with sink: ...``. :meth:`commit` writes a batch's rows (upserted by
+    id, the newer ``dateUpdated`` winning) and its state in one transaction: after a
+    crash at any instant the sink holds either both or neither.
+    """
+
+    async def __aenter__(self) -> Sink: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def load(self, location_id: str) -> ExportState | None:
+        """The state last committed for ``location_id`` (``None``: never exported)."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Write ``batch``'s rows and its state atomically.
+
+        Raises:
+            ghl_async.errors.SinkError: the sink could not write (disk full, database
+                gone, a schema of another version); nothing of the batch is kept.
+        """
+        ...
