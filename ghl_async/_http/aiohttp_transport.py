@@ -26,7 +26,7 @@ import aiohttp
 
 from ghl_async import errors
 from ghl_async._http.transport import RawReply, Request
-from ghl_async.ratelimit import Limiter, Reply
+from ghl_async.ratelimit.protocol import Limiter, Reply
 from ghl_async.stats import ClientStats
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport"]

@@ -15,7 +15,7 @@ from ghl_async import errors
 from ghl_async._http.auth import TokenSource
 from ghl_async._http.transport import EMPTY, Request, Transport
 from ghl_async._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
-from ghl_async.ratelimit import Limiter
+from ghl_async.ratelimit.protocol import Limiter
 from ghl_async.retry import RetryPolicy
 from ghl_async.stats import ClientStats
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ghl_async.ratelimit import Limiter, Reply
+from ghl_async.ratelimit.protocol import Limiter, Reply
 
 __all__ = ["EMPTY", "RawReply", "Request", "Transport"]
 
