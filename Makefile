@@ -16,7 +16,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-lock
 LOCK   := requirements/dev.lock
 
-.PHONY: demo test lint typecheck pytest docs bench bench-smoke redis-server lock clean
+.PHONY: demo test lint typecheck pytest docs bench bench-smoke redis-server postgres-server \
+  lock clean
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +35,7 @@ lock: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ghl-async demo
 
-test: $(STAMP) redis-server lint typecheck pytest
+test: $(STAMP) redis-server postgres-server lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check ghl_async tests benchmarks
@@ -56,6 +57,20 @@ redis-server:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; \
 	}
 	@command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server"; exit 1; }
+
+# The PostgreSQL sink's tests run initdb and postgres in a temp dir (as the postgres user
+# when root): install Debian's postgresql package when they are missing. Debian keeps the
+# binaries off PATH, in /usr/lib/postgresql/NN/bin, where tests/support/postgres_server.py
+# looks too.
+PG_FOUND = { command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 || \
+  ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1
+postgres-server:
+	@$(PG_FOUND) || { \
+	  echo "initdb/pg_ctl not found: installing Debian's postgresql package"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	}
+	@$(PG_FOUND) || { echo "could not install postgresql"; exit 1; }
 
 # mkdocs-material's notice about its successor is not a build problem: keep the log clean.
 docs: $(STAMP)

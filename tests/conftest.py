@@ -9,6 +9,7 @@ import pytest
 
 from ghl_async.testing import FakeHighLevel
 from tests.support.helpers import LogCapture, ServerFactory
+from tests.support.postgres_server import postgres_dsn, postgres_server  # noqa: F401
 from tests.support.redis_server import redis_server  # noqa: F401
 
 

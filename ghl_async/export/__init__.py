@@ -4,6 +4,10 @@
   state committed with the rows (and the conversation-by-conversation fallback);
 - ``sink``: the :class:`Sink` contract and the :class:`ExportState` a sink keeps;
 - ``schema``: the mirror's tables and columns, shared by every database sink;
+- ``sqlite``: :class:`SQLiteSink`, the embedded mirror (the standard library's sqlite3);
+- ``postgres``: ``PostgresSink``, a mirror many workers write at once (needs the
+  ``postgres`` extra: ``from ghl_async.export.postgres import PostgresSink``);
+- ``targets``: :func:`sink_for`, the sink a ``sqlite:///`` or ``postgresql://`` URL names;
 - ``files``: JSON Lines output with a checkpoint, for conversations by id;
 - ``sync``: incremental runs into numbered files, with a high-water mark;
 - ``jobs``: an agency's locations as arq jobs, across processes and machines (needs
@@ -12,5 +16,15 @@
 
 from ghl_async.export.pipeline import ExportResult, export_location
 from ghl_async.export.sink import Batch, ExportState, Sink
+from ghl_async.export.sqlite import SQLiteSink
+from ghl_async.export.targets import sink_for
 
-__all__ = ["Batch", "ExportResult", "ExportState", "Sink", "export_location"]
+__all__ = [
+    "Batch",
+    "ExportResult",
+    "ExportState",
+    "SQLiteSink",
+    "Sink",
+    "export_location",
+    "sink_for",
+]

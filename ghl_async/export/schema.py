@@ -19,6 +19,7 @@ from ghl_async.records import COLUMNS, Item, to_records
 __all__ = [
     "EMAIL_COLUMNS",
     "MESSAGE_COLUMNS",
+    "STATE_COLUMNS",
     "SCHEMA_VERSION",
     "Column",
     "email_row",
@@ -71,6 +72,27 @@ EMAIL_COLUMNS: Final[tuple[Column, ...]] = (
     Column("direction", "TEXT", "text", '"inbound", "outbound", or as sent'),
     Column("status", "TEXT", "text", "delivery status as sent"),
     Column("content_type", "TEXT", "text", 'e.g. "text/html"'),
+)
+
+#: ``export_state``: a row per location, rewritten by every commit, one readable column
+#: per field of :class:`~ghl_async.export.sink.ExportState` (every sink alike). A sink's
+#: ``load`` reads the state back from these columns: a SQL user may edit them
+#: (``cursor = NULL`` and ``done = false`` run the export again from its first page).
+STATE_COLUMNS: Final[tuple[Column, ...]] = (
+    Column("location_id", "TEXT PRIMARY KEY", "text PRIMARY KEY", "the location"),
+    Column("query", "TEXT", "text NOT NULL", "what the export asked (dates, channel, ...)"),
+    Column("cursor", "TEXT", "text", "the export route's resume token (NULL: no page yet)"),
+    Column("done", "INTEGER", "boolean NOT NULL", "true once every page was written"),
+    Column("high_water", "TEXT", "timestamptz", "latest dateUpdated (else dateAdded) written"),
+    Column("fallback", "INTEGER", "boolean NOT NULL", "true: paged conversation by conversation"),
+    Column(
+        "conversations",
+        "TEXT",
+        "jsonb NOT NULL",
+        "fallback runs: conversation id to its last written message id (null: finished)",
+    ),
+    Column("messages", "INTEGER", "bigint NOT NULL", "messages written so far"),
+    Column("updated_at", "TEXT", "timestamptz NOT NULL", "when this row was committed"),
 )
 
 _JSON_COLUMNS: Final = frozenset({"attachments", "email_message_ids", "meta", "to", "cc"})

@@ -6,13 +6,17 @@ Sink contract in dicts, every write counted), so a message written twice shows.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from ghl_async import Client, RetryPolicy, errors
+from ghl_async import Client, RateLimit, RetryPolicy, errors
 from ghl_async.export.pipeline import ExportResult, export_location
+from ghl_async.export.targets import sink_for
 from ghl_async.testing import FakeHighLevel
 from tests.support.memory_sink import MemorySink
 
@@ -188,3 +192,42 @@ async def test_on_batch_sees_the_totals_after_every_commit() -> None:
         async with client_of(fake) as client, sink:
             result = await export_location(client, fake.location_id, sink, on_batch=on_batch)
         assert seen == sorted(seen) and seen[-1] == result.messages == len(all_ids(fake))
+
+
+# -- the same pipeline into the real sinks --------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_location_mirrored_into_each_database_sink_reads_back_by_sql(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'mirror.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("postgres_dsn")
+    )
+    roomy = RateLimit(10_000, 1.0)  # email bodies are a request each
+    async with FakeHighLevel(
+        conversations=10, messages=(0, 200), seed=13, rate_limit=roomy
+    ) as fake:
+        async with client_of(fake) as client, sink_for(url) as sink:
+            first = await export_location(client, fake.location_id, sink, email_bodies=True)
+            again = await export_location(client, fake.location_id, sink, email_bodies=True)
+        want = all_ids(fake)
+    assert first.state is not None and first.state.done and again.messages == 0
+    query = "SELECT id FROM messages"
+    if kind == "sqlite":
+        with sqlite3.connect(tmp_path / "mirror.db") as db:
+            got = [row[0] for row in db.execute(query)]
+            emails = db.execute("SELECT count(*) FROM emails").fetchone()[0]
+            done = db.execute("SELECT done FROM export_state").fetchone()[0]
+    else:
+        connection = await asyncpg.connect(url)
+        try:
+            got = [row[0] for row in await connection.fetch(query)]
+            emails = await connection.fetchval("SELECT count(*) FROM emails")
+            done = await connection.fetchval("SELECT done FROM export_state")
+        finally:
+            await connection.close()
+    assert sorted(got) == sorted(want)
+    assert emails == len(fake.email_ids) and done
