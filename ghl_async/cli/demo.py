@@ -1,4 +1,4 @@
-"""``ghl-async demo``: an export from an in-process fake HighLevel, with its summary.
+"""``ghl-async demo``: an export from an in-process fake HighLevel, then a SQLite mirror.
 
 :mod:`ghl_async.testing` is imported when the command runs, not when the command line
 starts: it loads aiohttp's server, which no other command needs.
@@ -7,13 +7,18 @@ starts: it loads aiohttp's server, which no other command needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sqlite3
 import tempfile
+from typing import Any
 
 from ghl_async.cli.args import Subparsers, count_arg, rate_arg
 from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, say
 from ghl_async.cli.progress import export_with_progress, summary_table
 from ghl_async.client import Client
+from ghl_async.export.pipeline import export_location
+from ghl_async.export.sqlite import SQLiteSink
 from ghl_async.ratelimit import RateLimit
 from ghl_async.retry import RetryPolicy
 
@@ -34,6 +39,19 @@ def register(subparsers: Subparsers) -> None:
         "--progress", action="store_true", default=None, help="show progress when piped"
     )
     demo.set_defaults(handler=run)
+
+
+async def _mirror(client: Client, location_id: str, folder: str) -> tuple[int, list[Any]]:
+    """Mirror the location into a SQLite file in ``folder``; its row count, rows per type."""
+    path = os.path.join(folder, "messages.db")
+    async with SQLiteSink(path) as sink:
+        await export_location(client, location_id, sink)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        per_type = db.execute(
+            "SELECT message_type, count(*) FROM messages GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+    return int(rows), per_type
 
 
 def _count_lines(path: str) -> int:
@@ -66,6 +84,7 @@ async def run(args: argparse.Namespace) -> int:
                     out=out,
                 )
                 lines = _count_lines(out)
+                mirrored, per_type = await _mirror(client, fake.location_id, tmp)
         extra = {
             "lines written": f"{lines} (server holds {fake.total_messages})",
             "most requests in any window": f"{fake.stats.max_in_window} "
@@ -75,5 +94,14 @@ async def run(args: argparse.Namespace) -> int:
             or "none",
         }
         say("demo finished\n" + summary_table(summary, client, budget, extra))
-    ok = lines == fake.total_messages and fake.stats.max_in_window <= budget.max_requests
+        say(
+            f"\nThe same location mirrored into SQLite (ghl-async export --location "
+            f"{fake.location_id} --to sqlite:///messages.db): {mirrored} rows.\n"
+            "SELECT message_type, count(*) FROM messages GROUP BY 1 ORDER BY 2 DESC;\n"
+            + "\n".join(f"  {kind or '(none)':<26} {count:>7}" for kind, count in per_type)
+        )
+    ok = (
+        lines == fake.total_messages == mirrored
+        and fake.stats.max_in_window <= budget.max_requests
+    )
     return EXIT_OK if ok and not summary.failed else EXIT_FAILED

@@ -34,6 +34,7 @@ from ghl_async.cli.exits import (
     say,
 )
 from ghl_async.cli.location import add_export_flags, export_location, location_flags_problem
+from ghl_async.cli.mirror import mirror_location, sink_url_arg, to_flags_problem
 from ghl_async.cli.progress import budget_of, export_with_progress, summary_table
 from ghl_async.cli.queue import run_queue_export
 from ghl_async.client import DEFAULT_BASE_URL, Client
@@ -43,6 +44,7 @@ from ghl_async.models import FilterType
 __all__ = ["interrupted", "parse_ids", "read_ids", "register", "run", "types_arg"]
 
 _FILTERS = tuple(member.value for member in FilterType)
+_OUT = "messages.jsonl"
 
 
 def types_arg(text: str) -> str:
@@ -104,7 +106,13 @@ def register(subparsers: Subparsers) -> None:
     export.add_argument(
         "--types", type=types_arg, help="only these types, any case: sms,call or TYPE_EMAIL"
     )
-    export.add_argument("--out", default="messages.jsonl", help="output file; - for stdout")
+    export.add_argument("--out", default=_OUT, help="output file; - for stdout")
+    export.add_argument(
+        "--to",
+        type=sink_url_arg,
+        metavar="URL",
+        help="with --location: mirror into sqlite:///path.db or postgresql://...",
+    )
     replace = export.add_mutually_exclusive_group()
     replace.add_argument("--resume", action="store_true", help="continue a stopped export")
     replace.add_argument("--force", action="store_true", help="replace an existing output")
@@ -212,7 +220,7 @@ def _output_failed(exc: OutputError) -> CommandExit:
 async def _export(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)
     ids = read_ids(args)
-    problem = location_flags_problem(args)
+    problem = location_flags_problem(args) or to_flags_problem(args, _OUT)
     if problem is not None:
         raise UsageError(problem)
     client = Client(
@@ -220,6 +228,8 @@ async def _export(args: argparse.Namespace) -> int:
     )
     async with client:
         try:
+            if args.to is not None:
+                return await mirror_location(client, args)
             if ids is None:
                 # The location export, falling back to search + fan-out when refused.
                 summary = await export_location(client, args)

@@ -285,6 +285,8 @@ async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "demo finished" in err
     assert "most requests in any window" in err
+    # It ends by mirroring the location into SQLite and answering one SQL question.
+    assert "mirrored into SQLite" in err and "GROUP BY" in err
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])

@@ -1,0 +1,86 @@
+"""``ghl-async export --location ID --to URL``: a location mirrored into a database."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cli
+from tests.support.helpers import ServerFactory
+
+pytestmark = pytest.mark.anyio
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+async def test_a_location_into_sqlite_then_again_does_nothing(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = tmp_path / "mirror.db"
+    async with server(conversations=8, messages=(0, 120), seed=40) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        argv = (
+            "export", "--location", fake.location_id, "--to", f"sqlite:///{database}",
+            "--base-url", fake.url,
+        )  # fmt: skip
+        assert await run_cli(*argv) == 0
+        first = one_line(capsys.readouterr().err)
+        assert await run_cli(*argv) == 0
+        second = one_line(capsys.readouterr().err)
+        want = {m["id"] for c in fake.conversation_ids for m in fake.messages(c)}
+    assert f"export: {len(want)} messages into" in first
+    assert "already holds the whole location" in second
+    with sqlite3.connect(database) as db:
+        assert {row[0] for row in db.execute("SELECT id FROM messages")} == want
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["abc", "--to", "sqlite:///m.db"], "use it with --location"),
+        (["--location", "L1", "--to", "sqlite:///m.db", "--out", "x.jsonl"], "leave out --out"),
+        (["--location", "L1", "--to", "sqlite:///m.db", "--resume"], "leave out --out"),
+        (["--location", "L1", "--to", "mysql://u:hunter2@h/db"], "is not a sink URL"),
+        (["--location", "L1", "--to", "sqlite:///"], "names no database file"),
+    ],
+)
+async def test_a_to_that_cannot_work_is_one_line_and_exit_2(
+    extra: list[str],
+    says: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("GHL_TOKEN", "t")
+    monkeypatch.chdir(tmp_path)
+    assert await run_cli("export", *extra) == 2
+    err = one_line(capsys.readouterr().err)
+    assert says in err and "hunter2" not in err
+    assert not (tmp_path / "m.db").exists()
+
+
+async def test_an_unwritable_database_is_one_line_and_exit_3(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    not_a_database = tmp_path / "m.db"
+    not_a_database.write_bytes(b"this is not a SQLite file" * 100)
+    async with server(conversations=2, messages=10, seed=41) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        code = await run_cli(
+            "export", "--location", fake.location_id, "--to", f"sqlite:///{not_a_database}",
+            "--base-url", fake.url,
+        )  # fmt: skip
+    assert code == 3
+    assert "cannot write" in one_line(capsys.readouterr().err)
