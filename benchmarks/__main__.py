@@ -23,6 +23,8 @@ from . import (
     loopwork,
     memory,
     redis_shared,
+    sink_postgres,
+    sink_sqlite,
     throughput,
 )
 from . import workers as arq_workers
@@ -45,6 +47,8 @@ BENCHMARKS = {
     "location": location_export.run,
     "workers": arq_workers.run,
     "agency": agency.run,
+    "sink-sqlite": sink_sqlite.run,
+    "sink-postgres": sink_postgres.run,
 }
 
 

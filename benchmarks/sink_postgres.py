@@ -29,6 +29,8 @@ from ghl_async.export.sink import Batch, ExportState
 from ghl_async.models import EmailMeta, Message, MessageMeta
 from tests.support.postgres_server import PostgresServer
 
+from ._report import Section
+
 BATCH = 500
 FLOOR = 30_000
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -96,18 +98,46 @@ async def rate(sink_class: type[PostgresSink], dsn: str, count: int) -> dict[str
     return result
 
 
+def measure(batches: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Every round of both methods, interleaved, each in a fresh database."""
+    results: dict[str, list[dict[str, float]]] = {"copy": [], "executemany": []}
+    with PostgresServer() as server:
+        for _ in range(rounds):  # interleaved: a slow moment of the machine hits both
+            for name, sink_class in (("copy", PostgresSink), ("executemany", ExecutemanySink)):
+                dsn = server.create_database()
+                results[name].append(asyncio.run(rate(sink_class, dsn, batches)))
+                server.drop_database(dsn)
+    return results
+
+
+def run(smoke: bool) -> Section:
+    """The table for ``python -m benchmarks``; ``smoke``: 4 batches once."""
+    batches, rounds = (4, 1) if smoke else (40, 3)
+    results = measure(batches, rounds)
+    section = Section(
+        "PostgreSQL sink: messages committed per second",
+        f"PostgresSink.commit end to end (Message objects to a committed transaction, "
+        f"fsync on), batches of {BATCH}, {batches} batches, best of {rounds} interleaved "
+        f"rounds; the floor is {FLOOR:,} messages/s.",
+        ["merge", "insert msg/s", "update msg/s"],
+    )
+    for name, runs in results.items():
+        section.rows.append(
+            [
+                name + (" (the sink's)" if name == "copy" else ""),
+                f"{max(r['insert'] for r in runs):,.0f}",
+                f"{max(r['update'] for r in runs):,.0f}",
+            ]
+        )
+    return section
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sink_postgres")
     parser.add_argument("--batches", type=int, default=40, help="batches of 500 per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each method")
     args = parser.parse_args()
-    results: dict[str, list[dict[str, float]]] = {"copy": [], "executemany": []}
-    with PostgresServer() as server:
-        for _ in range(args.rounds):  # interleaved: a slow moment of the machine hits both
-            for name, sink_class in (("copy", PostgresSink), ("executemany", ExecutemanySink)):
-                dsn = server.create_database()
-                results[name].append(asyncio.run(rate(sink_class, dsn, args.batches)))
-                server.drop_database(dsn)
+    results = measure(args.batches, args.rounds)
     print(f"PostgresSink.commit, batches of {BATCH}, {args.batches} batches x {args.rounds}")
     print("| method | insert msg/s | update msg/s |")
     print("| --- | ---: | ---: |")
