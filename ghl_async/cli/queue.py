@@ -254,10 +254,30 @@ def print_run(run: RunState, stream: TextIO) -> None:
     print(_line(run), file=stream, flush=True)
 
 
+def queue_flags_problem(args: argparse.Namespace) -> str | None:
+    """The flags the queue's jobs cannot honour yet, refused rather than ignored."""
+    named = [
+        f"--{flag}"
+        for flag in ("since", "until", "channel", "contact", "to")
+        if getattr(args, flag, None) is not None
+    ]
+    if getattr(args, "email_bodies", False):
+        named.append("--email-bodies")
+    if not named:
+        return None
+    return (
+        f"{', '.join(named)} cannot go with --queue yet: the queue's jobs export every "
+        "message of each location into --out DIR"
+    )
+
+
 async def run_queue_export(args: argparse.Namespace) -> int:
     """``ghl-async export --locations-file FILE --queue URL --out DIR``."""
     from ghl_async.export.jobs import enqueue_locations, read_run
 
+    unhonoured = queue_flags_problem(args)
+    if unhonoured is not None:
+        raise UsageError(unhonoured)
     locations = parse_location_ids(args.locations_file)
     out_dir = _prepare_out(args.out, locations, resume=args.resume, force=args.force)
     pool = await _pool(args.queue)

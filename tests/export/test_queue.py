@@ -250,6 +250,11 @@ def test_queue_commands_refuse_bad_input(
     assert "not a directory" in capsys.readouterr().err
     assert main([*export, "--queue", redis, "--resume"]) == 2
     assert "cannot reach Redis" in capsys.readouterr().err
+    # Flags the jobs cannot honour are refused, not silently ignored.
+    for flags in (["--since", "2025-01-01"], ["--channel", "sms"], ["--email-bodies"]):
+        assert main([*export, "--queue", redis, "--resume", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0]} cannot go with --queue yet" in err and err.count("\n") == 1
 
 
 async def test_status_command(
