@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ async def test_a_location_into_sqlite_then_again_does_nothing(
         want = {m["id"] for c in fake.conversation_ids for m in fake.messages(c)}
     assert f"export: {len(want)} messages into" in first
     assert "already holds the whole location" in second
-    with sqlite3.connect(database) as db:
+    with closing(sqlite3.connect(database)) as db:
         assert {row[0] for row in db.execute("SELECT id FROM messages")} == want
 
 

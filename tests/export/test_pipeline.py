@@ -7,6 +7,7 @@ Sink contract in dicts, every write counted), so a message written twice shows.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,7 @@ async def test_a_location_mirrored_into_each_database_sink_reads_back_by_sql(
     assert first.state is not None and first.state.done and again.messages == 0
     query = "SELECT id FROM messages"
     if kind == "sqlite":
-        with sqlite3.connect(tmp_path / "mirror.db") as db:
+        with closing(sqlite3.connect(tmp_path / "mirror.db")) as db:
             got = [row[0] for row in db.execute(query)]
             emails = db.execute("SELECT count(*) FROM emails").fetchone()[0]
             done = db.execute("SELECT done FROM export_state").fetchone()[0]
