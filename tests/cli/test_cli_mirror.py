@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from tests.support.cli import run_cli
+from ghl_async import RateLimit
+from ghl_async.testing import FakeHighLevel, Faults
+from tests.support.cli import cli_process, run_cli
 from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
+
+ROOMY = RateLimit(10_000, 1.0)
 
 
 def one_line(text: str) -> str:
@@ -85,3 +92,58 @@ async def test_an_unwritable_database_is_one_line_and_exit_3(
         )  # fmt: skip
     assert code == 3
     assert "cannot write" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_killed_at_twenty_instants_the_mirror_still_holds_every_message_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'mirror.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("postgres_dsn")
+    )
+    rng = random.Random(2026)
+    faults = Faults(latency=0.1)  # a page takes a while: kills land mid-run
+    async with FakeHighLevel(
+        conversations=80, messages=(100, 400), seed=42, faults=faults, rate_limit=ROOMY
+    ) as fake:
+        argv = ("export", "--location", fake.location_id, "--to", url, "--base-url", fake.url)
+        env = {"GHL_TOKEN": fake.token}
+        killed = 0
+        for _ in range(40):  # until 20 runs were killed, or one ran to the end
+            process = await cli_process(*argv, env=env)
+            await asyncio.sleep(rng.uniform(0.1, 0.8))  # some while still starting up
+            if process.returncode is not None:
+                break
+            process.kill()
+            await process.communicate()
+            killed += 1
+            if killed == 20:
+                break
+        last = await cli_process(*argv, env=env)
+        _, err = await last.communicate()
+        assert last.returncode == 0, err.decode()
+        want = {m["id"] for c in fake.conversation_ids for m in fake.messages(c)}
+    assert killed == 20
+    rows, state = await _read_mirror(kind, url, tmp_path)
+    assert sorted(rows) == sorted(want)
+    # Not a page written twice nor skipped: the committed count is the location's.
+    done, messages = state
+    assert done and messages == len(want)
+
+
+async def _read_mirror(kind: str, url: str, tmp_path: Path) -> tuple[list[str], tuple[bool, int]]:
+    if kind == "sqlite":
+        with closing(sqlite3.connect(tmp_path / "mirror.db")) as db:
+            rows = [row[0] for row in db.execute("SELECT id FROM messages")]
+            done, messages = db.execute("SELECT done, messages FROM export_state").fetchone()
+        return rows, (bool(done), int(messages))
+    connection = await asyncpg.connect(url)
+    try:
+        rows = [row[0] for row in await connection.fetch("SELECT id FROM messages")]
+        record = await connection.fetchrow("SELECT done, messages FROM export_state")
+        assert record is not None
+        return rows, (bool(record["done"]), int(record["messages"]))
+    finally:
+        await connection.close()
