@@ -94,6 +94,7 @@ async def test_an_unwritable_database_is_one_line_and_exit_3(
     assert "cannot write" in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_killed_at_twenty_instants_the_mirror_still_holds_every_message_once(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -626,6 +626,7 @@ def _spawn_child(dsn: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_instants_never_loses_or_doubles_a_message(
     postgres_dsn: str,
 ) -> None:

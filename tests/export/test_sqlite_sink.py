@@ -711,6 +711,7 @@ def check_consistent(path: Path) -> int:
     return done
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_instants_never_leaves_the_state_ahead_of_the_rows(
     tmp_path: Path,
 ) -> None:
