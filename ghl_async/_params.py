@@ -36,6 +36,7 @@ from ghl_async.models import Conversation, ConversationsPage, ExportPage, Messag
 
 __all__ = [
     "CHANNELS",
+    "check_channel",
     "CURSOR_PARAMS",
     "EXPORT_PAGE_MAX",
     "EXPORT_PAGE_MIN",
@@ -294,6 +295,15 @@ def _choice(value: object, what: str, allowed: Mapping[str, str]) -> str:
     if found is None:
         raise ValueError(f"{what} must be one of {', '.join(allowed.values())}, got {value!r}")
     return found
+
+
+def check_channel(channel: object) -> str:
+    """``channel`` as the API spells it (matched without regard to case or spaces).
+
+    Raises:
+        TypeError, ValueError: not one of :data:`CHANNELS`.
+    """
+    return _choice(channel, "channel", _CHANNELS)
 
 
 def export_params(

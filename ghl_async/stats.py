@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 __all__ = ["ClientStats"]
 
@@ -24,6 +26,8 @@ class ClientStats:
         daily_remaining: ``X-RateLimit-Daily-Remaining`` of the latest reply.
         server_max_requests: ``X-RateLimit-Max`` of the latest reply.
         server_interval: ``X-RateLimit-Interval-Milliseconds`` of the latest reply, in s.
+        server_date: the ``Date`` header of the latest successful reply, as sent (the
+            server's clock; :meth:`server_time` parses it).
     """
 
     requests: int = 0
@@ -37,7 +41,18 @@ class ClientStats:
     daily_remaining: int | None = None
     server_max_requests: int | None = None
     server_interval: float | None = None
+    server_date: str | None = None
 
-    def as_dict(self) -> dict[str, int | float | None]:
+    def as_dict(self) -> dict[str, int | float | str | None]:
         """The counters as a plain dict."""
         return asdict(self)
+
+    def server_time(self) -> datetime | None:
+        """The server's clock at its latest successful reply (``Date``), else ``None``."""
+        if not self.server_date:
+            return None
+        try:
+            when = parsedate_to_datetime(self.server_date)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None  # a server that sends no usable Date
+        return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)

@@ -218,6 +218,7 @@ class Engine:
                     else error_for_reply(status, raw.headers, raw.body, now=time.time())
                 )
                 if error is None:
+                    stats.server_date = raw.headers.get("Date")
                     try:
                         return decode(raw.body)
                     except Exception as exc:

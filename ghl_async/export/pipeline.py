@@ -15,22 +15,35 @@ wiring still to do).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 import msgspec
 
 from ghl_async import errors
 from ghl_async._http.emails import MessageWithEmails
-from ghl_async._params import check_since, updated_at
+from ghl_async._http.export_route import LocationPage
+from ghl_async._params import check_channel, check_since, updated_at
 from ghl_async._validation import check_id
 from ghl_async.client import Client
 from ghl_async.export.sink import Batch, ExportState, Sink
 from ghl_async.models import EmailMessage, Message
 
-__all__ = ["ExportResult", "export_location", "query_of"]
+__all__ = ["CHANNEL_TYPES", "ExportResult", "export_location", "query_of"]
+
+#: The messages endpoint's ``type`` filter for each channel of the export route: what
+#: the fallback asks for when an export is filtered on a channel.
+CHANNEL_TYPES: Final[Mapping[str, str]] = {
+    "Call": "TYPE_CALL",
+    "SMS": "TYPE_SMS",
+    "Email": "TYPE_EMAIL",
+    "WhatsApp": "TYPE_WHATSAPP,TYPE_ACTIVITY_WHATSAPP",
+    "Instagram": "TYPE_INSTAGRAM",
+    "Facebook": "TYPE_FACEBOOK",
+}
 
 
 @dataclass
@@ -58,17 +71,23 @@ def query_of(
     channel: str | None,
     contact_id: str | None,
     email_bodies: bool,
+    incremental: bool = False,
 ) -> str:
-    """The fingerprint of what an export asks, stored with its state (stable text)."""
-    return msgspec.json.encode(
-        {
-            "since": since.isoformat() if since is not None else None,
-            "until": until.isoformat() if until is not None else None,
-            "channel": channel,
-            "contact": contact_id,
-            "emailBodies": email_bodies,
-        }
-    ).decode()
+    """The fingerprint of what an export asks, stored with its state (stable text).
+
+    ``incremental``: a sync (:func:`~ghl_async.export.sync_location`), not a one-off
+    export; the two never share a location's state.
+    """
+    asked: dict[str, object] = {
+        "since": since.isoformat() if since is not None else None,
+        "until": until.isoformat() if until is not None else None,
+        "channel": channel,
+        "contact": contact_id,
+        "emailBodies": email_bodies,
+    }
+    if incremental:
+        asked["sync"] = True
+    return msgspec.json.encode(asked).decode()
 
 
 async def export_location(
@@ -112,6 +131,8 @@ async def export_location(
         since = check_since(since, "since")
     if until is not None:
         until = check_since(until, "until")
+    if channel is not None:
+        channel = check_channel(channel)
     if since is not None and until is not None and since > until:
         raise ValueError(f"since ({since.isoformat()}) is after until ({until.isoformat()})")
     query = query_of(
@@ -144,18 +165,31 @@ async def export_location(
                 on_batch,
             )
             return result
-        except errors.LocationExportUnavailable:
-            if result.pages:  # refused part way: a plan change, not a missing scope
-                raise
-            state = msgspec.structs.replace(state, fallback=True, cursor=None)
+        except (
+            errors.LocationExportUnavailable,
+            errors.NotFoundError,
+            errors.PermissionDeniedError,
+        ):
+            # Refused at once (the token's scope, the plan) or part way (a plan change):
+            # the fallback reads the location again conversation by conversation; what
+            # the route committed stays, and a row read again is upserted, not doubled.
+            state = msgspec.structs.replace(
+                result.state or state,
+                fallback=True,
+                cursor=None,
+                position=None,
+                pass_until=None,
+                recent={},
+            )
     result.fallback = True
     await _by_conversation(
-        client, sink, state, result, since, channel, contact_id, email_bodies, on_batch
+        client, sink, state, result, since, until, channel, contact_id, email_bodies, on_batch
     )
     return result
 
 
-def _emails_of(messages: list[Message]) -> list[tuple[str, EmailMessage]]:
+def emails_of(messages: list[Message]) -> list[tuple[str, EmailMessage]]:
+    """Each email body among ``messages``, paired with its email message's id."""
     return [
         (message.id, email)
         for message in messages
@@ -204,25 +238,121 @@ async def _by_route(
     email_bodies: bool,
     on_batch: Callable[[ExportResult], None] | None,
 ) -> None:
-    pages = client.iter_location_pages(
-        state.location_id,
-        channel=channel,
-        contact_id=contact_id,
-        since=since,
-        until=until,
-        cursor=state.cursor,
-        email_bodies=email_bodies,
-    )
-    async with aclosing(pages):
-        async for page in pages:
-            state = msgspec.structs.replace(
-                _advanced(state, page.messages), cursor=page.resume, done=page.resume is None
+    """The export route, page by page; a refused cursor restarts its pass where it was.
+
+    Pages come newest first. ``state.position`` is the ``dateAdded`` of the oldest
+    message committed in the pass under way, and ``state.recent["position"]`` the ids
+    at it. When the server refuses a cursor (400 or 422: it expired during a pause, or
+    the server forgot it), the pass is asked again with ``endDate`` at that position
+    (kept in ``state.pass_until`` for a resume), and the ids already written at the
+    position are dropped: nothing is lost and nothing is written twice.
+    """
+    restarted = False
+    while True:
+        read = 0
+        bounded = state.pass_until is not None
+        try:
+            pages = client.iter_location_pages(
+                state.location_id,
+                channel=channel,
+                contact_id=contact_id,
+                since=since,
+                until=state.pass_until or until,
+                cursor=state.cursor,
+                email_bodies=email_bodies,
             )
-            batch = Batch(messages=page.messages, emails=_emails_of(page.messages), state=state)
-            await _commit(sink, result, batch, on_batch)
+            async with aclosing(pages):
+                async for page in pages:
+                    read += 1
+                    state = await _route_page(
+                        sink, result, state, page, channel is not None, on_batch
+                    )
+                    if bounded and state.pass_until is None:
+                        break  # the bounded pass is over: the next asks without the bound
+            if bounded and not state.done:
+                continue
+            break
+        except errors.BadRequestError:
+            if not _server_cursor(state.cursor, channel) or (restarted and read == 0):
+                raise  # no cursor to blame, or refused again from the position itself
+            restarted = True
+            state = _restart_pass(state, channel, until)
     if not state.done:  # no page at all, or the last one still had a resume token
         state = msgspec.structs.replace(state, cursor=None, done=True)
         await _commit(sink, result, Batch(messages=[], state=state), on_batch, page=False)
+
+
+_POSITION: Final = "position"
+
+
+def _server_cursor(cursor: str | None, channel: str | None) -> str | None:
+    """The server's own cursor within a resume token (``None``: the start of a pass)."""
+    if cursor is None or channel is not None:
+        return cursor
+    return cursor.partition(":")[2] or None
+
+
+def _restart_pass(state: ExportState, channel: str | None, until: datetime | None) -> ExportState:
+    """The state that asks the pass under way again, ending at its committed position."""
+    bound = state.position
+    if bound is not None and until is not None:
+        bound = min(bound, until)
+    start = None if channel is not None or state.cursor is None else state.cursor.partition(":")[0]
+    return msgspec.structs.replace(
+        state, cursor=None if start is None else f"{start}:", pass_until=bound
+    )
+
+
+def _continues(page: LocationPage, filtered: bool) -> bool:
+    """Whether the pass of ``page`` goes on after it (its resume token stays in the pass)."""
+    if page.resume is None:
+        return False
+    if filtered:
+        return True  # one pass: the token is the server's cursor
+    name, _, cursor = page.resume.partition(":")
+    return cursor != "" and name == ("email" if page.channel == "Email" else "rest")
+
+
+async def _route_page(
+    sink: Sink,
+    result: ExportResult,
+    state: ExportState,
+    page: LocationPage,
+    filtered: bool,
+    on_batch: Callable[[ExportResult], None] | None,
+) -> ExportState:
+    """Commit one page of the export route with the state after it."""
+    at_position = state.recent.get(_POSITION, {})
+    messages = page.messages
+    if at_position:  # a restarted pass: what was written at its position is not again
+        messages = [m for m in messages if m.id not in at_position]
+    position, boundary = state.position, dict(at_position)
+    for message in messages:
+        added = message.date_added
+        if added is None:
+            continue
+        if position is None or added < position:
+            position, boundary = added, {}
+        if added == position:
+            boundary[message.id] = (added, "")
+    same_pass = _continues(page, filtered)
+    recent = dict(state.recent)
+    if same_pass:
+        recent[_POSITION] = boundary
+    else:  # the pass is over: the next starts with no position
+        recent.pop(_POSITION, None)
+        position = None
+    state = msgspec.structs.replace(
+        _advanced(state, messages),
+        cursor=page.resume,
+        done=page.resume is None,
+        position=position,
+        pass_until=state.pass_until if same_pass else None,
+        recent=recent,
+    )
+    batch = Batch(messages=messages, emails=emails_of(messages), state=state)
+    await _commit(sink, result, batch, on_batch)
+    return state
 
 
 async def _by_conversation(
@@ -231,6 +361,7 @@ async def _by_conversation(
     state: ExportState,
     result: ExportResult,
     since: datetime | None,
+    until: datetime | None,
     channel: str | None,
     contact_id: str | None,
     email_bodies: bool,
@@ -241,9 +372,11 @@ async def _by_conversation(
     ``state.conversations`` maps each conversation met to ``None`` once all its pages
     are committed, else to the last message id committed. A resumed run skips the
     finished ones and reads the others again from their newest message: rows are
-    upserted by id, so a page read twice lands once.
+    upserted by id, so a page read twice lands once. ``channel`` becomes the messages
+    endpoint's type filter (:data:`CHANNEL_TYPES`); ``until``, which that endpoint
+    cannot ask, is applied to each page (a conversation's pages come newest first, so
+    the pages after ``until`` are still read, and dropped).
     """
-    del channel  # the conversation path filters by message type only; see the issue
     done = {cid for cid, cursor in state.conversations.items() if cursor is None}
     conversations = (
         client.iter_conversations(state.location_id, contactId=contact_id)
@@ -252,19 +385,23 @@ async def _by_conversation(
     )
     ids = [c.id async for c in conversations if c.id not in done]
     progress = dict(state.conversations)
-    pages = client.fan_out_pages(ids, since=since, email_bodies=email_bodies)
+    types = CHANNEL_TYPES[channel] if channel is not None else None
+    pages = client.fan_out_pages(ids, types, since=since, email_bodies=email_bodies)
     async with aclosing(pages):
         async for conversation_id, page in pages:
             progress[conversation_id] = (
                 page.last_message_id if page.next_page and page.last_message_id else None
             )
+            messages = page.messages
+            if until is not None:
+                messages = [m for m in messages if m.date_added is None or m.date_added <= until]
             state = msgspec.structs.replace(
-                _advanced(state, page.messages), conversations=dict(progress)
+                _advanced(state, messages), conversations=dict(progress)
             )
             batch = Batch(
-                messages=page.messages,
-                conversation_ids=[conversation_id] * len(page.messages),
-                emails=_emails_of(page.messages),
+                messages=messages,
+                conversation_ids=[conversation_id] * len(messages),
+                emails=emails_of(messages),
                 state=state,
             )
             await _commit(sink, result, batch, on_batch)

@@ -52,10 +52,13 @@ from ghl_async.export.schema import (
     MESSAGE_COLUMNS,
     SCHEMA_VERSION,
     STATE_COLUMNS,
+    STATE_JSON,
     Column,
     email_row,
     is_json,
     message_rows,
+    state_of,
+    state_values,
 )
 from ghl_async.export.sink import Batch, ExportState
 
@@ -374,17 +377,8 @@ class PostgresSink:
         if row is None:
             return None
         try:
-            return ExportState(
-                location_id=row["location_id"],
-                query=row["query"],
-                cursor=row["cursor"],
-                done=row["done"],
-                high_water=row["high_water"],
-                fallback=row["fallback"],
-                conversations=_CONVERSATIONS.decode(row["conversations"]),
-                messages=row["messages"],
-            )
-        except msgspec.DecodeError as exc:
+            return state_of(dict(row))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise self._error(f"export_state of {location_id} is unreadable", exc) from exc
 
     async def commit(self, batch: Batch) -> None:
@@ -494,17 +488,10 @@ class PostgresSink:
         return [chosen[key] for key in sorted(chosen)]
 
     def _state_record(self, state: ExportState) -> tuple[Any, ...]:
-        return (
-            state.location_id,
-            state.query,
-            state.cursor,
-            state.done,
-            state.high_water,
-            state.fallback,
-            self._json(state.conversations),
-            state.messages,
-            datetime.now(timezone.utc),
-        )
+        values = state_values(state)
+        for name in STATE_JSON:
+            values[name] = self._json(values[name])
+        return (*values.values(), datetime.now(timezone.utc))
 
     async def _upsert_messages(
         self, connection: asyncpg.Connection, records: list[tuple[Any, ...]]

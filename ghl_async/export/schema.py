@@ -9,10 +9,12 @@ that finds another version refuses in one line (:class:`~ghl_async.errors.SinkEr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from ghl_async.export.sink import ExportState
 from ghl_async.models import EmailMessage, Message
 from ghl_async.records import COLUMNS, Item, to_records
 
@@ -25,6 +27,8 @@ __all__ = [
     "email_row",
     "is_json",
     "message_rows",
+    "state_of",
+    "state_values",
 ]
 
 #: The layout's version; a database of another version is refused, never altered.
@@ -92,7 +96,30 @@ STATE_COLUMNS: Final[tuple[Column, ...]] = (
         "fallback runs: conversation id to its last written message id (null: finished)",
     ),
     Column("messages", "INTEGER", "bigint NOT NULL", "messages written so far"),
+    Column(
+        "marks",
+        "TEXT",
+        "jsonb NOT NULL",
+        "sync runs: each pass's high-water mark (never past the run's start)",
+    ),
+    Column("pass_start", "TEXT", "timestamptz", "sync runs: the startDate of the pass under way"),
+    Column("run_started", "TEXT", "timestamptz", "sync runs: when the run under way started"),
+    Column(
+        "recent",
+        "TEXT",
+        "jsonb NOT NULL",
+        "message id to [date, digest] of versions a pass may read again, per pass",
+    ),
+    Column("position", "TEXT", "timestamptz", "the oldest dateAdded committed in this pass"),
+    Column("pass_until", "TEXT", "timestamptz", "the endDate of a pass asked again"),
     Column("updated_at", "TEXT", "timestamptz NOT NULL", "when this row was committed"),
+)
+
+#: ``export_state`` columns holding JSON; the others are text, dates, booleans, numbers.
+STATE_JSON: Final = frozenset({"conversations", "marks", "recent"})
+#: ``export_state`` columns holding a date.
+STATE_DATES: Final = frozenset(
+    {"high_water", "pass_start", "run_started", "position", "pass_until"}
 )
 
 _JSON_COLUMNS: Final = frozenset({"attachments", "email_message_ids", "meta", "to", "cc"})
@@ -138,3 +165,44 @@ def email_row(email: EmailMessage, message_id: str | None) -> dict[str, Any]:
 def is_json(column: str) -> bool:
     """Whether a sink stores ``column`` as JSON (a list or an object)."""
     return column in _JSON_COLUMNS
+
+
+_STATE_FIELDS: Final = {f.name: f.encode_name for f in msgspec.structs.fields(ExportState)}
+
+
+def state_values(state: ExportState) -> dict[str, Any]:
+    """The ``export_state`` row of ``state``, keyed by :data:`STATE_COLUMNS` (less
+    ``updated_at``), in order: dates as ``datetime``, JSON columns as Python values
+    (dates inside them as ISO text), booleans as ``bool``.
+    """
+    values = msgspec.to_builtins(state)
+    return {
+        column.name: (
+            values[_STATE_FIELDS[column.name]]
+            if column.name in STATE_JSON
+            else getattr(state, column.name)
+        )
+        for column in STATE_COLUMNS[:-1]
+    }
+
+
+def state_of(values: Mapping[str, Any]) -> ExportState:
+    """The :class:`ExportState` an ``export_state`` row holds, however a sink stored it:
+    JSON columns as text or Python values, dates as ``datetime`` or ISO text, booleans
+    as ``bool`` or 0/1.
+
+    Raises:
+        msgspec.ValidationError, msgspec.DecodeError: a column holds what the state
+            cannot (a row edited by hand to a wrong type); the sink says which row.
+    """
+    fields: dict[str, Any] = {}
+    for column in STATE_COLUMNS[:-1]:
+        value = values[column.name]
+        if column.name in STATE_JSON and isinstance(value, (str, bytes)):
+            value = msgspec.json.decode(value)
+        if value is None and column.name in STATE_JSON:
+            continue  # the field's default
+        if column.name in ("done", "fallback") and value in (0, 1):
+            value = bool(value)
+        fields[_STATE_FIELDS[column.name]] = value
+    return msgspec.convert(fields, type=ExportState)

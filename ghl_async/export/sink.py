@@ -34,6 +34,17 @@ class ExportState(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     far, for incremental runs. ``fallback``: the route was refused and the run pages
     conversation by conversation; ``conversations`` then holds each conversation's
     last written message id (``None``: finished).
+
+    Incremental runs (:func:`~ghl_async.export.sync_location`) also keep: ``marks``,
+    each pass's high-water mark, never past the run's start or the server's clock;
+    ``pass_start``, the ``startDate`` of the pass under way (its cursor belongs to that
+    query); ``run_started``, when the run under way began (``None`` between runs);
+    ``recent``, pass by pass, the ``(dateUpdated, digest)`` of each message id's version
+    within the lookback window, so a version read again is not written again.
+
+    An export whose cursor the server refused goes on from ``position``, the
+    ``dateAdded`` of the oldest message committed in the pass under way (the ids at it
+    in ``recent["position"]``), asking that pass again up to ``pass_until``.
     """
 
     location_id: str
@@ -44,6 +55,12 @@ class ExportState(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     fallback: bool = False
     conversations: dict[str, str | None] = {}
     messages: int = 0
+    marks: dict[str, datetime] = {}
+    pass_start: datetime | None = None
+    run_started: datetime | None = None
+    recent: dict[str, dict[str, tuple[datetime, str]]] = {}
+    position: datetime | None = None
+    pass_until: datetime | None = None
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,10 +41,14 @@ from ghl_async.export.schema import (
     MESSAGE_COLUMNS,
     SCHEMA_VERSION,
     STATE_COLUMNS,
+    STATE_DATES,
+    STATE_JSON,
     Column,
     email_row,
     is_json,
     message_rows,
+    state_of,
+    state_values,
 )
 from ghl_async.export.sink import Batch, ExportState
 from ghl_async.models import Message
@@ -100,6 +104,7 @@ _MESSAGES_SQL: Final = _upsert(
 )
 _EMAILS_SQL: Final = _upsert("emails", EMAIL_COLUMNS)
 _STATE_SQL: Final = _upsert("export_state", STATE_COLUMNS)
+_STATE_NAMES: Final = tuple(c.name for c in STATE_COLUMNS[:-1])
 _LOAD_SQL: Final = (
     f"SELECT {', '.join(_quote(c.name) for c in STATE_COLUMNS[:-1])}"
     " FROM export_state WHERE location_id = ?"
@@ -472,22 +477,9 @@ class SQLiteSink:
         row = await self._run(self._load, location_id)
         if row is None:
             return None
-        found, query, cursor, done, high_water, fallback, conversations, messages = row
         try:
             # convert, not the constructor: a column edited to a wrong type is refused.
-            return msgspec.convert(
-                {
-                    "locationId": found,
-                    "query": query,
-                    "cursor": cursor,
-                    "done": bool(done),
-                    "highWater": high_water,
-                    "fallback": bool(fallback),
-                    "conversations": msgspec.json.decode(conversations) if conversations else {},
-                    "messages": messages,
-                },
-                type=ExportState,
-            )
+            return state_of(dict(zip(_STATE_NAMES, row, strict=True)))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise self._error(f"export_state of {location_id} is unreadable", exc) from exc
 
@@ -580,18 +572,14 @@ class SQLiteSink:
         return rows
 
     def _state_row(self, state: ExportState) -> tuple[Any, ...]:
-        high = state.high_water
-        return (
-            state.location_id,
-            state.query,
-            state.cursor,
-            int(state.done),
-            None if high is None else iso_utc(high),
-            int(state.fallback),
-            self._encoder.encode(state.conversations).decode(),
-            state.messages,
-            iso_utc(datetime.now(timezone.utc)),
-        )
+        values = state_values(state)
+        for name in STATE_JSON:
+            values[name] = self._json(values[name])
+        for name in STATE_DATES:
+            if values[name] is not None:
+                values[name] = iso_utc(values[name])
+        values["done"], values["fallback"] = int(state.done), int(state.fallback)
+        return (*values.values(), iso_utc(datetime.now(timezone.utc)))
 
     def _commit(self, batch: Batch) -> None:
         connection = self._live()

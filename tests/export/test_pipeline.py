@@ -232,3 +232,93 @@ async def test_a_location_mirrored_into_each_database_sink_reads_back_by_sql(
             await connection.close()
     assert sorted(got) == sorted(want)
     assert emails == len(fake.email_ids) and done
+
+
+async def test_a_refused_cursor_restarts_the_pass_at_its_position_exactly_once() -> None:
+    async with FakeHighLevel(conversations=30, messages=(50, 400), seed=21) as fake:
+        sink = MemorySink()
+        refusals = 0
+
+        def refuse_a_cursor(result: ExportResult) -> None:
+            nonlocal refusals
+            if result.pages in (2, 5) and refusals < result.pages // 2:
+                refusals += 1
+                fake.inject("422", route="export")  # "Invalid cursor" after a pause
+
+        async with client_of(fake) as client, sink:
+            result = await export_location(
+                client, fake.location_id, sink, on_batch=refuse_a_cursor
+            )
+        assert refusals == 2
+        assert result.state is not None and result.state.done and not result.fallback
+        assert set(sink.messages) == all_ids(fake)
+        assert set(sink.writes.values()) == {1}
+
+
+async def test_a_resume_whose_cursor_expired_goes_on_from_the_position() -> None:
+    async with FakeHighLevel(conversations=30, messages=(50, 400), seed=22) as fake:
+        sink = MemorySink(fail_after=3)
+        async with client_of(fake) as client, sink:
+            with pytest.raises(errors.SinkError):
+                await export_location(client, fake.location_id, sink)
+            state = await sink.load(fake.location_id)
+            assert state is not None and state.cursor and state.position is not None
+            sink.fail_after = None
+            fake.inject("422", route="export")  # the cursor of the stopped run expired
+            result = await export_location(client, fake.location_id, sink)
+        assert result.resumed and result.state is not None and result.state.done
+        assert set(sink.messages) == all_ids(fake)
+        assert set(sink.writes.values()) == {1}
+
+
+async def test_a_cursor_refused_from_the_position_too_is_the_servers_error() -> None:
+    async with FakeHighLevel(conversations=10, messages=(50, 400), seed=23) as fake:
+        sink = MemorySink()
+
+        def refuse_from_now_on(result: ExportResult) -> None:
+            if result.pages == 1:
+                fake.inject("422", 20, route="export")
+
+        async with client_of(fake) as client, sink:
+            with pytest.raises(errors.BadRequestError):
+                await export_location(client, fake.location_id, sink, on_batch=refuse_from_now_on)
+            state = await sink.load(fake.location_id)
+        # What was committed stands, and says where to go on.
+        assert state is not None and state.messages == len(sink.messages) > 0
+
+
+async def test_the_route_refused_part_way_goes_on_by_conversation() -> None:
+    async with FakeHighLevel(conversations=20, messages=(50, 300), seed=24) as fake:
+        sink = MemorySink()
+
+        def plan_change(result: ExportResult) -> None:
+            if result.pages == 2:
+                fake.inject("404", 50, route="export")  # the route is gone for good
+
+        async with client_of(fake) as client, sink:
+            result = await export_location(client, fake.location_id, sink, on_batch=plan_change)
+            again = await export_location(client, fake.location_id, sink)
+        assert result.fallback and result.state is not None and result.state.done
+        assert set(sink.messages) == all_ids(fake)
+        assert again.resumed and again.messages == 0
+
+
+async def test_the_fallback_honours_channel_and_until() -> None:
+    async with FakeHighLevel(conversations=15, messages=(5, 60), seed=25) as fake:
+        fake.inject("404", route="export")  # the route refused: the fallback
+        messages = [fake.message(i) for i in all_ids(fake)]
+        until = sorted(m["dateAdded"] for m in messages)[len(messages) // 2]
+        until_at = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        sink = MemorySink()
+        async with client_of(fake) as client, sink:
+            result = await export_location(
+                client, fake.location_id, sink, channel="sms", until=until_at
+            )
+        want = {
+            m["id"]
+            for m in messages
+            if m.get("messageType") == "TYPE_SMS"
+            and datetime.fromisoformat(m["dateAdded"].replace("Z", "+00:00")) <= until_at
+        }
+        assert result.fallback and want
+        assert set(sink.messages) == want
