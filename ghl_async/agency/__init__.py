@@ -1,7 +1,7 @@
 """An agency's locations: one client per location under the agency's token.
 
-- ``locations``: :class:`Locations`, the fan-out over many locations;
-- ``fanout``: every location's workers into one stream;
+- ``locations``: :class:`Locations`, the fan-out over many locations and their mirrors;
+- ``fanout``: every location's reads into one stream;
 - ``inflight``: the cap on page requests at once, following the event loop's load;
 - ``tokens``: location tokens minted from the agency's token.
 """
@@ -11,6 +11,7 @@ from ghl_async.agency.locations import (
     Locations,
     LocationTokenProvider,
     location_concurrency,
+    route_filter,
     workers_per_location,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "LocationTokenProvider",
     "Locations",
     "location_concurrency",
+    "route_filter",
     "workers_per_location",
 ]

@@ -1,26 +1,33 @@
-"""An agency's fan-out: many locations' conversations read into one stream.
+"""An agency's fan-out: many locations' messages read into one stream.
 
 The producers run in one task of their own (tracked by the pool), never inside the
 consumer's async generator: :func:`ghl_async._http.fanout.deliver` runs them and hands their
 items over, as for a fan-out of conversations, whose rules this follows:
-``locations_at_once`` location loops each take the next location and run its
-conversations with the location's own workers in a task group of that location, and
-every worker of every location sends its pages straight into the one bounded stream the
-consumer reads. A location therefore costs its workers and a task group, not a fan-out
-of its own (a task, a stream and a task group more) relaying into an outer one.
+``locations_at_once`` location loops each take the next location and read it, sending
+its pages straight into the one bounded stream the consumer reads. A location is read
+one of two ways (:data:`LocationWork` says which):
+
+- conversation by conversation (pairs the caller named): the location's own workers, in
+  a task group of that location, each take the next conversation and send its pages;
+- whole (:data:`WholeLocation`): one call reads the location and sends its pages
+  itself (the pool runs the export pipeline there, with its fallback).
+
+A location therefore costs its workers and a task group (or one call), not a fan-out of
+its own (a task, a stream and a task group more) relaying into an outer one.
 
 Errors are as in a fan-out of conversations, per location: a conversation's
 :class:`~ghl_async.errors.GHLError` is its item with ``return_exceptions=True``; an
 error that fails the whole location (a refused token, a spent day, its search failing)
 stops that location's workers and is its item ``(location_id, conversation_id or None,
-error)``, the other locations going on; without ``return_exceptions`` either stops
-everything and is raised. Any other exception (a bad id, a token source raising) stops
-everything and is raised as itself.
+error)``, the other locations going on (a whole location's read has no conversation
+items: any :class:`~ghl_async.errors.GHLError` it raises is the location's); without
+``return_exceptions`` either stops everything and is raised. Any other exception (a bad
+id, a token source raising) stops everything and is raised as itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 
 import anyio
@@ -29,15 +36,22 @@ from ghl_async import errors
 from ghl_async._http.fanout import Ids, IdSource, Sink, Workers
 from ghl_async.models import MessagesPage
 
-__all__ = ["AgencyItem", "AgencyRun", "LocationWork", "PageSource"]
+__all__ = ["AgencyItem", "AgencyRun", "LocationWork", "PageSource", "Put", "WholeLocation"]
 
 #: ``(location_id, conversation_id or None, page or error)``.
 AgencyItem = tuple[str, str | None, MessagesPage | errors.GHLError]
 #: One conversation's pages (an async generator, closed when the fan-out stops).
 PageSource = Callable[[str], AsyncGenerator[MessagesPage, None]]
+#: Sends one item into the fan-out's stream (waiting for room).
+Put = Callable[[AgencyItem], Awaitable[None]]
+#: A whole location's read: called with :data:`Put`, it sends the location's items and
+#: returns once they are all sent; the :class:`~ghl_async.errors.GHLError` it raises
+#: fails the location.
+WholeLocation = Callable[[Put], Awaitable[None]]
 #: A location's work: its id -> (its conversation ids, where a conversation's pages come
-#: from). Called in the location's loop: what it raises stops the fan-out.
-LocationWork = Callable[[str], tuple[IdSource, PageSource]]
+#: from), or a :data:`WholeLocation`. Called in the location's loop: what it raises
+#: stops the fan-out.
+LocationWork = Callable[[str], tuple[IdSource, PageSource] | WholeLocation]
 
 
 class AgencyRun(Workers[AgencyItem]):
@@ -80,8 +94,15 @@ class AgencyRun(Workers[AgencyItem]):
     async def _location(
         self, location_id: str, scope: anyio.CancelScope
     ) -> errors.GHLError | None:
-        """Run one location's workers; the error that stopped the location, if any."""
-        conversation_ids, pages = self.work(location_id)
+        """Read one location; the error that stopped the location, if any."""
+        work = self.work(location_id)
+        if not isinstance(work, tuple):
+            try:
+                await work(self._put)
+            except errors.GHLError as exc:
+                return exc
+            return None
+        conversation_ids, pages = work
         location = _Location(location_id, Ids(conversation_ids), pages)
         async with anyio.create_task_group() as tg:
             worker = partial(self._worker, location, tg.cancel_scope)

@@ -5,9 +5,16 @@ budgets. :class:`Locations` keeps one :class:`~ghl_async.Client` per location (i
 token, its own limiter, its own small concurrency), made on first use, all sending
 through one aiohttp session and connector that the pool opens and closes.
 
-A fan-out reads the locations side by side (``locations_at_once`` at a time), each with
-its own few workers (:func:`workers_per_location`), every worker of every location
-sending its pages into the one stream the consumer reads (:mod:`._agency_fanout`).
+A fan-out reads the locations side by side (``locations_at_once`` at a time), every
+location sending its pages into the one stream the consumer reads
+(:mod:`ghl_async.agency.fanout`). A whole location is read through the export pipeline
+(:func:`~ghl_async.export.export_location`: the location export route, up to 500
+messages a request, falling back to search + conversation paging where the route is
+refused), committing each page to a sink that hands it to the stream; conversations the
+caller names are paged one by one, by the location's own few workers
+(:func:`workers_per_location`). :meth:`Locations.export` runs the same pipeline into a
+caller's sink (SQLite, PostgreSQL), one location per client and budget.
+
 Every page of every location passes one shared cap (``max_pages``): a page takes a slot
 before it is requested and gives it back when the consumer moves past it, so pages
 requested, buffered or being read never number more than the cap, however many
@@ -31,7 +38,10 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, overload
+from datetime import datetime
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal, overload
 
 import anyio
 
@@ -39,15 +49,24 @@ from ghl_async import errors
 from ghl_async._http.aiohttp_transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport
 from ghl_async._http.auth import TokenProvider, TokenSource
 from ghl_async._http.engine import Engine, Slots
-from ghl_async._http.fanout import Handoff, IdSource, deliver
+from ghl_async._http.fanout import Handoff, Ids, IdSource, deliver
 from ghl_async._http.lifecycle import Lifecycle
 from ghl_async._http.paginate import hand_over
 from ghl_async._validation import MAX_PAGE_SIZE, check_base_url, check_id, check_int, check_types
 from ghl_async._version import __version__
-from ghl_async.agency.fanout import AgencyItem, AgencyRun, LocationWork, PageSource
+from ghl_async.agency.fanout import (
+    AgencyItem,
+    AgencyRun,
+    LocationWork,
+    PageSource,
+    Put,
+    WholeLocation,
+)
 from ghl_async.agency.inflight import InFlight
 from ghl_async.agency.tokens import MintedTokens
 from ghl_async.client import DEFAULT_BASE_URL, Client
+from ghl_async.export.pipeline import ExportResult, export_location
+from ghl_async.export.sink import Batch, ExportState, Sink
 from ghl_async.models import Message, MessagesPage
 from ghl_async.oauth import (
     INSTALLED_LOCATIONS_PATH,
@@ -69,6 +88,7 @@ __all__ = [
     "LocationTokenProvider",
     "Locations",
     "location_concurrency",
+    "route_filter",
     "workers_per_location",
 ]
 
@@ -79,6 +99,17 @@ Types = Iterable[str] | str | None
 #: ``(location_id, conversation_id or None, page or error)``: a fan-out's item.
 PageItem = tuple[str, str | None, MessagesPage | errors.GHLError]
 MessageItem = tuple[str, str | None, Message | errors.GHLError]
+
+#: The export route's channel of each message type filter that has one. The channel also
+#: admits kindred types (a campaign's SMS with ``TYPE_SMS``), which the filter drops.
+ROUTE_CHANNELS: Final = {
+    "TYPE_CALL": "Call",
+    "TYPE_SMS": "SMS",
+    "TYPE_EMAIL": "Email",
+    "TYPE_WHATSAPP": "WhatsApp",
+    "TYPE_INSTAGRAM": "Instagram",
+    "TYPE_FACEBOOK": "Facebook",
+}
 
 # A round trip assumed when sizing a location's concurrency (live HighLevel answers a
 # page in 100-300 ms; a loopback fake in a few ms).
@@ -114,6 +145,27 @@ def workers_per_location(concurrency: int, max_pages: int, locations: int | None
     if locations is None or locations < 1:
         return concurrency
     return max(1, min(concurrency, math.ceil(2 * max_pages / locations)))
+
+
+def route_filter(type_filter: str | None) -> tuple[str | None, frozenset[str] | None]:
+    """How a whole-location read honours a ``type`` filter: ``(channel, types kept)``.
+
+    The export route filters by channel, not by message type, so the types are always
+    matched on each message (``message_type``); where every type asked for belongs to
+    one channel, that channel is asked for too, and the route sends only it (one pass,
+    not two). ``None`` (no filter): every message, both passes.
+
+    >>> route_filter("TYPE_EMAIL")
+    ('Email', frozenset({'TYPE_EMAIL'}))
+    >>> route_filter("TYPE_SMS,TYPE_CALL")[0] is None
+    True
+    """
+    if type_filter is None:
+        return None, None
+    names = frozenset(type_filter.split(","))
+    channels = {ROUTE_CHANNELS.get(name) for name in names}
+    channel = channels.pop() if len(channels) == 1 else None
+    return channel, names
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +227,122 @@ class _Slots:
             self.give()
 
 
+class _Paced:
+    """A sink the export pipeline commits to, keeping the pool's caps on its requests.
+
+    Before each request of the pipeline (the first, and the one after each commit) it
+    holds a slot of the page cap and one of the in-flight cap; a commit means the page
+    is in, so the in-flight slot goes back, and the batch goes on (:meth:`_deliver`).
+    :meth:`release` gives back what is held once the pipeline has returned.
+    """
+
+    __slots__ = ("_in_flight", "_page_slot", "_requesting", "_slots", "location_id")
+
+    def __init__(self, location_id: str, slots: _Slots, in_flight: InFlight) -> None:
+        self.location_id = location_id
+        self._slots = slots
+        self._in_flight = in_flight
+        self._page_slot = False
+        self._requesting = False
+
+    async def __aenter__(self) -> _Paced:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def load(self, location_id: str) -> ExportState | None:
+        """No state: every read starts from the location's first page."""
+        return None
+
+    async def commit(self, batch: Batch) -> None:
+        """Hand ``batch`` on, then wait for room for the next request."""
+        self._answered()
+        await self._deliver(batch)
+        await self.before_request()
+
+    async def _deliver(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    async def before_request(self) -> None:
+        """Wait for a page slot (unless one is held still) and an in-flight slot."""
+        if not self._page_slot:
+            await self._slots.take()
+            self._page_slot = True
+        await self._in_flight.take()
+        self._requesting = True
+
+    def _answered(self) -> None:
+        if self._requesting:
+            self._requesting = False
+            self._in_flight.give()
+
+    def release(self) -> None:
+        """Give back the slots held (the pipeline has returned or failed)."""
+        self._answered()
+        if self._page_slot:
+            self._page_slot = False
+            self._slots.give()
+
+
+class _Stream(_Paced):
+    """A whole location's pages into a fan-out's stream, as ``(location_id, None, page)``.
+
+    Each batch becomes one :class:`MessagesPage` (the messages ``keep`` admits, if any),
+    which takes the page slot with it: the consumer's loop gives it back.
+    """
+
+    __slots__ = ("_keep", "_put")
+
+    def __init__(
+        self,
+        location_id: str,
+        slots: _Slots,
+        in_flight: InFlight,
+        put: Put,
+        keep: frozenset[str] | None,
+    ) -> None:
+        super().__init__(location_id, slots, in_flight)
+        self._put = put
+        self._keep = keep
+
+    async def _deliver(self, batch: Batch) -> None:
+        keep = self._keep
+        messages = (
+            batch.messages
+            if keep is None
+            else [message for message in batch.messages if message.message_type in keep]
+        )
+        if not messages:  # nothing to hand over (a closing state, or all filtered out)
+            return
+        box = [MessagesPage(messages=messages, next_page=not batch.state.done)]
+        del messages
+        self._page_slot = False  # it goes with the page
+        await self._put((self.location_id, None, hand_over(box)))
+
+
+class _Mirror(_Paced):
+    """A location's batches into the caller's sink, whose state the pipeline resumes from."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, location_id: str, slots: _Slots, in_flight: InFlight, sink: Sink) -> None:
+        super().__init__(location_id, slots, in_flight)
+        self._sink = sink
+
+    async def load(self, location_id: str) -> ExportState | None:
+        """The caller's sink's state for the location."""
+        return await self._sink.load(location_id)
+
+    async def _deliver(self, batch: Batch) -> None:
+        await self._sink.commit(batch)
+
+
 class Locations(Lifecycle):
     """Many locations of an agency in one process: a client per location, one session.
 
@@ -199,7 +367,8 @@ class Locations(Lifecycle):
             or being read); also the shared connection pool's size, and the most page
             requests at once (fewer while the event loop is CPU-bound: see
             :attr:`in_flight_limit`).
-        locations_at_once: locations read side by side in a fan-out.
+        locations_at_once: locations read side by side in a fan-out or an
+            :meth:`export`.
         limiter: a ``(location_id) -> Limiter`` factory (for instance one
             :class:`~ghl_async.ratelimit.redis.RedisLimiter` per location, shared across
             processes); by default each location has its own in-process limiter.
@@ -493,31 +662,39 @@ class Locations(Lifecycle):
                 del page
                 yield hand_over(box)  # suspended while its worker waits: see hand_over
 
-    async def _conversation_ids(
-        self, client: Client, location_id: str
-    ) -> AsyncGenerator[str, None]:
-        # The hook for a location's conversations: a Client.iter_location_messages (when
-        # it lands) would replace this search + per-conversation fan-out.
-        conversations = client.iter_conversations(location_id)
-        async with aclosing(conversations):
-            async for conversation in conversations:
-                yield conversation.id
+    async def _read_location(
+        self,
+        client: Client,
+        location_id: str,
+        channel: str | None,
+        keep: frozenset[str] | None,
+        slots: _Slots,
+        put: Put,
+    ) -> None:
+        """A whole location into the fan-out's stream, through the export pipeline."""
+        stream = _Stream(location_id, slots, self._in_flight, put, keep)
+        try:
+            await stream.before_request()
+            await export_location(client, location_id, stream, channel=channel)
+        finally:
+            stream.release()
 
     def _work(
         self,
-        plan: Mapping[str, IdSource | None] | None,
+        plan: Mapping[str, IdSource] | None,
         type_filter: str | None,
         page_size: int,
         slots: _Slots,
     ) -> LocationWork:
-        """Where each location's conversations and pages come from."""
+        """How each location is read: its named conversations (``plan``), or whole."""
+        channel, keep = route_filter(type_filter)
 
-        def work(location_id: str) -> tuple[IdSource, PageSource]:
+        def work(location_id: str) -> tuple[IdSource, PageSource] | WholeLocation:
             check_id(location_id, "location_id")
             client = self._client(location_id)
-            ids = plan.get(location_id) if plan is not None else None
-            if ids is None:
-                ids = self._conversation_ids(client, location_id)
+            if plan is None:
+                return partial(self._read_location, client, location_id, channel, keep, slots)
+            ids = plan[location_id]
 
             def pages(conversation_id: str) -> AsyncGenerator[MessagesPage, None]:
                 check_id(conversation_id, "conversation_id")
@@ -529,7 +706,7 @@ class Locations(Lifecycle):
 
     async def _run(
         self,
-        work: Mapping[str, IdSource | None] | IdSource,
+        work: Mapping[str, IdSource] | IdSource,
         types: Types,
         page_size: int,
         return_exceptions: bool,
@@ -574,13 +751,24 @@ class Locations(Lifecycle):
     @overload
     def fan_out_pages(
         self,
-        pairs: Iterable[tuple[str, str]] | None = ...,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        locations: None = ...,
+        types: Types = ...,
+        page_size: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncGenerator[tuple[str, str, MessagesPage], None]: ...
+
+    @overload
+    def fan_out_pages(
+        self,
+        pairs: None = ...,
         *,
         locations: IdSource | None = ...,
         types: Types = ...,
         page_size: int = ...,
         return_exceptions: Literal[False] = ...,
-    ) -> AsyncGenerator[tuple[str, str, MessagesPage], None]: ...
+    ) -> AsyncGenerator[tuple[str, str | None, MessagesPage], None]: ...
 
     @overload
     def fan_out_pages(
@@ -605,17 +793,32 @@ class Locations(Lifecycle):
         """Pages of many locations as ``(location_id, conversation_id, page)``.
 
         Give ``pairs`` of ``(location_id, conversation_id)`` (grouped by location first,
-        so every location runs on its own budget side by side), or whole ``locations``
-        (each location's conversations found through ``/conversations/search``), or
-        neither: every location the app is installed in (an :class:`AgencyToken` with an
-        ``app_id``).
+        so every location runs on its own budget side by side), or whole ``locations``,
+        or neither: every location the app is installed in (an :class:`AgencyToken`
+        with an ``app_id``).
 
-        Each conversation's pages come in the server's order. With
-        ``return_exceptions=True`` a failing conversation yields ``(location_id,
+        Pairs are read conversation by conversation (``page_size`` messages a request,
+        each conversation's pages in the server's order), each item naming its
+        conversation. A whole location is read through the location export route
+        (:func:`~ghl_async.export.export_location`: up to 500 messages a request, every
+        message but emails then the emails; where the route is refused, conversation
+        search + paging instead), and each item is one page of the location with
+        ``conversation_id`` ``None``: its messages span conversations, each naming its
+        own (``message.conversation_id``). Such a page's ``next_page`` is ``False`` on
+        the location's last page through the route (the fallback cannot tell: ``True``
+        throughout); ``last_message_id`` is ``None``; ``page_size`` does not apply. In
+        the fallback, a conversation that fails fails its location.
+
+        ``types`` (message type filter names): for pairs the server filters; for whole
+        locations each message is matched on its ``message_type``, and where every type
+        asked for belongs to one of the route's channels that channel is asked for too
+        (:func:`route_filter`). A page left empty by the filter is not handed out.
+
+        With ``return_exceptions=True`` a failing conversation yields ``(location_id,
         conversation_id, error)`` and a failing location (its token refused, its search
-        failed, its daily budget spent) yields ``(location_id, None or the conversation,
-        error)``; the others go on. Otherwise the first such error stops everything and
-        is raised. Breaking out of the loop stops every request in flight.
+        or export failed, its daily budget spent) yields ``(location_id, None or the
+        conversation, error)``; the others go on. Otherwise the first such error stops
+        everything and is raised. Breaking out of the loop stops every request in flight.
         """
         return self._fan_out_pages(pairs, locations, types, page_size, return_exceptions)
 
@@ -632,7 +835,7 @@ class Locations(Lifecycle):
         check_int(page_size, "page_size", 1, MAX_PAGE_SIZE)
         if isinstance(locations, (str, bytes)):
             raise TypeError("locations must be an iterable of ids, not a single str")
-        work: Mapping[str, IdSource | None] | IdSource
+        work: Mapping[str, IdSource] | IdSource
         if pairs is not None:
             grouped: dict[str, list[str]] = {}
             for location_id, conversation_id in pairs:
@@ -647,13 +850,24 @@ class Locations(Lifecycle):
     @overload
     def fan_out(
         self,
-        pairs: Iterable[tuple[str, str]] | None = ...,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        locations: None = ...,
+        types: Types = ...,
+        page_size: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncGenerator[tuple[str, str, Message], None]: ...
+
+    @overload
+    def fan_out(
+        self,
+        pairs: None = ...,
         *,
         locations: IdSource | None = ...,
         types: Types = ...,
         page_size: int = ...,
         return_exceptions: Literal[False] = ...,
-    ) -> AsyncGenerator[tuple[str, str, Message], None]: ...
+    ) -> AsyncGenerator[tuple[str, str | None, Message], None]: ...
 
     @overload
     def fan_out(
@@ -681,6 +895,9 @@ class Locations(Lifecycle):
 
             async for location_id, conversation_id, message in agency.fan_out(pairs):
                 ...
+
+        A whole location's message carries its own conversation id
+        (``message.conversation_id``, ``None`` only if the server left it out).
         """
         return _messages_only(
             self._fan_out_pages(pairs, locations, types, page_size, return_exceptions)
@@ -692,15 +909,135 @@ class Locations(Lifecycle):
         *,
         types: Types = None,
         page_size: int = MAX_PAGE_SIZE,
-    ) -> AsyncGenerator[tuple[str, str, Message], None]:
+    ) -> AsyncGenerator[tuple[str, str | None, Message], None]:
         """Every message of whole locations (default: every installed location).
 
-        Shorthand for ``fan_out(locations=location_ids)``; with no ids it asks
-        ``GET /oauth/installedLocations`` (an :class:`AgencyToken` with an ``app_id``).
+        Shorthand for ``fan_out(locations=location_ids)``: each location through the
+        location export route (or its fallback), each message with its own
+        conversation id. With no ids it asks ``GET /oauth/installedLocations`` (an
+        :class:`AgencyToken` with an ``app_id``). ``page_size`` is accepted as before
+        and has no effect: the route reads up to 500 messages a request.
         """
         if location_ids is None:
             return self.fan_out(types=types, page_size=page_size)
         return self.fan_out(locations=location_ids, types=types, page_size=page_size)
+
+    # -- mirrors ------------------------------------------------------------------------
+
+    async def export(
+        self,
+        sink: Sink,
+        location_ids: IdSource | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        channel: str | None = None,
+        contact_id: str | None = None,
+        email_bodies: bool = False,
+        resume: bool = True,
+        return_exceptions: bool = False,
+        on_batch: Callable[[str, ExportResult], None] | None = None,
+    ) -> dict[str, ExportResult | errors.GHLError]:
+        """Mirror whole locations into one ``sink``, each resumable, exactly once.
+
+        Each location runs :func:`~ghl_async.export.export_location` on its own client
+        and budget, ``locations_at_once`` at a time (fewer while ``max_pages`` or the
+        in-flight cap has no room: a location holds one page slot while it runs), into
+        the one sink (open it first: ``async with sink_for(url) as sink``). A run stopped
+        for any reason (an error, a cancel, a crash) goes on where the sink says when
+        called again: the sink keeps each location's state with its rows.
+        ``location_ids``: default every location the app is installed in (an
+        :class:`AgencyToken` with an ``app_id``). The other arguments are
+        :func:`~ghl_async.export.export_location`'s, for every location; ``on_batch`` is
+        called with the location's id and its totals after every commit.
+
+        ::
+
+            async with sink_for("sqlite:///agency.db") as sink:
+                results = await agency.export(sink, location_ids, return_exceptions=True)
+
+        Returns:
+            Each location's :class:`~ghl_async.export.ExportResult` or, with
+            ``return_exceptions=True``, the :class:`~ghl_async.errors.GHLError` that
+            stopped it (its token refused, its budget spent, the server failing), in the
+            order the locations started.
+
+        Raises:
+            TypeError, ValueError: a bad argument, or a location exported into this
+                sink with other arguments (pass ``resume=False``).
+            ghl_async.errors.SinkError: the sink could not write (never one location's
+                result: every location writes there); what was committed stands.
+            ghl_async.errors.GHLError: without ``return_exceptions``, the first
+                location's error; the other locations are stopped.
+        """
+        if not isinstance(sink, Sink):
+            raise TypeError(f"sink must be a ghl_async.export Sink, not {type(sink).__name__}")
+        if isinstance(location_ids, (str, bytes)):
+            raise TypeError("location_ids must be an iterable of ids, not a single str")
+        await self._ready()
+        slots = _Slots(self._cap)
+        self._in_flight.restart()
+        ids = Ids(location_ids if location_ids is not None else _Deferred(self._installed_ids))
+        started: list[str] = []
+        seen: set[str] = set()
+        results: dict[str, ExportResult | errors.GHLError] = {}
+        failure: list[BaseException] = []
+
+        async def mirror(location_id: str) -> ExportResult:
+            client = self._client(location_id)
+            target = _Mirror(location_id, slots, self._in_flight, sink)
+            report = None if on_batch is None else partial(on_batch, location_id)
+            try:
+                await target.before_request()
+                return await export_location(
+                    client,
+                    location_id,
+                    target,
+                    since=since,
+                    until=until,
+                    channel=channel,
+                    contact_id=contact_id,
+                    email_bodies=email_bodies,
+                    resume=resume,
+                    on_batch=report,
+                )
+            finally:
+                target.release()
+
+        async def loop(scope: anyio.CancelScope) -> None:
+            try:
+                while (location_id := await ids.next()) is not None:
+                    check_id(location_id, "location_id")
+                    if location_id in seen:
+                        continue  # named twice: mirrored once
+                    seen.add(location_id)
+                    started.append(location_id)
+                    try:
+                        results[location_id] = await mirror(location_id)
+                    except errors.SinkError:
+                        raise
+                    except errors.GHLError as exc:
+                        if not return_exceptions:
+                            raise
+                        results[location_id] = exc
+            except Exception as exc:
+                # The first error stops the others; the caller gets it, never a group.
+                if not failure:
+                    failure.append(exc)
+                scope.cancel()
+
+        at_once = self.locations_at_once
+        if isinstance(location_ids, (list, tuple, set, frozenset)):
+            at_once = max(1, min(at_once, len(location_ids)))
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(at_once):
+                    tg.start_soon(loop, tg.cancel_scope)
+        finally:
+            slots.give_all()
+        if failure:
+            raise failure[0]
+        return {location_id: results[location_id] for location_id in started}
 
 
 class _Deferred(AsyncIterable[str]):
@@ -719,7 +1056,11 @@ async def _messages_only(
     async with aclosing(pages):
         async for location_id, conversation_id, item in pages:
             if isinstance(item, MessagesPage):
-                for message in item.messages:
-                    yield location_id, conversation_id, message
+                if conversation_id is None:  # a whole location's page: each names its own
+                    for message in item.messages:
+                        yield location_id, message.conversation_id, message
+                else:
+                    for message in item.messages:
+                        yield location_id, conversation_id, message
             else:
                 yield location_id, conversation_id, item

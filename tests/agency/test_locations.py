@@ -1,4 +1,9 @@
-"""Locations: an agency's many locations in one process, against FakeAgency over a socket."""
+"""Locations: an agency's many locations in one process, against FakeAgency over a socket.
+
+The pairs path (conversations named by the caller, paged one by one) is what exercises
+the page cap and the in-flight cap with many small pages; whole locations (the export
+route) are in test_whole_locations.py.
+"""
 
 from __future__ import annotations
 
@@ -69,8 +74,8 @@ async def test_twenty_locations_every_message_once_no_429_within_the_page_cap() 
         seen: Counter[tuple[str, str, str]] = Counter()
         started = time.monotonic()
         async with Locations(tokens, base_url=agency.url, rate_limit=BUDGET, max_pages=6) as pool:
-            async for location_id, conversation_id, message in pool.fan_out_locations(
-                agency.location_ids, page_size=10
+            async for location_id, conversation_id, message in pool.fan_out(
+                list(pairs_of(agency)), page_size=10
             ):
                 assert pool.pages_held <= 6
                 seen[location_id, conversation_id, message.id] += 1
@@ -111,7 +116,7 @@ async def test_agency_token_lists_installed_locations_and_mints_one_token_each()
         async with Locations(auth, base_url=agency.url) as pool:
             listed = [location.id async for location in pool.installed_locations(page_size=3)]
             assert listed == agency.location_ids
-            seen: Counter[tuple[str, str, str]] = Counter()
+            seen: Counter[tuple[str, str | None, str]] = Counter()
             async for location_id, conversation_id, message in pool.fan_out():
                 seen[location_id, conversation_id, message.id] += 1
             assert agency.agency_token not in repr(pool)
@@ -201,7 +206,8 @@ async def test_a_caller_session_is_used_and_left_open() -> None:
         assert not http.closed
 
 
-async def test_cancelling_a_fan_out_stops_it_within_a_second() -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["pairs", "whole-locations"])
+async def test_cancelling_a_fan_out_stops_it_within_a_second(whole: bool) -> None:
     slow = RateLimit(2, 1.0)
     async with FakeAgency(10, conversations=5, messages=(30, 60), rate_limit=slow) as agency:
         tokens = {lid: fake.token for lid, fake in agency.locations.items()}
@@ -209,7 +215,12 @@ async def test_cancelling_a_fan_out_stops_it_within_a_second() -> None:
             first = asyncio.Event()
 
             async def consume() -> None:
-                async for _ in pool.fan_out_locations(agency.location_ids, page_size=5):
+                items = (
+                    pool.fan_out_pages(locations=agency.location_ids)
+                    if whole
+                    else pool.fan_out_pages(list(pairs_of(agency)), page_size=5)
+                )
+                async for _ in items:
                     first.set()
 
             task = asyncio.create_task(consume())
@@ -220,6 +231,7 @@ async def test_cancelling_a_fan_out_stops_it_within_a_second() -> None:
                 await task
             assert time.monotonic() - started < 1.0
             assert pool.pages_held == 0
+            assert pool._in_flight.held == 0
             assert not pool._tasks  # every producer has stopped
         assert agency.throttled == 0
 
@@ -265,7 +277,7 @@ def test_bad_arguments_are_refused_before_any_request() -> None:
         Locations(AgencyToken("t", company_id="a/b"))
     pool = Locations({})
     with pytest.raises(TypeError, match="pairs or locations"):
-        pool.fan_out([("a", "b")], locations=["a"])
+        pool.fan_out([("a", "b")], locations=["a"])  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="single str"):
         pool.fan_out(locations="abc")
     assert "<redacted>" in repr(pool)
@@ -297,7 +309,7 @@ async def test_workers_waiting_for_room_keep_no_page_alive() -> None:
     async with FakeAgency(10, conversations=4, messages=(30, 60), seed=9) as agency:
         tokens = {lid: fake.token for lid, fake in agency.locations.items()}
         async with Locations(tokens, base_url=agency.url, concurrency=4, max_pages=3) as pool:
-            pages = pool.fan_out_pages(locations=agency.location_ids, page_size=5)
+            pages = pool.fan_out_pages(list(pairs_of(agency)), page_size=5)
             async with aclosing(pages):
                 seen = 0
                 async for _ in pages:
@@ -434,7 +446,7 @@ async def test_the_pool_asks_the_cap_for_every_page_request() -> None:
             # The loop reported busy all the time: the cap shrinks as the pages come.
             pool._in_flight = InFlight(64, wall=time.perf_counter, cpu=time.perf_counter)
             async for location_id, conversation_id, page in pool.fan_out_pages(
-                locations=agency.location_ids, page_size=5
+                list(pairs_of(agency)), page_size=5
             ):
                 for message in page.messages:
                     seen[location_id, conversation_id, message.id] += 1
@@ -452,7 +464,7 @@ async def test_a_loop_with_time_to_spare_keeps_every_request_slot() -> None:
         tokens = {lid: fake.token for lid, fake in agency.locations.items()}
         async with Locations(tokens, base_url=agency.url, rate_limit=slow, max_pages=64) as pool:
             pages = 0
-            async for _ in pool.fan_out_pages(locations=agency.location_ids, page_size=5):
+            async for _ in pool.fan_out_pages(list(pairs_of(agency)), page_size=5):
                 pages += 1
             assert pages > 100
             # The budgets bound the run, not the cap: it was never full, so no request
