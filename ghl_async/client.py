@@ -18,7 +18,7 @@ from ghl_async._http.engine import Engine, Slots
 from ghl_async._http.export_route import LocationExport, LocationPage, pass_admits, resume_token
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
 from ghl_async._http.lifecycle import Lifecycle
-from ghl_async._http.paginate import paginate
+from ghl_async._http.paginate import hand_over, paginate
 from ghl_async._params import (
     EXPORT_PAGE_MAX,
     check_cursor,
@@ -789,16 +789,20 @@ class Client(Lifecycle):
                     if export.email_bodies:
                         kept = await attach_emails(kept, self.get_email)
                     following = page.next_cursor if not page.is_last else None
-                    yield LocationPage(
-                        messages=kept,
-                        channel=channel,
-                        next_cursor=following,
-                        total=page.total,
-                        resume=resume_token(channels, index, following, unfiltered),
-                        trace_id=page.trace_id,
-                        repaired=page.repaired,
-                        dropped=page.dropped + len(messages) - len(kept),
-                    )
+                    box = [
+                        LocationPage(
+                            messages=kept,
+                            channel=channel,
+                            next_cursor=following,
+                            total=page.total,
+                            resume=resume_token(channels, index, following, unfiltered),
+                            trace_id=page.trace_id,
+                            repaired=page.repaired,
+                            dropped=page.dropped + len(messages) - len(kept),
+                        )
+                    ]
+                    del page, messages, kept
+                    yield hand_over(box)  # the frame keeps no page: see hand_over
 
     async def iter_location_messages(
         self,
