@@ -1,15 +1,15 @@
 """``ghl-async export``: messages to JSON Lines, by conversation, location or queue.
 
 Conversations named on the command line (or in ``--ids-file``) are exported here;
-``--location`` goes through :mod:`ghl_async.cli.location` and ``--locations-file`` with
-``--queue`` through :mod:`ghl_async.cli.queue`.
+``--location`` (into ``--out`` or ``--to``) goes through the export pipeline
+(:mod:`ghl_async.cli.location`), and ``--locations-file`` with ``--queue`` through
+:mod:`ghl_async.cli.queue`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 from collections.abc import Iterable
 
@@ -27,13 +27,17 @@ from ghl_async.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_OUTPUT,
-    EXIT_PIPE,
     EXIT_USAGE,
     CommandExit,
     UsageError,
     say,
 )
-from ghl_async.cli.location import add_export_flags, export_location, location_flags_problem
+from ghl_async.cli.location import (
+    add_export_flags,
+    export_to_file,
+    location_flags_problem,
+    output_gone,
+)
 from ghl_async.cli.mirror import mirror_location, sink_url_arg, to_flags_problem
 from ghl_async.cli.progress import budget_of, export_with_progress, summary_table
 from ghl_async.cli.queue import run_queue_export
@@ -154,6 +158,10 @@ def interrupted(args: argparse.Namespace) -> str:
     """What to say on Ctrl-C: how to continue."""
     if args.queue:
         return "\nInterrupted. The jobs keep running on the workers: ghl-async status"
+    if args.to is not None:
+        return (
+            "\nInterrupted. What was committed is kept; to continue, run the same command again."
+        )
     return (
         f"\nInterrupted. Everything written so far is kept; to continue, run the "
         f"same command with --resume (output: {args.out})."
@@ -206,13 +214,7 @@ def _write_lines(path: str, lines: Iterable[str]) -> None:
 
 def _output_failed(exc: OutputError) -> CommandExit:
     if exc.broken_pipe:
-        # Later writes to the closed pipe (Python's flush at exit) would print again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):  # pragma: no cover - stdout replaced (tests)
-            pass
-        return CommandExit(EXIT_PIPE, "the reader of the output went away; export stopped")
+        return output_gone()
     then = "; free some space, then run the same command with --resume" if exc.resumable else ""
     return CommandExit(EXIT_OUTPUT, f"{exc}{then}")
 
@@ -232,21 +234,20 @@ async def _export(args: argparse.Namespace) -> int:
                 return await mirror_location(client, args)
             if ids is None:
                 # The location export, falling back to search + fan-out when refused.
-                summary = await export_location(client, args)
-            else:
-                summary = await export_with_progress(
-                    client,
-                    ids,
-                    total=len(ids),
-                    show=args.progress,
-                    out=args.out,
-                    resume=args.resume,
-                    force=args.force,
-                    types=args.types,
-                    concurrency=args.concurrency,
-                    since=args.since,
-                    email_bodies=args.email_bodies,
-                )
+                return await export_to_file(client, args)
+            summary = await export_with_progress(
+                client,
+                ids,
+                total=len(ids),
+                show=args.progress,
+                out=args.out,
+                resume=args.resume,
+                force=args.force,
+                types=args.types,
+                concurrency=args.concurrency,
+                since=args.since,
+                email_bodies=args.email_bodies,
+            )
         except ExportRefused as exc:
             raise UsageError(str(exc)) from None
         except OutputError as exc:

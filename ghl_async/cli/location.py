@@ -1,65 +1,60 @@
-"""``ghl-async export --location``: the location export, resumable, with its fallback.
+"""``ghl-async export --location``: a whole location through the export pipeline.
 
-The location export (``GET /conversations/messages/export``, 500 messages a request,
-both passes) writes through the same sink as the conversation export: lines are
-fsynced before the checkpoint record that covers them, and the record's cursor is the
-page's resume token (:attr:`~ghl_async.LocationPage.resume`, which names the pass), so
-after ``kill -9`` a ``--resume`` cuts the output back to the last record and goes on
-from that token: every message exactly once.
-
-When the token or plan lacks the endpoint, the same command falls back to conversation
-search plus fan-out (saying so on stderr) and records that in the checkpoint, so a
-``--resume`` of a fallback export resumes the fallback.
+``--out FILE`` and ``--to URL`` run one code path, :func:`run_pipeline`: the library's
+:func:`ghl_async.export.pipeline.export_location` into a sink (a
+:class:`~ghl_async.export.JsonlSink` for ``--out``, the database a ``--to`` URL names),
+every page committed with the export's state. A ``--resume`` after ``kill -9`` goes on
+from the last commit, with every message exactly once. Where the token or the plan lacks
+the location export, the pipeline falls back to conversation search plus fan-out (said
+once on stderr) and records it in the state, so a resumed fallback stays one.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import os
+import stat
+import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 from ghl_async import errors
-from ghl_async._http.export_route import LocationPage
-from ghl_async._params import CHANNELS, format_export_date
+from ghl_async._params import CHANNELS
 from ghl_async.cli.args import location_arg
-from ghl_async.cli.exits import say
-from ghl_async.cli.progress import export_with_progress
-from ghl_async.client import Client
-from ghl_async.export.files import (
-    CHECKPOINT_FORMAT,
-    Checkpoint,
-    ExportOptions,
-    ExportRefused,
-    ExportSummary,
-    _Sink,
-    message_line,
+from ghl_async.cli.exits import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_PIPE,
+    EXIT_USAGE,
+    CommandExit,
+    UsageError,
+    say,
 )
+from ghl_async.cli.progress import Progress, budget_of, location_table
+from ghl_async.client import Client
+from ghl_async.export.jsonl import JsonlSink
+from ghl_async.export.pipeline import ExportResult, export_location
+from ghl_async.export.sink import Sink
 
 __all__ = [
-    "CHANNEL_TYPES",
-    "EXPORT_KEY",
+    "FALLBACK_SAID",
     "add_export_flags",
     "channel_arg",
     "date_arg",
-    "export_location",
+    "export_to_file",
     "location_flags_problem",
+    "output_gone",
+    "run_pipeline",
 ]
 
-#: The checkpoint key of the location export's records (not a conversation id: has ``@``).
-EXPORT_KEY = "@export"
-
-#: The ``type`` filter the fallback (the messages endpoint) uses for a ``--channel``.
-CHANNEL_TYPES = {
-    "Call": "TYPE_CALL",
-    "SMS": "TYPE_SMS",
-    "Email": "TYPE_EMAIL",
-    "WhatsApp": "TYPE_WHATSAPP,TYPE_ACTIVITY_WHATSAPP",
-    "Instagram": "TYPE_INSTAGRAM",
-    "Facebook": "TYPE_FACEBOOK",
-}
+#: What stderr says when the location export is refused and the fallback takes over.
+FALLBACK_SAID = (
+    "ghl-async: the location export was refused (the token lacks its scope or the plan "
+    "has no such endpoint); falling back to conversation search + fan-out"
+)
 
 
 def date_arg(text: str) -> datetime:
@@ -108,122 +103,144 @@ def location_flags_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _describe(args: argparse.Namespace) -> str:
-    """The export's ``source`` in the checkpoint: the location and every filter."""
-    parts = [args.location]
-    if args.contact:
-        parts.append(f"contact={args.contact}")
-    if args.channel:
-        parts.append(f"channel={args.channel}")
-    if args.since:
-        parts.append(f"since={format_export_date(args.since)}")
-    if args.until:
-        parts.append(f"until={format_export_date(args.until)}")
-    if args.email_bodies:
-        parts.append("email-bodies")
-    return ";".join(parts)
-
-
-async def export_location(client: Client, args: argparse.Namespace) -> ExportSummary:
-    """``export --location``: the location export, or the fallback when refused.
-
-    The fallback is the CLI's conversation export (with its progress display).
-
-    Raises:
-        ExportRefused, OutputError, errors.GHLError: as the conversation export.
-    """
-    described = _describe(args)
-    fallback_source = f"location:{described}"
-    if args.resume and args.out != "-":
-        recorded = Checkpoint.load(args.out + ".checkpoint").options
-        if recorded is not None and recorded.source == fallback_source:
-            return await _fallback(client, args, fallback_source, resume=True)
-    options = ExportOptions(
-        format=CHECKPOINT_FORMAT,
-        source=f"export:{described}",
-        types=None,
-        base_url=client._base_url,
-    )
-    sink = _Sink(args.out, options, resume=args.resume, force=args.force)
-    summary = ExportSummary()
-    started = time.monotonic()
-    refused: errors.LocationExportUnavailable | None = None
+def output_gone() -> CommandExit:
+    """The reader of ``--out -`` went away (``| head``): exit 141, in one line."""
+    # Later writes to the closed pipe (Python's flush at exit) would print again.
     try:
-        if EXPORT_KEY in sink.state.done:
-            return summary
-        pages = client.iter_location_pages(
-            args.location,
-            channel=args.channel,
-            contact_id=args.contact,
-            since=args.since,
-            until=args.until,
-            cursor=sink.state.cursors.get(EXPORT_KEY),
-            email_bodies=args.email_bodies,
-        )
-        async with aclosing(pages):
-            try:
-                async for page in pages:
-                    _write(sink, page)
-                    summary.messages += len(page.messages)
-            except errors.LocationExportUnavailable as exc:
-                if sink.state.cursors or sink.state.done:
-                    raise  # refused part way through a resumed export: say so, stop
-                refused = exc
-    finally:
-        sink.close()
-        summary.elapsed = time.monotonic() - started
-    if refused is None:
-        return summary
-    if args.until is not None:
-        raise ExportRefused(
-            f"{refused.message}; --until needs the location export (the fallback cannot "
-            "bound by date from above)"
-        )
-    return await _fallback(client, args, fallback_source, resume=False, reason=refused.message)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - stdout replaced (tests)
+        pass
+    return CommandExit(EXIT_PIPE, "the reader of the output went away; export stopped")
 
 
-def _write(sink: _Sink, page: LocationPage) -> None:
-    data = b"".join(message_line(m.conversation_id or "", m) for m in page.messages)
-    sink.write(EXPORT_KEY, data, page.resume, page.resume is None)
-
-
-async def _fallback(
+async def run_pipeline(
     client: Client,
     args: argparse.Namespace,
-    source: str,
+    sink: Sink,
     *,
-    resume: bool,
-    reason: str | None = None,
-) -> ExportSummary:
-    """Conversation search plus fan-out, as before the location export existed."""
-    said = reason is None  # a resumed fallback was announced by the run it resumes
+    where: str,
+    refused_code: int,
+    again: str,
+    restart: str,
+    sink_error: str = "",
+    on_batch: Callable[[ExportResult], None] | None = None,
+) -> ExportResult:
+    """Export ``args.location`` into ``sink``; every error becomes a one-line exit.
 
-    async def conversation_ids() -> AsyncIterator[str]:
-        nonlocal said
-        filters: dict[str, Any] = {}
-        if args.contact:
-            filters["contactId"] = args.contact
-        async for conversation in client.iter_conversations(
-            args.location, since=args.since, **filters
-        ):
-            if not said:
-                # Announced once the search answers: a token refused everywhere gets
-                # the one line about the token instead.
-                said = True
-                say(f"ghl-async: {reason}; falling back to conversation search + fan-out")
-            yield conversation.id
+    The sink is opened and asked for the location's state before any request, so what
+    it refuses costs nothing (exit ``refused_code``; a sink failing later exits 3).
+    ``sink_error`` comes before the sink's message (``"cannot write DB: "``). ``again``
+    says how to go on after a stop (``"run the same command with --resume"``),
+    ``restart`` how to start over when the state is of other arguments. The fallback is
+    announced once on stderr (not again by a run resuming one). A token refused outright
+    is left to the command (:class:`ghl_async.errors.AuthenticationError`).
+    """
+    opened = False
+    announced = False
 
-    return await export_with_progress(
-        client,
-        conversation_ids(),
-        total=None,
-        show=args.progress,
-        out=args.out,
-        resume=resume,
-        force=not resume,
-        types=CHANNEL_TYPES[args.channel] if args.channel else args.types,
-        source=source,
-        concurrency=args.concurrency,
-        since=args.since,
-        email_bodies=args.email_bodies,
+    def batch_done(result: ExportResult) -> None:
+        nonlocal announced
+        if result.fallback and not announced:
+            announced = True
+            say(FALLBACK_SAID)
+        if on_batch is not None:
+            on_batch(result)
+
+    try:
+        async with sink:
+            state = await sink.load(args.location)
+            opened = True
+            announced = state is not None and state.fallback
+            result = await export_location(
+                client,
+                args.location,
+                sink,
+                since=args.since,
+                until=args.until,
+                channel=args.channel,
+                contact_id=args.contact,
+                email_bodies=args.email_bodies,
+                on_batch=batch_done,
+            )
+    except errors.SinkError as exc:
+        if isinstance(exc.__cause__, BrokenPipeError):
+            raise output_gone() from None
+        if not opened:
+            raise CommandExit(refused_code, f"{sink_error}{exc}") from None
+        raise CommandExit(
+            EXIT_OUTPUT, f"{sink_error}{exc}; what was committed stands: {again}"
+        ) from None
+    except ValueError as exc:  # a state left by other arguments
+        text = str(exc).replace("into this sink", f"into {where}")
+        raise UsageError(text.replace("pass resume=False to start again", restart)) from None
+    except errors.AuthenticationError:
+        raise  # the command's own one line: the token was refused
+    except errors.DailyLimitExceeded as exc:
+        when = (
+            dt.datetime.fromtimestamp(exc.resets_at).astimezone().isoformat(timespec="minutes")
+            if exc.resets_at
+            else "at the start of the next day"
+        )
+        raise CommandExit(
+            EXIT_FAILED,
+            f"the daily request budget is spent; it resets {when}; what was committed "
+            f"stands: {again} then",
+        ) from None
+    except (errors.PermissionDeniedError, errors.NotFoundError) as exc:
+        # The route's own refusal is the fallback; these are the search's.
+        raise CommandExit(
+            EXIT_USAGE, f"cannot list location {args.location}: {exc.message}"
+        ) from None
+    except errors.GHLError as exc:
+        raise CommandExit(
+            EXIT_FAILED,
+            f"export of location {args.location} stopped ({exc}); what was committed "
+            f"stands: {again} to continue",
+        ) from None
+    if result.fallback and not announced:
+        say(FALLBACK_SAID)
+    return result
+
+
+async def export_to_file(client: Client, args: argparse.Namespace) -> int:
+    """``export --location ID --out FILE``: the location into JSON Lines, a summary table.
+
+    ``--resume`` goes on from the file's checkpoint, ``--force`` starts over; without
+    either, a file that is not empty is refused. ``--out -`` writes to stdout (no
+    checkpoint, so no ``--resume``).
+    """
+    out = args.out
+    try:
+        stream = out == "-" or not stat.S_ISREG(os.stat(out).st_mode)
+    except OSError:
+        stream = False  # missing: created; unreadable: the sink says so
+    if args.resume and stream:
+        raise UsageError(
+            "--resume needs an output file, not stdout"
+            if out == "-"
+            else f"--resume needs a regular output file; {out} is not one"
+        )
+    sink = JsonlSink(out, mode="resume" if args.resume else "force" if args.force else "new")
+    enabled = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = Progress(enabled, None, client, sys.stderr, unit="page")
+    started = time.monotonic()
+    try:
+        result = await run_pipeline(
+            client,
+            args,
+            sink,
+            where=out,
+            refused_code=EXIT_USAGE,
+            again="run the same command again" if stream else "run the same command with --resume",
+            restart="repeat that command's options with --resume, or start over with --force",
+            on_batch=progress.update_pages,
+        )
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - started
+    say(
+        "export finished\n"
+        + location_table(result, elapsed, client, budget_of(client), {"output": out})
     )
+    return EXIT_OK

@@ -8,26 +8,36 @@ interruption goes on where the database says, with nothing lost or written twice
 from __future__ import annotations
 
 import argparse
+from typing import NamedTuple
 
-from ghl_async import errors
-from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, CommandExit, UsageError, say
+from ghl_async.cli.exits import EXIT_OK, EXIT_OUTPUT, say
+from ghl_async.cli.location import run_pipeline
 from ghl_async.client import Client
-from ghl_async.export.pipeline import ExportResult, export_location
+from ghl_async.export.pipeline import ExportResult
 from ghl_async.export.sink import Sink
 from ghl_async.export.targets import describe, sink_for
 
-__all__ = ["mirror_location", "sink_url_arg", "to_flags_problem"]
+__all__ = ["SinkTarget", "mirror_location", "sink_url_arg", "to_flags_problem"]
 
 
-def sink_url_arg(text: str) -> str:
+class SinkTarget(NamedTuple):
+    """A ``--to`` URL and the sink it names, built once as the command line is read."""
+
+    url: str
+    sink: Sink
+
+    def __repr__(self) -> str:
+        return f"SinkTarget({describe(self.url)})"  # never a password
+
+
+def sink_url_arg(text: str) -> SinkTarget:
     """A ``--to`` URL, checked before anything runs (the sink is opened later)."""
     try:
-        sink_for(text)
+        return SinkTarget(text, sink_for(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     except ImportError as exc:  # the postgres extra is not installed
         raise argparse.ArgumentTypeError(f"{exc}") from None
-    return text
 
 
 def to_flags_problem(args: argparse.Namespace, default_out: str) -> str | None:
@@ -46,34 +56,19 @@ def to_flags_problem(args: argparse.Namespace, default_out: str) -> str | None:
 
 async def mirror_location(client: Client, args: argparse.Namespace) -> int:
     """Mirror ``args.location`` into the sink ``args.to`` names; one summary line."""
-    where = describe(args.to)
-    sink: Sink = sink_for(args.to)
-    try:
-        async with sink:
-            result = await export_location(
-                client,
-                args.location,
-                sink,
-                since=args.since,
-                until=args.until,
-                channel=args.channel,
-                contact_id=args.contact,
-                email_bodies=args.email_bodies,
-            )
-    except errors.SinkError as exc:
-        raise CommandExit(
-            EXIT_OUTPUT, f"cannot write {where}: {exc}; what was committed stands"
-        ) from None
-    except ValueError as exc:  # a state left by other arguments
-        raise UsageError(str(exc).replace("pass resume=False", "use another database")) from None
-    except errors.AuthenticationError:
-        raise  # the command's own one line: the token was refused
-    except errors.GHLError as exc:
-        raise CommandExit(
-            EXIT_FAILED,
-            f"export of location {args.location} stopped ({exc}); what was committed "
-            f"stands: run the same command again to continue",
-        ) from None
+    target: SinkTarget = args.to
+    where = describe(target.url)
+
+    result = await run_pipeline(
+        client,
+        args,
+        target.sink,
+        where=where,
+        refused_code=EXIT_OUTPUT,
+        sink_error=f"cannot write {where}: ",
+        again="run the same command again",
+        restart="use another database",
+    )
     say(_summary(result, where))
     return EXIT_OK
 

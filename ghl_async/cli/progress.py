@@ -1,9 +1,11 @@
 """What the command shows while it runs and when it ends: progress and the summary.
 
-Progress counts conversations settled (written in full, skipped as done before, or
-failed) against the conversations asked for, so it ends at 100% also after a resume or
-with failures. With tqdm installed (the ``cli`` extra) it is a bar; without it, a plain
-line at most once a second, so a bare ``pip install ghl-async`` works as well.
+A conversation export's progress counts conversations settled (written in full, skipped
+as done before, or failed) against the conversations asked for, so it ends at 100% also
+after a resume or with failures; a location export's counts the pages and messages
+committed so far (its total is not known ahead). With tqdm installed (the ``cli``
+extra) it is a bar; without it, a plain line at most once a second, so a bare
+``pip install ghl-async`` works as well.
 """
 
 from __future__ import annotations
@@ -15,15 +17,26 @@ from typing import Any, TextIO
 
 from ghl_async.client import Client
 from ghl_async.export.files import ExportSummary, export_messages
+from ghl_async.export.pipeline import ExportResult
 from ghl_async.ratelimit import RateLimit
 
-__all__ = ["Progress", "budget_of", "export_with_progress", "summary_table"]
+__all__ = [
+    "Progress",
+    "budget_of",
+    "export_with_progress",
+    "location_table",
+    "summary_table",
+]
 
 BAR_HINT = "(pip install 'ghl-async[cli]' for a progress bar)"
 
 
 class Progress:
-    """A tqdm bar, a plain line, or nothing, on ``stream``."""
+    """A tqdm bar, a plain line, or nothing, on ``stream``.
+
+    ``unit="conv"`` counts conversations (:meth:`update`); ``unit="page"`` counts a
+    location export's pages (:meth:`update_pages`).
+    """
 
     def __init__(
         self,
@@ -32,6 +45,8 @@ class Progress:
         client: Client,
         stream: TextIO,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        unit: str = "conv",
     ) -> None:
         self._client = client
         self._total = total
@@ -42,6 +57,8 @@ class Progress:
         self._bar: Any = None
         self._plain = False
         self._summary = ExportSummary()
+        self._unit = unit
+        self._pages = 0
         if not enabled:
             return
         try:
@@ -50,7 +67,7 @@ class Progress:
             self._plain = True
             print(f"export: starting {BAR_HINT}", file=stream, flush=True)
             return
-        self._bar = tqdm(total=total, unit="conv", file=stream, dynamic_ncols=True, desc="export")
+        self._bar = tqdm(total=total, unit=unit, file=stream, dynamic_ncols=True, desc="export")
 
     def _rate(self) -> float:
         return self._client.stats.requests / max(1e-6, self._clock() - self._started)
@@ -58,15 +75,24 @@ class Progress:
     def update(self, summary: ExportSummary) -> None:
         """Show the conversations settled so far."""
         self._summary = summary
+        self._show(summary.finished, summary.messages)
+
+    def update_pages(self, result: ExportResult) -> None:
+        """Show the pages and messages a location export committed so far."""
+        self._pages = result.pages
+        self._summary.messages = result.messages
+        self._show(result.pages, result.messages)
+
+    def _show(self, done: int, messages: int) -> None:
         if self._bar is not None:
             stats = self._client.stats
             self._bar.set_postfix(
-                messages=summary.messages,
+                messages=messages,
                 req_s=f"{self._rate():.1f}",
                 throttled=stats.throttled,
                 refresh=False,
             )
-            self._bar.update(summary.finished - self._bar.n)
+            self._bar.update(done - self._bar.n)
         elif self._plain and self._clock() - self._last_line >= 1.0:
             self._line()
 
@@ -74,8 +100,13 @@ class Progress:
         self._last_line = self._clock()
         summary = self._summary
         of = f"/{self._total}" if self._total is not None else ""
+        done = (
+            f"{self._pages}{of} pages"
+            if self._unit == "page"
+            else f"{summary.finished}{of} conversations"
+        )
         print(
-            f"export: {summary.finished}{of} conversations, {summary.messages} messages, "
+            f"export: {done}, {summary.messages} messages, "
             f"{self._rate():.1f} req/s, {self._client.stats.throttled} throttled",
             file=self._stream,
             flush=True,
@@ -121,9 +152,7 @@ def summary_table(
     summary: ExportSummary, client: Client, budget: RateLimit | None, extra: dict[str, str]
 ) -> str:
     """The end-of-run table: counts, requests, and how close to the budget it ran."""
-    stats = client.stats
-    rate = stats.requests / summary.elapsed if summary.elapsed else 0.0
-    rows = [
+    counts = [
         (
             "conversations",
             f"{summary.conversations}"
@@ -131,15 +160,49 @@ def summary_table(
         ),
         ("messages", f"{summary.messages}"),
         ("failed conversations", f"{len(summary.failed)}"),
+    ]
+    return _table(counts, summary.elapsed, client, budget, extra)
+
+
+def location_table(
+    result: ExportResult,
+    elapsed: float,
+    client: Client,
+    budget: RateLimit | None,
+    extra: dict[str, str],
+) -> str:
+    """The end-of-run table of a location export: messages, pages, the path it took."""
+    how = "conversation by conversation (fallback)" if result.fallback else "location export"
+    counts = [
+        ("messages", f"{result.messages}"),
+        ("pages", f"{result.pages}"),
+        ("read by", how + (", resumed" if result.resumed else "")),
+    ]
+    if result.emails:
+        counts.insert(1, ("email bodies", f"{result.emails}"))
+    return _table(counts, elapsed, client, budget, extra)
+
+
+def _table(
+    counts: list[tuple[str, str]],
+    elapsed: float,
+    client: Client,
+    budget: RateLimit | None,
+    extra: dict[str, str],
+) -> str:
+    stats = client.stats
+    rate = stats.requests / elapsed if elapsed else 0.0
+    rows = [
+        *counts,
         ("requests", f"{stats.requests}"),
         ("retries", f"{stats.retries}"),
         ("429s", f"{stats.throttled}"),
-        ("elapsed", f"{summary.elapsed:.1f} s"),
+        ("elapsed", f"{elapsed:.1f} s"),
     ]
-    if budget is not None and stats.requests and summary.elapsed:
+    if budget is not None and stats.requests and elapsed:
         # The fastest a strict window allows: one full window per max_requests sends.
         ideal = ((stats.requests - 1) // budget.max_requests) * budget.interval
-        use = f"{100 * min(1.0, ideal / summary.elapsed):.0f}% of ideal ({ideal:.1f} s)"
+        use = f"{100 * min(1.0, ideal / elapsed):.0f}% of ideal ({ideal:.1f} s)"
         budget_text = f"budget {budget.max_requests} per {budget.interval:g} s"
         rows.append(("requests/s", f"{rate:.1f} ({budget_text}; {use})"))
     else:

@@ -13,6 +13,11 @@ URL): a resume that asks for something else is refused rather than mixing two ex
 in one file. A torn last record (a crash or a full disk mid-write) is cut off the file
 before anything is appended, so every later record stays readable. The output is held
 under an exclusive lock for the whole run: two exports never write one file.
+
+This is the export of conversations by id (``ghl-async export ID...``). A whole
+location goes to JSON Lines through the export pipeline into
+:class:`~ghl_async.export.jsonl.JsonlSink`, which shares this module's line format
+(:func:`message_line`), locking and torn-line handling.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ import os
 import stat
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -169,14 +181,10 @@ class Checkpoint:
 
     def parse(self, data: bytes) -> None:
         """Apply the complete lines of ``data``; stop at the first one that is not."""
-        position = 0
-        while True:
-            end = data.find(b"\n", position)
-            if end < 0:
-                break  # no newline: a torn last record
-            line = data[position:end]
+        self.valid_bytes = 0
+        for line, end in complete_lines(data):
             try:
-                if position == 0:
+                if self.valid_bytes == 0:
                     self.options = _header_decoder.decode(line)
                 else:
                     self._apply(_record_decoder.decode(line))
@@ -184,8 +192,7 @@ class Checkpoint:
                 # Torn or corrupt, or records with no header (an older format): nothing
                 # from here on is trusted.
                 break
-            position = end + 1
-        self.valid_bytes = position
+            self.valid_bytes = end
 
     def _apply(self, record: _Record) -> None:
         self.size = record.size
@@ -226,7 +233,38 @@ def page_cursor(page: MessagesPage) -> str | None:
     return page.messages[-1].id if page.messages else None
 
 
-def _is_regular(fd: int) -> bool:
+def complete_lines(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """Each newline-ended line of ``data`` (without its newline) and the offset after it.
+
+    A last line with no newline is torn (a crash or a full disk mid-write): left out.
+    """
+    position = 0
+    while True:
+        end = data.find(b"\n", position)
+        if end < 0:
+            return
+        yield data[position:end], end + 1
+        position = end + 1
+
+
+def lock_output(fd: int, path: str) -> None:
+    """Hold ``path`` (open as ``fd``) for this run alone; the lock goes with the descriptor.
+
+    Raises:
+        ExportRefused: another export holds it.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ExportRefused(
+                f"another export is writing {path}; wait for it or choose another --out"
+            ) from None
+        raise  # pragma: no cover - flock fails otherwise only on odd filesystems
+
+
+def is_regular(fd: int) -> bool:
+    """``fd`` is a regular file (else a stream: a pipe, a terminal, a device)."""
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
@@ -283,15 +321,8 @@ class _Sink:
         self, out: str, options: ExportOptions, *, existed: bool, resume: bool, force: bool
     ) -> None:
         fd = self._out.fileno()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ExportRefused(
-                    f"another export is writing {out}; wait for it or choose another --out"
-                ) from None
-            raise  # pragma: no cover - flock fails otherwise only on odd filesystems
-        self._stream = not _is_regular(fd)
+        lock_output(fd, out)
+        self._stream = not is_regular(fd)
         self._size = 0
         if self._stream:
             if resume:

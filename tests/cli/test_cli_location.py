@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ghl_async import RateLimit
-from ghl_async.testing import FakeHighLevel
+from ghl_async.testing import FakeHighLevel, Faults
 from tests.support.cli import by_conversation, cli_process, expected, read_lines, run_cli
 from tests.support.helpers import ServerFactory
 
@@ -20,8 +23,28 @@ pytestmark = pytest.mark.anyio
 ROOMY = RateLimit(100_000, 1.0)
 
 
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
 def ids_of(path: Path) -> list[str]:
     return [str(row["id"]) for row in read_lines(path)]
+
+
+def records_of(checkpoint: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The checkpoint's complete ``[size, state]`` records (a torn tail left out)."""
+    header, *records = checkpoint.read_bytes().split(b"\n")[:-1]
+    assert json.loads(header)["format"].startswith("ghl-async-jsonl/")
+    return [(int(size), state) for size, state in map(json.loads, records)]
+
+
+def last_record(checkpoint: Path) -> tuple[int, dict[str, Any]]:
+    """The checkpoint's last complete record: after it, the output is ``size`` bytes."""
+    records = records_of(checkpoint)
+    assert records, "no record committed"
+    return records[-1]
 
 
 async def test_location_export_writes_every_message_once_in_few_requests(
@@ -162,8 +185,10 @@ async def test_killed_mid_location_export_then_resumed_gives_every_message_once(
         await process.communicate()
         assert process.returncode == -signal.SIGKILL
         assert out.stat().st_size > 0
-        checkpoint = (tmp_path / "m.jsonl.checkpoint").read_text().splitlines()
-        assert json.loads(checkpoint[0])["source"] == f"export:{fake.location_id}"
+        # The checkpoint names this location's export and never covers more than the file.
+        size, state = last_record(tmp_path / "m.jsonl.checkpoint")
+        assert state["locationId"] == fake.location_id and not state["done"]
+        assert 0 < size <= out.stat().st_size
         first_run = fake.stats.by_route["export"]
         resumed = await cli_process(*argv[:-2], "--resume", env=env)
         _, err = await resumed.communicate()
@@ -180,4 +205,145 @@ async def test_killed_mid_location_export_then_resumed_gives_every_message_once(
         assert fake.stats.by_route["export"] - first_run < whole
     counts = Counter(ids_of(out))
     assert len(counts) == fake.total_messages
+    assert max(counts.values()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refusal", [None, 404], ids=["route", "fallback"])
+async def test_killed_at_many_instants_the_file_holds_every_message_once(
+    tmp_path: Path, refusal: int | None
+) -> None:
+    rng = random.Random(2027)
+    faults = Faults(latency=0.2)  # a page takes a while: kills land mid-run
+    async with FakeHighLevel(
+        # The route reads 500 messages a page, the fallback 100: sizes that 12 kills do
+        # not finish, and the last run does quickly.
+        conversations=100 if refusal is None else 40,
+        messages=(50, 400),
+        seed=56,
+        faults=faults,
+        rate_limit=ROOMY,
+        export_refusal=refusal,
+    ) as fake:
+        out = tmp_path / "m.jsonl"
+        checkpoint = tmp_path / "m.jsonl.checkpoint"
+        argv = (
+            "export", "--location", fake.location_id, "--out", str(out), "--base-url",
+            fake.url, "--concurrency", "2", "--resume",  # resuming nothing yet is starting
+        )  # fmt: skip
+        env = {"GHL_TOKEN": fake.token}
+        killed = 0
+        for _ in range(40):  # until 12 runs were killed, or one ran to the end
+            process = await cli_process(*argv, env=env)
+            await asyncio.sleep(rng.uniform(0.3, 2.0))  # some while still starting up
+            if process.returncode is not None:
+                break
+            process.kill()
+            await process.communicate()
+            killed += 1
+            if checkpoint.exists() and checkpoint.stat().st_size:
+                # The state is never ahead of the data.
+                assert all(size <= out.stat().st_size for size, _ in records_of(checkpoint))
+            if killed == 12:
+                break
+        last = await cli_process(*argv, env=env)
+        _, err = await last.communicate()
+        assert last.returncode == 0, err.decode()
+        want = {m["id"] for c in fake.conversation_ids for m in fake.messages(c)}
+    assert killed == 12
+    counts = Counter(ids_of(out))
+    assert set(counts) == want
+    assert max(counts.values()) == 1
+    size, state = last_record(checkpoint)
+    assert size == out.stat().st_size and state["done"]
+    assert state["fallback"] == (refusal is not None)
+    if refusal is None:  # the route never reads a page twice: the count is the location's
+        assert state["messages"] == len(want)
+
+
+async def test_an_output_that_cannot_be_used_is_refused_in_one_line_and_left_alone(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with server(conversations=4, messages=(5, 30), seed=57) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        out = tmp_path / "m.jsonl"
+        base = ("export", "--location", fake.location_id, "--out", str(out))
+        assert await run_cli(*base, "--base-url", fake.url) == 0
+        before = out.read_bytes()
+        capsys.readouterr()
+        refusals = [
+            ((), "exists; pass --resume to continue that export or --force"),
+            (("--resume", "--channel", "sms"), "with other arguments"),
+            (("--resume", "--location", "otherLocation"), "holds the export of location"),
+        ]
+        for extra, says in refusals:
+            assert await run_cli(*base, "--base-url", fake.url, *extra) == 2
+            line = one_line(capsys.readouterr().err)
+            assert says in line and "--force" in line, line
+        assert out.read_bytes() == before
+        # The same command resumes (nothing left to do); --force starts over.
+        assert await run_cli(*base, "--base-url", fake.url, "--resume") == 0
+        assert out.read_bytes() == before
+        assert await run_cli(*base, "--base-url", fake.url, "--force") == 0
+        assert sorted(ids_of(out)) == sorted(
+            m["id"] for c in fake.conversation_ids for m in fake.messages(c)
+        )
+
+
+async def test_stdout_and_a_plain_progress_line_of_pages(
+    server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as after `pip install ghl-async`
+    async with server(conversations=6, messages=(5, 30), seed=58) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        argv = ("export", "--location", fake.location_id, "--out", "-", "--base-url", fake.url)
+        assert await run_cli(*argv, "--progress") == 0
+        captured = capsysbinary.readouterr()
+        assert await run_cli(*argv, "--resume") == 2
+        refused = capsysbinary.readouterr().err.decode()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == fake.total_messages
+    err = captured.err.decode()
+    assert "export: 1 pages, " in err and f"{fake.total_messages} messages" in err
+    assert "--resume needs an output file, not stdout" in one_line(refused)
+
+
+async def test_a_full_disk_stops_in_one_line_and_resume_completes_exactly_once(
+    tmp_path: Path,
+) -> None:
+    async with FakeHighLevel(conversations=30, messages=(50, 300), seed=59) as fake:
+        out = tmp_path / "m.jsonl"
+        argv = (
+            "export",
+            "--location",
+            fake.location_id,
+            "--out",
+            str(out),
+            "--base-url",
+            fake.url,
+        )
+        env = {"GHL_TOKEN": fake.token}
+        # The file-size limit stands for a disk that fills up part way (EFBIG, like ENOSPC).
+        limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (600000, 600000)); "
+        full = await cli_process(*argv, env=env, setup=limit)
+        _, err = await full.communicate()
+        assert full.returncode == 3, err.decode()
+        line = one_line(err.decode())
+        assert f"cannot write {out}: File too large" in line and "--resume" in line
+        # Whole lines only, and the checkpoint covers them all: the pages before the
+        # failure are not read again.
+        assert 0 < out.stat().st_size <= 600000
+        assert out.read_bytes().endswith(b"\n")
+        assert last_record(tmp_path / "m.jsonl.checkpoint")[0] == out.stat().st_size
+        resumed = await cli_process(*argv, "--resume", env=env)
+        _, err = await resumed.communicate()
+        assert resumed.returncode == 0, err.decode()
+        want = {m["id"] for c in fake.conversation_ids for m in fake.messages(c)}
+    counts = Counter(ids_of(out))
+    assert set(counts) == want
     assert max(counts.values()) == 1

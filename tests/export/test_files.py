@@ -21,6 +21,7 @@ from ghl_async.export.files import (
     OutputError,
     _Record,
     _Sink,
+    complete_lines,
     ids_source,
     page_cursor,
 )
@@ -44,6 +45,26 @@ def parsed(data: bytes) -> Checkpoint:
     state = Checkpoint()
     state.parse(data)
     return state
+
+
+# -- complete_lines (shared with JsonlSink) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        (b"", []),
+        (b"torn", []),
+        (b"a\n", [(b"a", 2)]),
+        (b"a\nbc\n", [(b"a", 2), (b"bc", 5)]),
+        (b"a\nb", [(b"a", 2)]),
+        (b"\n\n", [(b"", 1), (b"", 2)]),
+    ],
+)
+def test_complete_lines_leave_a_torn_last_line_out(
+    data: bytes, lines: list[tuple[bytes, int]]
+) -> None:
+    assert list(complete_lines(data)) == lines
 
 
 # -- Checkpoint.load ----------------------------------------------------------------
