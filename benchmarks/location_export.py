@@ -4,7 +4,7 @@ Requests are counted by the fake per route; the time under HighLevel's budget of
 requests per 10 s is computed from them (a strict window: ``(requests - 1) // 100``
 full windows), not waited out. Then 1% of the conversations get a new message and one
 edit each, and the incremental runs are counted: ``ghl-async sync`` (the export sorted
-by ``updatedAt`` from the last high-water mark) and search + fan-out with ``since``.
+by ``updatedAt`` from each pass's mark less the lookback) and search + fan-out with ``since``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from ghl_async import Client, RateLimit
-from ghl_async.export.sync import run_sync
+from ghl_async.export import NumberedFiles, sync_location
 from ghl_async.testing import FakeHighLevel
 
 from ._report import Section
@@ -54,19 +54,23 @@ async def _measure(conversations: int) -> Section:
             results.append(("location export, pages of 500", export_requests, export_wall, got))
 
             with tempfile.TemporaryDirectory() as folder:
-                await run_sync(client, fake.location_id, folder)  # the first run: everything
+                sink = NumberedFiles(folder)
+                async with sink:  # the first run: everything
+                    await sync_location(client, fake.location_id, sink)
                 now = datetime.now(timezone.utc)  # cut to the ms: the fake's precision
                 since = now.replace(microsecond=now.microsecond // 1000 * 1000)
                 changed = fake.conversation_ids[: max(1, conversations // 100)]
                 for conversation_id in changed:
                     fake.add_message(conversation_id)
                     fake.update_message(fake.messages(conversation_id)[-1]["id"], status="read")
-                incremental = await run_sync(client, fake.location_id, folder)
+                requests_before = client.stats.requests
+                async with NumberedFiles(folder) as sink:
+                    incremental = await sync_location(client, fake.location_id, sink)
                 assert incremental.messages == 2 * len(changed), incremental
                 results.append(
                     (
                         f"incremental sync after {len(changed)} conversations changed",
-                        incremental.requests,
+                        client.stats.requests - requests_before,
                         None,
                         incremental.messages,
                     )

@@ -1,8 +1,16 @@
-"""``ghl-async sync``: a location's new or changed messages, each run to a numbered file."""
+"""``ghl-async sync``: a location kept up to date in a database or in numbered files.
+
+Each run reads what changed since the run before (:func:`ghl_async.export.sync_location`)
+and commits it with the sync's state: into SQLite (the default, ``--to sqlite:///...``),
+PostgreSQL (``--to postgresql://...``), or numbered JSON Lines files (``--out DIR``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
+from datetime import timedelta
 
 from ghl_async import errors
 from ghl_async.cli.args import (
@@ -13,23 +21,54 @@ from ghl_async.cli.args import (
     rate_arg,
     read_token,
 )
-from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, UsageError, say
+from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, CommandExit, UsageError, say
 from ghl_async.client import DEFAULT_BASE_URL, Client
-from ghl_async.export.sync import SyncRefused, run_sync
+from ghl_async.export.incremental import LOOKBACK, sync_location
+from ghl_async.export.numbered import NumberedFiles
+from ghl_async.export.pipeline import ExportResult
+from ghl_async.export.sink import Sink
+from ghl_async.export.targets import describe, sink_for
 
-__all__ = ["register", "run"]
+__all__ = ["DEFAULT_TO", "duration_arg", "email_failures", "register", "run"]
+
+#: Where ``sync`` writes when neither ``--to`` nor ``--out`` is given.
+DEFAULT_TO = "sqlite:///messages.db"
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def duration_arg(text: str) -> timedelta:
+    """A duration: ``300``, ``300s``, ``5m``, ``1h`` (seconds without a unit)."""
+    found = _DURATION.fullmatch(text.strip())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration, e.g. 300s, 5m or 1h")
+    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if not math.isfinite(seconds) or seconds > 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than a week")
+    return timedelta(seconds=seconds)
+
+
+def _to_arg(text: str) -> str:
+    try:
+        sink_for(text)
+    except (ValueError, ImportError) as exc:  # ImportError: the postgres extra is missing
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def register(subparsers: Subparsers) -> None:
-    """The ``sync`` command: a location's messages, incrementally, into a directory."""
+    """The ``sync`` command: a location kept up to date, run after run."""
     sync = subparsers.add_parser(
         "sync",
-        help="write a location's new or changed messages to a numbered file",
-        description="The first run writes every message of the location to "
-        "DIR/messages-000001.jsonl; each later run writes only what is new or changed "
-        "since the run before (a message edited comes again, whole) to the next "
-        "number. Load the files in order and upsert by id. A run with nothing new "
-        "writes nothing.",
+        help="bring a location's mirror up to date (SQLite, PostgreSQL or numbered files)",
+        description="Each run reads what is new or changed since the run before and "
+        "commits it with the sync's state, so a run stopped at any instant goes on "
+        "where it was. --to writes a database (rows upserted by id; SQLite by "
+        f"default: {DEFAULT_TO}); --out DIR writes a numbered JSON Lines file per run "
+        "with something new (load them in order, upsert by id). Every change the "
+        "server made visible before a run started is in after it, provided it appeared "
+        "within --lookback of its dateUpdated.",
     )
     sync.add_argument(
         "--location",
@@ -38,11 +77,20 @@ def register(subparsers: Subparsers) -> None:
         metavar="LOCATION_ID",
         help="the location to sync",
     )
-    sync.add_argument(
-        "--out", required=True, metavar="DIR", help="the directory of numbered files and state"
+    where = sync.add_mutually_exclusive_group()
+    where.add_argument(
+        "--to",
+        type=_to_arg,
+        metavar="URL",
+        help=f"sqlite:///path.db or postgresql://... (default: {DEFAULT_TO})",
     )
+    where.add_argument("--out", metavar="DIR", help="numbered JSON Lines files in DIR instead")
+    sync.add_argument("--email-bodies", action="store_true", help="fetch each email's bodies too")
     sync.add_argument(
-        "--email-bodies", action="store_true", help="fetch each email's bodies into 'emails'"
+        "--lookback",
+        type=duration_arg,
+        default=LOOKBACK,
+        help="how far before its mark each run reads again (default: 5m)",
     )
     sync.add_argument(
         "--concurrency", type=count_arg(1, 256), default=16, help="requests in flight (16)"
@@ -58,31 +106,68 @@ def register(subparsers: Subparsers) -> None:
 async def run(args: argparse.Namespace) -> int:
     """Run ``ghl-async sync``; one summary line on stderr. Returns the exit code."""
     token = read_token(args.token_file)
+    sink: Sink
+    if args.out is not None:
+        sink, where = NumberedFiles(args.out), args.out
+    else:
+        url = args.to or DEFAULT_TO
+        sink, where = sink_for(url), describe(url)
     client = Client(
         token, base_url=args.base_url, max_concurrency=args.concurrency, rate_limit=args.rate
     )
     async with client:
         try:
-            summary = await run_sync(
-                client, args.location, args.out, email_bodies=args.email_bodies
-            )
-        except SyncRefused as exc:
+            async with sink:
+                result = await sync_location(
+                    client,
+                    args.location,
+                    sink,
+                    email_bodies=args.email_bodies,
+                    lookback=args.lookback,
+                )
+        except errors.SinkError as exc:
+            raise CommandExit(EXIT_OUTPUT, f"sync into {where} stopped: {exc}") from None
+        except ValueError as exc:  # the sink holds another kind of export of the location
             raise UsageError(str(exc)) from None
         except errors.LocationExportUnavailable as exc:
             raise UsageError(f"{exc.message}; sync needs the location export") from None
         except errors.AuthenticationError as exc:
             raise UsageError(f"the token was refused ({exc.message}); check GHL_TOKEN") from None
         except errors.GHLError as exc:
-            say(f"ghl-async: sync run failed ({exc}); nothing of it was kept, run it again")
+            say(
+                f"ghl-async: sync of location {args.location} stopped ({exc}); what was "
+                f"committed stands: run it again to continue"
+            )
             return EXIT_FAILED
-        except OSError as exc:
-            say(f"ghl-async: cannot write {args.out}: {exc.strerror or exc}; run it again")
-            return EXIT_OUTPUT
-    if summary.file is None:
-        say(f"sync: nothing new ({summary.requests} requests)")
-    else:
-        say(
-            f"sync: run {summary.run} wrote {summary.messages} new or changed messages to "
-            f"{summary.file} ({summary.requests} requests)"
+        requests = client.stats.requests
+    say(_summary(result, where, requests, sink))
+    return EXIT_FAILED if result.failed_emails else EXIT_OK
+
+
+def _summary(result: ExportResult, where: str, requests: int, sink: Sink) -> str:
+    resumed = ", resumed" if result.resumed else ""
+    if not result.messages:
+        return (
+            f"sync: nothing new in {where} ({requests} requests{resumed}){email_failures(result)}"
         )
-    return EXIT_OK
+    emails = f" and {result.emails} email bodies" if result.emails else ""
+    into = where
+    if isinstance(sink, NumberedFiles) and sink.last_file is not None:
+        into = sink.last_file
+    return (
+        f"sync: {result.messages} new or changed messages{emails} into {into} "
+        f"({requests} requests{resumed}){email_failures(result)}"
+    )
+
+
+def email_failures(result: ExportResult) -> str:
+    """The summary's words on email bodies still missing ('' when none)."""
+    failed = result.failed_emails
+    if not failed:
+        return ""
+    email_id, first = next(iter(failed.items()))
+    again = sum(f.retry for f in failed.values())
+    return (
+        f"; {len(failed)} email bodies could not be fetched (first {email_id}: "
+        f"{first.reason}); {again} will be fetched again by the next run"
+    )
