@@ -163,15 +163,23 @@ def _aware(when: datetime, what: str) -> datetime:
             f"{what} must be timezone-aware (datetime(..., tzinfo=timezone.utc)): "
             "a naive datetime would be read in an unknown zone"
         )
-    return when
+    try:
+        # In UTC: instants compare as instants (two wall times of one zone across a DST
+        # fold compare by the wall clock otherwise), and print the same everywhere.
+        return when.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(
+            f"{what} ({when.isoformat()}) is outside the dates UTC can hold (years 1 to 9999)"
+        ) from None
 
 
 def check_since(when: datetime, what: str = "since") -> datetime:
-    """Return ``when`` if it is a timezone-aware datetime.
+    """``when`` in UTC, if it is a timezone-aware datetime.
 
     Raises:
         TypeError: not a datetime.
-        ValueError: naive (its zone is unknown).
+        ValueError: naive (its zone is unknown), or outside what UTC can hold (year 1
+            at +01:00).
     """
     return _aware(when, what)
 
@@ -272,8 +280,12 @@ def format_export_date(when: datetime) -> str:
         TypeError: not a datetime.
         ValueError: a naive datetime (its zone is unknown; pass ``tzinfo=timezone.utc``).
     """
-    utc = _aware(when, "the date").astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = _aware(when, "the date")
+    # Not strftime: its %Y writes year 5 as "5" on some platforms, not "0005".
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def check_cursor(value: object, what: str = "cursor") -> str:
@@ -343,9 +355,11 @@ def export_params(
     if conversation_id is not None:
         params["conversationId"] = check_id(conversation_id, "conversation_id")
     if since is not None:
-        params["startDate"] = format_export_date(_aware(since, "since"))
+        since = _aware(since, "since")
+        params["startDate"] = format_export_date(since)
     if until is not None:
-        params["endDate"] = format_export_date(_aware(until, "until"))
+        until = _aware(until, "until")
+        params["endDate"] = format_export_date(until)
     if since is not None and until is not None and since > until:
         raise ValueError(f"since ({since.isoformat()}) is after until ({until.isoformat()})")
     if cursor is not None:

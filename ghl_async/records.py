@@ -16,7 +16,7 @@ timezone-aware ``datetime``, the ``meta`` values lifted into their own columns.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Final, TypeAlias
 
 import msgspec
@@ -92,11 +92,23 @@ def to_records(items: Iterable[Item]) -> list[Record]:
     return rows
 
 
+def _in_utc(when: datetime) -> datetime | None:
+    """``when`` in UTC, as COLUMNS promises (one zone: pandas makes it datetime64)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        return when.replace(tzinfo=timezone.utc)  # the wire's dates always carry a zone
+    try:
+        return when.astimezone(timezone.utc)
+    except OverflowError:  # year 1 at +01:00: no instant UTC can name
+        return None
+
+
 def _row(message: Message, conversation_id: str | None) -> Record:
     meta = message.meta
     email = meta.email if meta is not None else None
     unparsed = message.unparsed
     date_added: datetime | None = message.date_added
+    if date_added is not None and date_added.tzinfo is not timezone.utc:
+        date_added = _in_utc(date_added)
     return {
         "id": message.id,
         "conversation_id": conversation_id or message.conversation_id,

@@ -551,3 +551,36 @@ async def test_search_and_messages_page_to_the_end(session: aiohttp.ClientSessio
             ids += [m.id for m in messages.messages]
             query = next_messages_params(query, messages)
         assert ids == [m["id"] for m in fake.messages(conversation)]
+
+
+def test_dates_across_a_dst_fold_compare_as_instants_and_far_years_are_written_whole() -> None:
+    from zoneinfo import ZoneInfo
+
+    from ghl_async._params import export_params, format_export_date
+
+    eastern = ZoneInfo("America/New_York")
+    # 01:30 EDT, then 01:10 EST: later in time, earlier on the wall clock.
+    since = datetime(2024, 11, 3, 1, 30, tzinfo=eastern)
+    until = datetime(2024, 11, 3, 1, 10, fold=1, tzinfo=eastern)
+    params = export_params("L1", since=since, until=until)
+    assert params["startDate"] == "2024-11-03T05:30:00.000Z"
+    assert params["endDate"] == "2024-11-03T06:10:00.000Z"
+    assert format_export_date(datetime(5, 1, 1, tzinfo=timezone.utc)) == "0005-01-01T00:00:00.000Z"
+    year_one = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    with pytest.raises(ValueError, match="outside the dates UTC can hold"):
+        export_params("L1", since=year_one)
+
+
+def test_to_records_gives_every_date_in_utc() -> None:
+    import msgspec
+
+    from ghl_async.models import Message
+    from ghl_async.records import to_records
+
+    india = msgspec.json.decode(
+        b'{"id":"a","dateAdded":"2024-03-27T18:13:49.000+05:30"}', type=Message
+    )
+    utc = msgspec.json.decode(b'{"id":"b","dateAdded":"2024-03-27T12:43:49.000Z"}', type=Message)
+    rows = to_records([india, utc])
+    assert rows[0]["date_added"] == rows[1]["date_added"]
+    assert rows[0]["date_added"].tzinfo is timezone.utc

@@ -11,10 +11,18 @@ from ghl_async import errors
 
 TokenProvider = Callable[[], Awaitable[str]]
 
-__all__ = ["TokenProvider", "TokenSource"]
+__all__ = ["TokenProvider", "TokenSource", "check_token"]
 
 
-def _check_token(token: object, *, from_provider: bool) -> str:
+def check_token(token: object, *, from_provider: bool = False) -> str:
+    """``token`` if it can go in a header: a non-empty ``str`` with no whitespace at its
+    ends and no line break or NUL (which would split or end the header).
+
+    Raises:
+        TypeError: not a str.
+        ValueError: empty, or with such characters (``from_provider``: an empty token
+            is an :class:`~ghl_async.errors.AuthenticationError`).
+    """
     if not isinstance(token, str):
         if from_provider:
             raise TypeError(f"the token provider returned {type(token).__name__}, not a str token")
@@ -44,7 +52,7 @@ class TokenSource:
         if callable(token):
             self._provider = token
         else:
-            self._current = _check_token(token, from_provider=False)
+            self._current = check_token(token, from_provider=False)
         self._timeout = timeout
         self._lock: anyio.Lock | None = None
 
@@ -90,7 +98,7 @@ class TokenSource:
             async with self._lock:
                 if self._current is not None and self._current != stale:
                     return self._current
-                token = _check_token(await self._ask(), from_provider=True)
+                token = check_token(await self._ask(), from_provider=True)
                 self._current = token
                 return token
         assert scope.cancelled_caught

@@ -101,8 +101,17 @@ def read_token(token_file: str | None) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise UsageError(f"cannot read the token file: {reason}") from None
+        source = "the token file"
     else:
         token = os.environ.get("GHL_TOKEN", "").strip()
+        source = "GHL_TOKEN"
     if not token:
         raise UsageError("no token: set GHL_TOKEN or pass --token-file")
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        # A token is one word of printable characters: anything else is two tokens run
+        # together, or a stray line break, and would make a broken header.
+        raise UsageError(
+            f"{source} has a line break, a space or a control character inside the token; "
+            "check how it was set"
+        )
     return token

@@ -174,6 +174,24 @@ async def test_a_bad_token_stops_at_once_with_exit_code_2(
     assert "pit-wrong-secret-value" not in err
 
 
+@pytest.mark.parametrize("token", ["pit-one\npit-two", "pit-one pit-two", "pit-\x00x"])
+async def test_a_token_with_a_line_break_inside_is_one_line_and_exit_2(
+    token: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GHL_TOKEN", token.replace("\x00", "\x01"))  # NUL: not in environ
+    code = await run_cli("export", "abc", "--out", str(tmp_path / "x.jsonl"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert [line for line in err.splitlines() if line] == [
+        "ghl-async: GHL_TOKEN has a line break, a space or a control character inside the "
+        "token; check how it was set"
+    ]
+    assert not (tmp_path / "x.jsonl").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
