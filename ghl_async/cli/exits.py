@@ -4,8 +4,10 @@ Every error ends in one line on stderr (``ghl-async: ...``), never a traceback.
 
 Exit codes:
     0    done.
-    1    some conversations failed (their ids are in ``OUT.failed``), the daily budget
-         ran out, or listing a location failed part way; ``--resume`` continues.
+    1    some conversations failed (their ids are in ``OUT.failed``), some email bodies
+         could not be fetched (recorded with their messages; the next run fetches
+         them again), the daily budget ran out, or listing a location failed part
+         way; ``--resume`` (or running the command again) continues.
     2    bad usage, nothing written: a bad flag or id, a refused token, an unknown
          location, an output that cannot be opened, exists (``--force``), is locked by
          another export, or does not match its checkpoint on ``--resume``; a busy port.

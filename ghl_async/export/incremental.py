@@ -41,7 +41,14 @@ from ghl_async._http.export_route import LocationExport, LocationPage
 from ghl_async._params import export_params, updated_at
 from ghl_async._validation import check_id
 from ghl_async.client import Client
-from ghl_async.export.pipeline import ExportResult, emails_of, query_of
+from ghl_async.export.pipeline import (
+    ExportResult,
+    commit_batch,
+    email_retries,
+    page_batch,
+    query_of,
+    retry_emails,
+)
 from ghl_async.export.sink import Batch, ExportState, Sink
 from ghl_async.models import Message
 
@@ -240,6 +247,7 @@ class _Run:
                 if name != current:
                     cursor = ""  # a pass begun here; its start was committed with the last
                 state = await self._pass(state, name, channel, cursor or None)
+        state = await retry_emails(self.client, self.sink, state, self.result, self.on_batch)
         state = msgspec.structs.replace(
             state, cursor=None, done=True, run_started=None, pass_start=None
         )
@@ -308,18 +316,14 @@ class _Run:
             recent=versions,
             high_water=high,
             messages=state.messages + len(fresh),
+            retry_emails=email_retries(state.retry_emails, fresh),
         )
         if not page.next_cursor:
             state = self._after(state, name)
-        await self._commit(Batch(messages=fresh, emails=emails_of(fresh), state=state))
+        await self._commit(page_batch(fresh, state))
         return state
 
     async def _commit(self, batch: Batch, *, page: bool = True) -> None:
-        await self.sink.commit(batch)
-        result = self.result
-        result.state = batch.state
-        result.messages += len(batch.messages)
-        result.emails += len(batch.emails)
-        result.pages += page
-        if self.on_batch is not None:
-            self.on_batch(result)
+        await commit_batch(
+            self.sink, batch=batch, result=self.result, on_batch=self.on_batch, page=page
+        )

@@ -15,16 +15,17 @@ wiring still to do).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
 from ghl_async import errors
-from ghl_async._http.emails import MessageWithEmails
+from ghl_async._http.emails import EmailFailure, MessageWithEmails, attach_emails
 from ghl_async._http.export_route import LocationPage
 from ghl_async._params import check_channel, check_since, updated_at
 from ghl_async._validation import check_id
@@ -53,7 +54,10 @@ class ExportResult:
     ``messages``: rows committed by this run (a message edited twice counts twice);
     ``pages``: batches committed; ``resumed``: the run went on from a committed state;
     ``fallback``: it paged conversation by conversation; ``state``: the sink's state
-    at the end (``state.done`` once the whole location is in).
+    at the end (``state.done`` once the whole location is in); ``failed_emails``: the
+    email bodies still missing at the end, by email id (the message is in the sink all
+    the same; those worth asking again are in ``state.retry_emails``, fetched again by
+    the next run).
     """
 
     messages: int = 0
@@ -62,6 +66,7 @@ class ExportResult:
     resumed: bool = False
     fallback: bool = False
     state: ExportState | None = None
+    failed_emails: dict[str, EmailFailure] = field(default_factory=dict)
 
 
 def query_of(
@@ -148,7 +153,8 @@ async def export_location(
     if state is None:
         state = ExportState(location_id=location_id, query=query)
     result.state = state
-    if state.done:
+    if state.done:  # a finished export: only the email bodies still worth asking again
+        await retry_emails(client, sink, state, result, on_batch)
         return result
     if not state.fallback:
         try:
@@ -198,17 +204,63 @@ def emails_of(messages: list[Message]) -> list[tuple[str, EmailMessage]]:
     ]
 
 
+def failures_of(messages: list[Message]) -> list[tuple[str, EmailFailure]]:
+    """Each email body among ``messages`` that could not be fetched, with its message id."""
+    return [
+        (message.id, failure)
+        for message in messages
+        if isinstance(message, MessageWithEmails)
+        for failure in message.email_failures
+    ]
+
+
+def page_batch(
+    messages: list[Message], state: ExportState, conversation_ids: list[str | None] | None = None
+) -> Batch:
+    """The batch of a page: its messages, their email bodies and failures, the state."""
+    return Batch(
+        messages=messages,
+        conversation_ids=conversation_ids or [],
+        emails=emails_of(messages),
+        email_failures=failures_of(messages),
+        state=state,
+    )
+
+
+def email_retries(retry: dict[str, list[str]], messages: list[Message]) -> dict[str, list[str]]:
+    """``retry_emails`` once ``messages`` are written: each email message's entry is its
+    failures worth asking again, or none (pure; ``retry`` is not changed).
+    """
+    changed: dict[str, list[str]] | None = None
+    for message in messages:
+        if not isinstance(message, MessageWithEmails):
+            continue
+        again = [f.email_id for f in message.email_failures if f.retry]
+        if again or message.id in retry:
+            changed = dict(retry) if changed is None else changed
+            if again:
+                changed[message.id] = again
+            else:
+                changed.pop(message.id, None)
+    return retry if changed is None else changed
+
+
 def _advanced(state: ExportState, messages: list[Message]) -> ExportState:
-    """The state after ``messages`` are written: counts and high-water mark moved on."""
+    """The state after ``messages`` are written: counts, high-water mark, retries."""
     high = state.high_water
     for message in messages:
         when = updated_at(message)
         if when is not None and (high is None or when > high):
             high = when
-    return msgspec.structs.replace(state, messages=state.messages + len(messages), high_water=high)
+    return msgspec.structs.replace(
+        state,
+        messages=state.messages + len(messages),
+        high_water=high,
+        retry_emails=email_retries(state.retry_emails, messages),
+    )
 
 
-async def _commit(
+async def commit_batch(
     sink: Sink,
     result: ExportResult,
     batch: Batch,
@@ -222,8 +274,52 @@ async def _commit(
     result.messages += len(batch.messages)
     result.emails += len(batch.emails)
     result.pages += page
+    failed = result.failed_emails
+    for _, email in batch.emails:
+        failed.pop(email.id, None)
+    for _, failure in batch.email_failures:
+        failed[failure.email_id] = failure
     if on_batch is not None:
         on_batch(result)
+
+
+async def retry_emails(
+    client: Client,
+    sink: Sink,
+    state: ExportState,
+    result: ExportResult,
+    on_batch: Callable[[ExportResult], None] | None,
+) -> ExportState:
+    """Fetch again each message whose email bodies failed in a way worth asking again,
+    with its bodies, and commit it: once per run, at its end. What fails again stays
+    in ``state.retry_emails`` for the next run; a message gone (404) is let go.
+    """
+    pending = list(state.retry_emails)
+    for start in range(0, len(pending), _RETRY_CHUNK):
+        chunk = pending[start : start + _RETRY_CHUNK]
+        fetched = await asyncio.gather(*(_message_or_none(client, m) for m in chunk))
+        found = [m for m in fetched if isinstance(m, Message)]
+        messages = await attach_emails(found, client.get_email)
+        gone = [m for m, got in zip(chunk, fetched, strict=True) if got is False]
+        retry = {k: v for k, v in state.retry_emails.items() if k not in gone}
+        state = _advanced(msgspec.structs.replace(state, retry_emails=retry), messages)
+        await commit_batch(sink, result, page_batch(messages, state), on_batch, page=False)
+    return state
+
+
+_RETRY_CHUNK: Final = 100
+
+
+async def _message_or_none(client: Client, message_id: str) -> Message | Literal[False] | None:
+    """The message (``None``: not this time; ``False``: gone for good)."""
+    try:
+        return await client.get_message(message_id)
+    except errors.NotFoundError:
+        return False
+    except errors.GHLError as exc:
+        if exc.stops_fan_out:
+            raise
+        return None
 
 
 async def _by_route(
@@ -248,6 +344,7 @@ async def _by_route(
     position are dropped: nothing is lost and nothing is written twice.
     """
     restarted = False
+    previous: frozenset[str] = frozenset()  # the ids of the page before: pages may overlap
     while True:
         read = 0
         bounded = state.pass_until is not None
@@ -264,9 +361,10 @@ async def _by_route(
             async with aclosing(pages):
                 async for page in pages:
                     read += 1
-                    state = await _route_page(
-                        sink, result, state, page, channel is not None, on_batch
+                    state, previous = await _route_page(
+                        sink, result, state, page, previous, channel is not None, on_batch
                     )
+                    del page  # not kept while the next one is asked for
                     if bounded and state.pass_until is None:
                         break  # the bounded pass is over: the next asks without the bound
             if bounded and not state.done:
@@ -277,9 +375,10 @@ async def _by_route(
                 raise  # no cursor to blame, or refused again from the position itself
             restarted = True
             state = _restart_pass(state, channel, until)
+    state = await retry_emails(client, sink, state, result, on_batch)
     if not state.done:  # no page at all, or the last one still had a resume token
         state = msgspec.structs.replace(state, cursor=None, done=True)
-        await _commit(sink, result, Batch(messages=[], state=state), on_batch, page=False)
+        await commit_batch(sink, result, Batch(messages=[], state=state), on_batch, page=False)
 
 
 _POSITION: Final = "position"
@@ -318,14 +417,18 @@ async def _route_page(
     result: ExportResult,
     state: ExportState,
     page: LocationPage,
+    previous: frozenset[str],
     filtered: bool,
     on_batch: Callable[[ExportResult], None] | None,
-) -> ExportState:
-    """Commit one page of the export route with the state after it."""
+) -> tuple[ExportState, frozenset[str]]:
+    """Commit one page of the export route with the state after it; return the state
+    and the page's ids. A message the page before held (pages that overlap) or written
+    at the position a restarted pass starts from is not written again.
+    """
     at_position = state.recent.get(_POSITION, {})
     messages = page.messages
-    if at_position:  # a restarted pass: what was written at its position is not again
-        messages = [m for m in messages if m.id not in at_position]
+    if at_position or previous:
+        messages = [m for m in messages if m.id not in at_position and m.id not in previous]
     position, boundary = state.position, dict(at_position)
     for message in messages:
         added = message.date_added
@@ -350,9 +453,8 @@ async def _route_page(
         pass_until=state.pass_until if same_pass else None,
         recent=recent,
     )
-    batch = Batch(messages=messages, emails=emails_of(messages), state=state)
-    await _commit(sink, result, batch, on_batch)
-    return state
+    await commit_batch(sink, result, page_batch(messages, state), on_batch)
+    return state, frozenset(m.id for m in page.messages)
 
 
 async def _by_conversation(
@@ -398,12 +500,9 @@ async def _by_conversation(
             state = msgspec.structs.replace(
                 _advanced(state, messages), conversations=dict(progress)
             )
-            batch = Batch(
-                messages=messages,
-                conversation_ids=[conversation_id] * len(messages),
-                emails=emails_of(messages),
-                state=state,
-            )
-            await _commit(sink, result, batch, on_batch)
+            batch = page_batch(messages, state, [conversation_id] * len(messages))
+            await commit_batch(sink, result, batch, on_batch)
+            del page, batch, messages  # not kept while the next page is asked for
+    state = await retry_emails(client, sink, state, result, on_batch)
     state = msgspec.structs.replace(state, done=True)
-    await _commit(sink, result, Batch(messages=[], state=state), on_batch, page=False)
+    await commit_batch(sink, result, Batch(messages=[], state=state), on_batch, page=False)

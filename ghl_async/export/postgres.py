@@ -49,11 +49,13 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ghl_async import errors
 from ghl_async.export.schema import (
     EMAIL_COLUMNS,
+    EMAIL_FAILURE_COLUMNS,
     MESSAGE_COLUMNS,
     SCHEMA_VERSION,
     STATE_COLUMNS,
     STATE_JSON,
     Column,
+    email_failure_row,
     email_row,
     is_json,
     message_rows,
@@ -69,6 +71,7 @@ logger = logging.getLogger("ghl_async")
 _TABLES: Final[dict[str, tuple[Column, ...]]] = {
     "messages": MESSAGE_COLUMNS,
     "emails": EMAIL_COLUMNS,
+    "email_failures": EMAIL_FAILURE_COLUMNS,
     "export_state": STATE_COLUMNS,
 }
 _SCHEMES: Final = ("postgresql", "postgres")
@@ -135,6 +138,8 @@ _MERGE_SQL: Final = (
 # The one-row-at-a-time form of the merge (executemany; benchmarks.sink_postgres).
 _UPSERT_SQL: Final = _upsert("messages", MESSAGE_COLUMNS) + _NEWER
 _EMAILS_SQL: Final = _upsert("emails", EMAIL_COLUMNS)
+_FAILURES_SQL: Final = _upsert("email_failures", EMAIL_FAILURE_COLUMNS)
+_FETCHED_SQL: Final = "DELETE FROM email_failures WHERE email_id = ANY($1::text[])"
 _STATE_SQL: Final = _upsert("export_state", STATE_COLUMNS)
 _LOAD_SQL: Final = f"SELECT {_names(STATE_COLUMNS[:-1])} FROM export_state WHERE location_id = $1"
 
@@ -407,6 +412,7 @@ class PostgresSink:
         # Rows are built before the transaction: it holds row locks only to write.
         messages = self._message_records(batch)
         emails = self._email_records(batch)
+        failures = self._failure_records(batch)
         state = self._state_record(batch.state)
         async with lock:
             try:
@@ -415,6 +421,9 @@ class PostgresSink:
                         await self._upsert_messages(connection, messages)
                     if emails:
                         await connection.executemany(_EMAILS_SQL, emails)
+                        await connection.execute(_FETCHED_SQL, [row[0] for row in emails])
+                    if failures:
+                        await connection.executemany(_FAILURES_SQL, failures)
                     await connection.execute(_STATE_SQL, *state)
             except _FAILURES as exc:
                 raise self._error(
@@ -486,6 +495,15 @@ class PostgresSink:
                     row[i] = value.replace("\x00", "\ufffd")
             chosen[row[0]] = tuple(row)  # the same email twice: the later stands
         return [chosen[key] for key in sorted(chosen)]
+
+    @staticmethod
+    def _failure_records(batch: Batch) -> list[tuple[Any, ...]]:
+        now = datetime.now(timezone.utc)
+        chosen = {
+            failure.email_id: (*email_failure_row(message_id, failure).values(), now)
+            for message_id, failure in batch.email_failures
+        }
+        return [chosen[key] for key in sorted(chosen)]  # sorted: no deadlock between writers
 
     def _state_record(self, state: ExportState) -> tuple[Any, ...]:
         values = state_values(state)

@@ -3,7 +3,8 @@
 A SQL user reads them without our docs: ``messages`` has the columns of
 :data:`ghl_async.records.COLUMNS` plus ``date_updated`` and the whole ``meta``; ``emails``
 holds email bodies keyed by email id; ``export_state`` is where each location's export
-stands, committed with the rows; ``schema_version`` holds :data:`SCHEMA_VERSION`. A sink
+stands, committed with the rows; ``email_failures`` the email bodies a run could not
+fetch (retried by the next run); ``schema_version`` holds :data:`SCHEMA_VERSION`. A sink
 that finds another version refuses in one line (:class:`~ghl_async.errors.SinkError`).
 """
 
@@ -14,16 +15,19 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from ghl_async._http.emails import EmailFailure
 from ghl_async.export.sink import ExportState
 from ghl_async.models import EmailMessage, Message
 from ghl_async.records import COLUMNS, Item, to_records
 
 __all__ = [
     "EMAIL_COLUMNS",
+    "EMAIL_FAILURE_COLUMNS",
     "MESSAGE_COLUMNS",
     "STATE_COLUMNS",
     "SCHEMA_VERSION",
     "Column",
+    "email_failure_row",
     "email_row",
     "is_json",
     "message_rows",
@@ -78,6 +82,17 @@ EMAIL_COLUMNS: Final[tuple[Column, ...]] = (
     Column("content_type", "TEXT", "text", 'e.g. "text/html"'),
 )
 
+#: ``email_failures``: an email body that could not be fetched, a row per email id, until
+#: a later run fetches it (its row then goes, in the commit that writes the body).
+EMAIL_FAILURE_COLUMNS: Final[tuple[Column, ...]] = (
+    Column("email_id", "TEXT PRIMARY KEY", "text PRIMARY KEY", "the email id"),
+    Column("message_id", "TEXT", "text", "the email message (row of messages) it belongs to"),
+    Column("reason", "TEXT", "text", "what went wrong, in one line"),
+    Column("status", "INTEGER", "integer", "the HTTP status, if a reply came"),
+    Column("retry", "INTEGER", "boolean NOT NULL", "false: asking again cannot help"),
+    Column("failed_at", "TEXT", "timestamptz NOT NULL", "when it last failed"),
+)
+
 #: ``export_state``: a row per location, rewritten by every commit, one readable column
 #: per field of :class:`~ghl_async.export.sink.ExportState` (every sink alike). A sink's
 #: ``load`` reads the state back from these columns: a SQL user may edit them
@@ -110,13 +125,19 @@ STATE_COLUMNS: Final[tuple[Column, ...]] = (
         "jsonb NOT NULL",
         "message id to [date, digest] of versions a pass may read again, per pass",
     ),
+    Column(
+        "retry_emails",
+        "TEXT",
+        "jsonb NOT NULL",
+        "message id to the email ids whose bodies the next run fetches again",
+    ),
     Column("position", "TEXT", "timestamptz", "the oldest dateAdded committed in this pass"),
     Column("pass_until", "TEXT", "timestamptz", "the endDate of a pass asked again"),
     Column("updated_at", "TEXT", "timestamptz NOT NULL", "when this row was committed"),
 )
 
 #: ``export_state`` columns holding JSON; the others are text, dates, booleans, numbers.
-STATE_JSON: Final = frozenset({"conversations", "marks", "recent"})
+STATE_JSON: Final = frozenset({"conversations", "marks", "recent", "retry_emails"})
 #: ``export_state`` columns holding a date.
 STATE_DATES: Final = frozenset(
     {"high_water", "pass_start", "run_started", "position", "pass_until"}
@@ -159,6 +180,19 @@ def email_row(email: EmailMessage, message_id: str | None) -> dict[str, Any]:
         "direction": email.direction,
         "status": email.status,
         "content_type": email.content_type,
+    }
+
+
+def email_failure_row(message_id: str, failure: EmailFailure) -> dict[str, Any]:
+    """The ``email_failures`` row of one failure, keyed as :data:`EMAIL_FAILURE_COLUMNS`
+    (``failed_at`` is the commit's to set).
+    """
+    return {
+        "email_id": failure.email_id,
+        "message_id": message_id,
+        "reason": failure.reason,
+        "status": failure.status,
+        "retry": failure.retry,
     }
 
 

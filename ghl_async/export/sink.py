@@ -15,13 +15,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
+from ghl_async._http.emails import EmailFailure
 from ghl_async.models import EmailMessage, Message
 
-__all__ = ["Batch", "ExportState", "Sink"]
+__all__ = ["Batch", "ExportState", "Instant", "Sink"]
+
+#: A timezone-aware ``datetime``: a state naming a naive one (a hand-edited row or
+#: file) is refused when it is read, not trusted.
+Instant: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class ExportState(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -42,6 +47,10 @@ class ExportState(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     ``recent``, pass by pass, the ``(dateUpdated, digest)`` of each message id's version
     within the lookback window, so a version read again is not written again.
 
+    ``retry_emails``: message id to the email ids whose bodies failed in a way worth
+    asking again (a 404, a 500 after retries); the run's end, and the next run, fetch
+    the message and those bodies again.
+
     An export whose cursor the server refused goes on from ``position``, the
     ``dateAdded`` of the oldest message committed in the pass under way (the ids at it
     in ``recent["position"]``), asking that pass again up to ``pass_until``.
@@ -51,16 +60,17 @@ class ExportState(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     query: str
     cursor: str | None = None
     done: bool = False
-    high_water: datetime | None = None
+    high_water: Instant | None = None
     fallback: bool = False
     conversations: dict[str, str | None] = {}
     messages: int = 0
-    marks: dict[str, datetime] = {}
-    pass_start: datetime | None = None
-    run_started: datetime | None = None
-    recent: dict[str, dict[str, tuple[datetime, str]]] = {}
-    position: datetime | None = None
-    pass_until: datetime | None = None
+    marks: dict[str, Instant] = {}
+    pass_start: Instant | None = None
+    run_started: Instant | None = None
+    recent: dict[str, dict[str, tuple[Instant, str]]] = {}
+    retry_emails: dict[str, list[str]] = {}
+    position: Instant | None = None
+    pass_until: Instant | None = None
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,12 +78,15 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
 
     ``conversation_ids`` gives, message by message, the conversation it was read from
     (``None``: the message's own ``conversationId``); empty means ``None`` for all.
-    ``emails`` pairs each fetched email body with the id of its email message.
+    ``emails`` pairs each fetched email body with the id of its email message;
+    ``email_failures`` each body that could not be fetched (a sink records it until a
+    later batch brings that email).
     """
 
     messages: list[Message]
     conversation_ids: list[str | None] = []
     emails: list[tuple[str, EmailMessage]] = []
+    email_failures: list[tuple[str, EmailFailure]] = []
     state: ExportState
 
 

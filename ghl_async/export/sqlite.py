@@ -38,12 +38,14 @@ import msgspec
 from ghl_async import errors
 from ghl_async.export.schema import (
     EMAIL_COLUMNS,
+    EMAIL_FAILURE_COLUMNS,
     MESSAGE_COLUMNS,
     SCHEMA_VERSION,
     STATE_COLUMNS,
     STATE_DATES,
     STATE_JSON,
     Column,
+    email_failure_row,
     email_row,
     is_json,
     message_rows,
@@ -60,6 +62,7 @@ _T = TypeVar("_T")
 _TABLES: Final[dict[str, tuple[Column, ...]]] = {
     "messages": MESSAGE_COLUMNS,
     "emails": EMAIL_COLUMNS,
+    "email_failures": EMAIL_FAILURE_COLUMNS,
     "export_state": STATE_COLUMNS,
 }
 _SYNCHRONOUS: Final = ("FULL", "NORMAL")
@@ -103,6 +106,8 @@ _MESSAGES_SQL: Final = _upsert(
     " OR excluded.date_updated >= messages.date_updated",
 )
 _EMAILS_SQL: Final = _upsert("emails", EMAIL_COLUMNS)
+_FAILURES_SQL: Final = _upsert("email_failures", EMAIL_FAILURE_COLUMNS)
+_FETCHED_SQL: Final = "DELETE FROM email_failures WHERE email_id = ?"
 _STATE_SQL: Final = _upsert("export_state", STATE_COLUMNS)
 _STATE_NAMES: Final = tuple(c.name for c in STATE_COLUMNS[:-1])
 _LOAD_SQL: Final = (
@@ -571,6 +576,14 @@ class SQLiteSink:
             rows.append(row)
         return rows
 
+    @staticmethod
+    def _failure_rows(batch: Batch) -> list[tuple[Any, ...]]:
+        now = iso_utc(datetime.now(timezone.utc))
+        return [
+            (*email_failure_row(message_id, failure).values(), now)
+            for message_id, failure in batch.email_failures
+        ]
+
     def _state_row(self, state: ExportState) -> tuple[Any, ...]:
         values = state_values(state)
         for name in STATE_JSON:
@@ -586,6 +599,7 @@ class SQLiteSink:
         # Rows are built before the transaction: it holds the write lock only to write.
         messages = self._message_rows(batch)
         emails = self._email_rows(batch)
+        failures = self._failure_rows(batch)
         state = self._state_row(batch.state)
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -594,6 +608,9 @@ class SQLiteSink:
                     connection.executemany(_MESSAGES_SQL, messages)
                 if emails:
                     connection.executemany(_EMAILS_SQL, emails)
+                    connection.executemany(_FETCHED_SQL, [(row[0],) for row in emails])
+                if failures:
+                    connection.executemany(_FAILURES_SQL, failures)
                 connection.execute(_STATE_SQL, state)
                 connection.execute("COMMIT")
             except BaseException:

@@ -31,6 +31,7 @@ from ghl_async.testing._location import (
     MessageIndex,
     QueryError,
     Record,
+    encode_cursor,
     iso_millis,
     parse_export_query,
     parse_instant,
@@ -195,6 +196,8 @@ class FakeHighLevel:
             clients can test their fallback. ``None``: serve it.
         wrap_export: wrap the export reply as the messages route's is,
             ``{"messages": {"messages", "nextCursor", "total"}}`` (the live reply may be).
+        export_overlap: each export page's cursor points this many messages before its
+            end, so the next page repeats them (a hostile server; 0: pages meet exactly).
         host: the address to listen on.
         port: the port to listen on (0: a free one).
     """
@@ -216,6 +219,7 @@ class FakeHighLevel:
         location_id: str = "ve9EPM428h8vShlRW1KT",
         export_refusal: int | None = None,
         wrap_export: bool = False,
+        export_overlap: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -237,6 +241,7 @@ class FakeHighLevel:
         self.location_id = location_id
         self.export_refusal = export_refusal
         self.wrap_export = wrap_export
+        self.export_overlap = export_overlap
         self.stats = FakeStats()
         self._host = host
         self._port = port
@@ -420,11 +425,13 @@ class FakeHighLevel:
         *,
         conversation_id: str | None = None,
         route: str | None = None,
+        email_id: str | None = None,
     ) -> None:
         """Make the next ``count`` successful replies fail instead.
 
-        Only replies for ``conversation_id`` (the messages route) and on ``route``
-        (``search``, ``messages``, ``export``, ``message``, ``email``), if given.
+        Only replies for ``conversation_id`` (the messages route), for ``email_id`` (the
+        email route) and on ``route`` (``search``, ``messages``, ``export``,
+        ``message``, ``email``), if given.
         ``kind`` is one of ``server_error``, ``reset``, ``truncate``, ``slow``,
         ``html``, or an HTTP status such as ``"404"`` or ``"429"``.
         """
@@ -432,6 +439,8 @@ class FakeHighLevel:
             raise ValueError(f"unknown fault {kind!r}")
         if route is not None and route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; known: {', '.join(ROUTES)}")
+        if email_id is not None:
+            conversation_id, route = email_id, "email"
         for _ in range(count):
             self._scripted.append((kind, conversation_id, route))
 
@@ -532,7 +541,10 @@ class FakeHighLevel:
             response.headers.update(headers)
             if response.status != 200 or not isinstance(response, web.Response):
                 return response
-            fault = self._next_fault(request.match_info.get("conversation_id"), route)
+            target = request.match_info.get("conversation_id")
+            if route == "email":
+                target = request.match_info.get("id")
+            fault = self._next_fault(target, route)
             if fault is not None:
                 body = response.body if isinstance(response.body, bytes) else b""
                 reply = await self._fault(request, fault, body, headers)
@@ -740,6 +752,11 @@ class FakeHighLevel:
         except QueryError as exc:
             return self._error(exc.status, exc.message)
         records, next_cursor, total = self._index.page(checked)
+        overlap = self.export_overlap
+        if overlap and next_cursor is not None and len(records) > overlap:
+            last = records[-1 - overlap]  # the next page starts again after this one
+            key = last.created if checked.sort_by == "createdAt" else last.updated
+            next_cursor = encode_cursor(checked.sort_by, checked.order, key, last.id)
         page = b"".join(
             (
                 b'"messages":[',

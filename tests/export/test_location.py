@@ -334,11 +334,27 @@ async def test_email_bodies_in_order_on_fan_out_and_export(server: ServerFactory
         assert fake.stats.by_route["email"] == 2 * len(fake.email_ids)
 
 
-async def test_an_email_body_error_is_raised_as_itself(server: ServerFactory) -> None:
+async def test_an_email_body_error_is_its_messages_and_a_stopping_one_is_raised(
+    server: ServerFactory,
+) -> None:
     async with server(conversations=4, messages=(20, 40), seed=11) as fake:
         fake.inject("404", route="email")
         async with Client(fake.token, base_url=fake.url, retry=FAST) as client:
-            with pytest.raises(errors.NotFoundError):
+            messages = [
+                m async for m in client.iter_location_messages(fake.location_id, email_bodies=True)
+            ]
+            # One body answered 404: that message carries the failure; every message and
+            # every other body came.
+            failed = [m for m in messages if isinstance(m, MessageWithEmails) and m.email_failures]
+            assert len(failed) == 1
+            (failure,) = failed[0].email_failures
+            assert failure.status == 404 and failure.retry
+            assert len(messages) == fake.total_messages
+            got = sum(len(m.emails) for m in messages if isinstance(m, MessageWithEmails))
+            assert got == len(fake.email_ids) - 1
+            # A refused token stops everything, as for any request.
+            fake.inject("401", route="email")
+            with pytest.raises(errors.AuthenticationError):
                 async for _ in client.iter_location_messages(fake.location_id, email_bodies=True):
                     pass
 

@@ -322,3 +322,15 @@ async def test_the_fallback_honours_channel_and_until() -> None:
         }
         assert result.fallback and want
         assert set(sink.messages) == want
+
+
+async def test_pages_that_overlap_write_each_message_once() -> None:
+    async with FakeHighLevel(conversations=30, messages=(50, 300), seed=26) as fake:
+        fake.export_overlap = 3  # every page repeats the last three of the one before
+        sink = MemorySink()
+        async with client_of(fake) as client, sink:
+            result = await export_location(client, fake.location_id, sink)
+        assert result.pages > 3
+        assert set(sink.messages) == all_ids(fake)
+        assert set(sink.writes.values()) == {1}
+        assert result.state is not None and result.state.messages == len(all_ids(fake))

@@ -689,7 +689,7 @@ def check_consistent(path: Path) -> int:
         if "export_state" not in tables:
             assert not tables, f"a half-created schema: {tables}"
             return 0
-        assert tables == {"messages", "emails", "export_state", "schema_version"}
+        assert tables == {"messages", "emails", "email_failures", "export_state", "schema_version"}
         stored = dict(plain.execute("SELECT id, body FROM messages").fetchall())
         distinct = plain.execute("SELECT COUNT(DISTINCT id) FROM messages").fetchone()[0]
 
