@@ -236,13 +236,19 @@ def installed_locations_params(
     return params
 
 
-def next_skip(page: InstalledLocationsPage, skip: int) -> int | None:
+def next_skip(
+    page: InstalledLocationsPage, skip: int, *, new: int | None = None, seen: int | None = None
+) -> int | None:
     """The ``skip`` of the page after ``page`` (read at ``skip``), or ``None`` at the end.
 
     An empty page ends the list even when ``count`` says more: a count that moved while
-    paging must not loop for ever.
+    paging must not loop for ever. Given ``new`` (the page's locations not seen before)
+    and ``seen`` (distinct locations so far), a page with nothing new ends it too (pages
+    that repeat), and so does having seen ``count`` locations.
     """
-    if not page.locations:
+    if not page.locations or new == 0:
+        return None
+    if seen is not None and seen >= page.count:
         return None
     following = skip + len(page.locations)
     return following if following < page.count else None

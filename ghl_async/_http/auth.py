@@ -41,7 +41,9 @@ class TokenSource:
 
     Concurrent 401s share one refresh: whoever comes second finds the token already
     changed and uses the new one. A provider gets ``timeout`` seconds to answer (the
-    same bound a request has): one that hangs fails the call instead of stalling it.
+    same bound a request has): one that hangs fails the call instead of stalling it. A
+    provider with ``bounds_its_wait = True`` bounds its own wait instead (a minted token
+    queued behind other locations' mints is waiting its turn, not hanging).
     """
 
     __slots__ = ("_current", "_lock", "_provider", "_timeout")
@@ -93,8 +95,11 @@ class TokenSource:
         assert self._provider is not None
         if self._lock is None:
             self._lock = anyio.Lock()
+        # A provider that bounds its own wait (minted tokens waiting their turn for the
+        # agency's budget) is not cut short by the request timeout.
+        bounded = getattr(self._provider, "bounds_its_wait", False) is True
         # move_on_after, not fail_after: a TimeoutError the provider raises is its own.
-        with anyio.move_on_after(self._timeout) as scope:
+        with anyio.move_on_after(None if bounded else self._timeout) as scope:
             async with self._lock:
                 if self._current is not None and self._current != stale:
                     return self._current

@@ -63,7 +63,7 @@ from ghl_async.agency.fanout import (
     WholeLocation,
 )
 from ghl_async.agency.inflight import InFlight
-from ghl_async.agency.tokens import MintedTokens
+from ghl_async.agency.tokens import MintedTokens, MintProgress
 from ghl_async.client import DEFAULT_BASE_URL, Client
 from ghl_async.export.pipeline import ExportResult, export_location
 from ghl_async.export.sink import Batch, ExportState, Sink
@@ -378,6 +378,13 @@ class Locations(Lifecycle):
         user_agent: the ``User-Agent`` header.
         max_body_bytes: the largest reply body read.
         clock: the monotonic clock location tokens expire by (tests pass their own).
+        mint_wait: with an :class:`AgencyToken`, the longest a location waits for its
+            token to be minted (the agency's mints share a few slots and its budget, and
+            queue); ``None`` (the default): its turn comes, however many are ahead.
+            :attr:`mints` says how the queue stands.
+        oauth_rate_limit: the agency's own budget for the OAuth routes (minting,
+            listing); by default what the server announces, from HighLevel's 100 per
+            10 s.
     """
 
     _closed_message = "the pool is closed: open it again or make a new one"
@@ -400,6 +407,8 @@ class Locations(Lifecycle):
         user_agent: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        mint_wait: float | None = None,
+        oauth_rate_limit: RateLimit | None = None,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError("timeout must be a number of seconds")
@@ -424,6 +433,9 @@ class Locations(Lifecycle):
         self._timeout = float(timeout)
         self._retry = retry if retry is not None else RetryPolicy()
         self._rate_limit = rate_limit
+        if oauth_rate_limit is not None and not isinstance(oauth_rate_limit, RateLimit):
+            raise TypeError("oauth_rate_limit must be a RateLimit")
+        self._oauth_rate = oauth_rate_limit
         self._limiter_for = limiter
         self._allow_insecure = allow_insecure
         self._user_agent = user_agent or f"ghl-async/{__version__}"
@@ -457,7 +469,11 @@ class Locations(Lifecycle):
                 api_version=OAUTH_VERSION,
             )
             self._minted = MintedTokens(
-                self._oauth, base_url=self._base_url, company_id=tokens.company_id, clock=clock
+                self._oauth,
+                base_url=self._base_url,
+                company_id=tokens.company_id,
+                clock=clock,
+                mint_wait=mint_wait,
             )
         self._clients: dict[str, Client] = {}
         self._cap = _PageCap(max_pages)
@@ -522,11 +538,18 @@ class Locations(Lifecycle):
             if self._minted is not None:
                 self._minted.forget_loop()
         if self._oauth is not None:
-            self._oauth.limiter = LocalLimiter()
+            self._oauth.limiter = LocalLimiter(self._oauth_rate)
             self._oauth.capacity = Slots(4)
             self._oauth.auth.forget_loop()
 
+    @property
+    def mints(self) -> MintProgress | None:
+        """With an :class:`AgencyToken`: tokens minted, locations waiting, mints failed."""
+        return self._minted.progress if self._minted is not None else None
+
     async def _close_parts(self) -> None:
+        if self._minted is not None:
+            await self._minted.aclose()
         clients = list(self._clients.values())
         self._clients.clear()
         for client in clients:
@@ -600,6 +623,10 @@ class Locations(Lifecycle):
     ) -> AsyncGenerator[InstalledLocation, None]:
         """Every location the app is installed in (``GET /oauth/installedLocations``).
 
+        Each location once, however the pages repeat or overlap; the listing ends when
+        ``count`` locations were seen, at an empty page, or at a page with nothing new
+        (a server paging in a loop), so a wrong ``count`` never pages for ever.
+
         Raises:
             TypeError: the pool was not given an :class:`AgencyToken` with an ``app_id``.
         """
@@ -610,6 +637,7 @@ class Locations(Lifecycle):
         await self._ready()
         assert self._oauth is not None
         skip: int | None = 0
+        seen: set[str] = set()
         while skip is not None:
             params = installed_locations_params(
                 tokens.company_id, tokens.app_id, skip=skip, limit=page_size
@@ -620,9 +648,11 @@ class Locations(Lifecycle):
                 decode_installed_locations,
                 what="installed locations",
             )
-            for location in page.locations:
+            fresh = [location for location in page.locations if location.id not in seen]
+            for location in fresh:
+                seen.add(location.id)
                 yield location
-            skip = next_skip(page, skip)
+            skip = next_skip(page, skip, new=len(fresh), seen=len(seen))
 
     async def _installed_ids(self) -> AsyncGenerator[str, None]:
         async with aclosing(self.installed_locations()) as locations:

@@ -12,10 +12,11 @@ token, the installed locations paged with ``skip``/``limit``, and the refresh gr
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import secrets
 import string
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -201,6 +202,22 @@ class FakeAgency:
         self._host = host
         self._port = port
         self._encoder = msgspec.json.Encoder()
+        self.mint_rate: RateLimit | None = None
+        """Hostile knob: the agency's budget for ``POST /oauth/locationToken`` (429 past
+        it, with ``Retry-After``); ``None``: unlimited."""
+        self.hang_mints = 0
+        """Hostile knob: this many next mint requests never answer (until the client
+        gives up on them)."""
+        self.mint_overrides: dict[str, dict[str, Any]] = {}
+        """Hostile knob: fields replaced in a location's mint reply (``{"expires_in": -1}``,
+        ``{"locationId": "another"}``)."""
+        self.installed_repeat = 0
+        """Hostile knob: each installed-locations page after the first starts this many
+        locations early (pages that overlap)."""
+        self.installed_count: int | None = None
+        """Hostile knob: the ``count`` the installed-locations reply claims."""
+        self._mints: deque[float] = deque()
+        self._closing = asyncio.Event()
 
     # -- data --------------------------------------------------------------------
 
@@ -312,6 +329,7 @@ class FakeAgency:
 
     async def close(self) -> None:
         """Stop listening and drop open connections."""
+        self._closing.set()  # hung mints end, so the server need not wait them out
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -393,6 +411,13 @@ class FakeAgency:
         fake = self.locations.get(location_id)
         if fake is None:
             return self._error(400, "The app is not installed in this location")
+        throttled = self._mint_throttled()
+        if throttled is not None:
+            return throttled
+        if self.hang_mints > 0:
+            self.hang_mints -= 1
+            await self._closing.wait()  # never answers (the client gives up first)
+            return self._error(503, "the fake is closing")
         token = "loc-" + secrets.token_hex(16)
         fake._grant(token, self._now() + self.token_ttl)
         self._owners[token] = fake
@@ -408,8 +433,25 @@ class FakeAgency:
                 "userId": self.user_id,
                 "appId": self.app_id,
                 "someFutureField": True,
+                **self.mint_overrides.get(location_id, {}),
             },
         )
+
+    def _mint_throttled(self) -> web.Response | None:
+        """The 429 of a mint past :attr:`mint_rate`, else ``None`` (and the mint counts)."""
+        budget = self.mint_rate
+        if budget is None:
+            return None
+        now, mints = self._now(), self._mints
+        while mints and mints[0] <= now - budget.interval:
+            mints.popleft()
+        if len(mints) >= budget.max_requests:
+            wait = mints[0] + budget.interval - now
+            response = self._error(429, "Too many requests")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        mints.append(now)
+        return None
 
     async def _installed_locations(self, request: web.Request) -> web.Response:
         refused = self._agency_refused(request)
@@ -441,6 +483,8 @@ class FakeAgency:
         if "locationId" in query:
             chosen = [info for info in chosen if info.id == query["locationId"]]
         skip, limit = paging["skip"], paging["limit"]
+        if skip and self.installed_repeat:
+            skip = max(0, skip - self.installed_repeat)
         items: list[dict[str, Any]] = []
         for info in chosen[skip : skip + limit]:
             item: dict[str, Any] = {
@@ -456,7 +500,7 @@ class FakeAgency:
             200,
             {
                 "locations": items,
-                "count": len(chosen),
+                "count": len(chosen) if self.installed_count is None else self.installed_count,
                 "installToFutureLocations": self.install_to_future_locations,
             },
         )
