@@ -305,6 +305,10 @@ class RedisLimiter:
         timeout: seconds a Redis call may take before it counts as unavailable.
         in_flight_timeout: seconds a slot stays held when its process never reports
             back (it crashed); should exceed the client's per-attempt timeout.
+        ride_out: seconds an outage of Redis is waited out (reconnecting with backoff,
+            one log line when it starts and one when it ends) before ``on_redis_error``
+            applies; 0 (the default): at once. A worker that must survive a Redis
+            restart sets it (the arq workers use 60).
     """
 
     def __init__(
@@ -318,6 +322,7 @@ class RedisLimiter:
         local_share: float = 0.25,
         timeout: float = 1.0,
         in_flight_timeout: float = 60.0,
+        ride_out: float = 0.0,
     ) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError("key must be a non-empty str")
@@ -325,6 +330,8 @@ class RedisLimiter:
             raise ValueError("on_redis_error must be 'raise' or 'local'")
         if not 0 < local_share <= 1:
             raise ValueError("local_share must be in (0, 1]")
+        if not 0 <= ride_out < float("inf"):
+            raise ValueError("ride_out must be a number of seconds, 0 or more")
         self._owns_client = isinstance(redis, str)
         if isinstance(redis, str):
             self._redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -354,6 +361,8 @@ class RedisLimiter:
         )
         self._local = LocalLimiter(local)
         self._warned = False
+        self._ride_out = ride_out
+        self._outage_since: float | None = None  # when Redis stopped answering
 
     def __repr__(self) -> str:
         return f"RedisLimiter(key={self._keys[0].rsplit(':', 1)[0]!r}, {self.rate_limit})"
@@ -369,6 +378,25 @@ class RedisLimiter:
         """Close the Redis connection if the limiter opened it."""
         if self._owns_client:
             await self._redis.aclose()
+
+    def _outage(self, exc: BaseException, backoff: float, deadline: float | None) -> float | None:
+        """How long to wait before asking Redis again, or ``None``: stop waiting it out."""
+        if not self._ride_out:
+            return None
+        now = anyio.current_time()
+        if self._outage_since is None:
+            self._outage_since = now
+            logger.warning(
+                "Redis is unavailable (%s): waiting up to %g s for it to come back",
+                type(exc).__name__,
+                self._ride_out,
+            )
+        left = self._outage_since + self._ride_out - now
+        if deadline is not None:
+            left = min(left, deadline - now)
+        if left <= 0:
+            return None
+        return min(backoff, left)
 
     def _unavailable(self, exc: BaseException) -> None:
         if self._on_error == "raise":
@@ -417,14 +445,24 @@ class RedisLimiter:
         args = self._acquire_args(member)
         pause_bound = smaller_bound(max_wait, max_pause)
         deadline = None if max_wait is None else anyio.current_time() + max_wait
+        backoff = _FIRST_BACKOFF
         while True:
             try:
                 with anyio.fail_after(self._timeout):
                     answer = await self._acquire_script(keys=self._keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
+                pause = self._outage(exc, backoff, deadline)
+                if pause is not None:
+                    await anyio.sleep(pause)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
                 self._unavailable(exc)
                 local = self._local
                 return _LocalTicket(await local.acquire(max_wait=max_wait, max_pause=max_pause))
+            if self._outage_since is not None:
+                lasted = anyio.current_time() - self._outage_since
+                self._outage_since = None
+                logger.warning("Redis is back after %.1f s: the shared rate limit goes on", lasted)
             if self._warned:
                 self._warned = False
                 logger.warning("Redis is back: the shared rate limit applies again")
@@ -493,6 +531,11 @@ class RedisLimiter:
             logger.debug(
                 "shared rate limit: %s", note.decode() if isinstance(note, bytes) else note
             )
+
+
+# Reconnecting to Redis during an outage: 0.1 s, doubling, at most 2 s apart.
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 2.0
 
 
 def _ms(seconds: float) -> int:

@@ -159,6 +159,60 @@ async def test_redis_gone_raises_a_clear_error_then_recovers(
             await limiter.aclose()
 
 
+async def test_a_redis_restart_is_ridden_out_in_two_log_lines(
+    redis_server: RedisServer, ghl_log: LogCapture
+) -> None:
+    async with FakeHighLevel(conversations=3, messages=30) as fake:
+        limiter = RedisLimiter(
+            redis_server.url, key="restart", rate_limit=RateLimit(50, 1.0), timeout=0.3,
+            ride_out=10.0,
+        )  # fmt: skip
+        try:
+            async with Client(fake.token, base_url=fake.url, limiter=limiter) as client:
+                await client.get_messages(fake.conversation_ids[0])
+                redis_server.stop()
+                loop = asyncio.get_running_loop()
+                # Redis comes back on the same port 1.5 s later, as after a restart.
+                loop.call_later(1.5, redis_server.start)
+                start = loop.time()
+                page = await client.get_messages(fake.conversation_ids[1])
+                assert 1.4 < loop.time() - start < 6.0
+                assert [m.id for m in page.messages]
+        finally:
+            await limiter.aclose()
+    lines = [r.getMessage() for r in ghl_log.records if "Redis" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Redis is unavailable") and "waiting up to 10 s" in lines[0]
+    assert lines[1].startswith("Redis is back after")
+
+
+async def test_an_outage_longer_than_ride_out_fails_closed_in_one_line() -> None:
+    from tests.support.redis_server import free_port
+
+    limiter = RedisLimiter(
+        f"redis://127.0.0.1:{free_port()}/0", key="down", timeout=0.2, ride_out=0.6
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(errors.LimiterUnavailable, match="nothing was sent"):
+            await limiter.acquire()
+        assert 0.5 < loop.time() - start < 3.0
+    finally:
+        await limiter.aclose()
+    # max_wait is kept too: a caller in a hurry is not held for the whole ride-out.
+    hurried = RedisLimiter(
+        f"redis://127.0.0.1:{free_port()}/0", key="down", timeout=0.1, ride_out=30.0
+    )
+    try:
+        start = loop.time()
+        with pytest.raises(errors.LimiterUnavailable):
+            await hurried.acquire(max_wait=0.5)
+        assert loop.time() - start < 3.0
+    finally:
+        await hurried.aclose()
+
+
 async def test_local_fallback_when_asked(ghl_log: LogCapture) -> None:
     from tests.support.redis_server import free_port
 
