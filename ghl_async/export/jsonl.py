@@ -470,7 +470,10 @@ class JsonlSink:
                     f"again what {self._path} already got: export to a file instead"
                 )
             try:
-                self._written = self._ids_to_skip(state, self._size)
+                # Every id written so far: at the switch no conversation is finished yet
+                # (``last`` is the route's state; this batch's own state would count the
+                # conversation it finishes, whose ids the route wrote too).
+                self._written = self._ids_to_skip(last, self._size)
             except OSError as exc:
                 raise self._failed(exc) from exc
 
