@@ -24,6 +24,8 @@ from ghl_async._validation import check_id
 from ghl_async.cli.args import Subparsers, count_arg
 from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 
+_OUT = "messages.jsonl"  # export's --out default: with --to, --out is left out
+
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "parse_location_ids",
     "print_run",
+    "queue_flags_problem",
     "read_tokens",
     "register",
     "run_queue_export",
@@ -237,64 +240,77 @@ def _line(run: RunState) -> str:
 
 def print_run(run: RunState, stream: TextIO) -> None:
     """A run's table: one line per location, then the totals."""
-    print(f"run {run.run_id} -> {run.out_dir}", file=stream)
+    print(f"run {run.run_id} -> {run.where}", file=stream)
     for s in run.locations:
         extra = f" tries={s.tries}" if s.tries > 1 else ""
-        if s.failed_conversations:
-            extra += f" failed_conversations={s.failed_conversations}"
+        if s.fallback:
+            extra += " conversation by conversation (export route refused)"
         if s.worker and s.state == "running":
             extra += f" on {s.worker}"
         if s.error:
             extra += f" ({s.error})"
-        print(
-            f"  {s.location_id:24} {s.state:8} {s.messages:>9} messages "
-            f"{s.conversations:>7} conversations{extra}",
-            file=stream,
-        )
+        print(f"  {s.location_id:24} {s.state:8} {s.messages:>9} messages{extra}", file=stream)
     print(_line(run), file=stream, flush=True)
 
 
 def queue_flags_problem(args: argparse.Namespace) -> str | None:
-    """The flags the queue's jobs cannot honour yet, refused rather than ignored."""
-    named = [
-        f"--{flag}"
-        for flag in ("since", "until", "channel", "contact", "to")
-        if getattr(args, flag, None) is not None
-    ]
-    if getattr(args, "email_bodies", False):
-        named.append("--email-bodies")
-    if not named:
-        return None
-    return (
-        f"{', '.join(named)} cannot go with --queue yet: the queue's jobs export every "
-        "message of each location into --out DIR"
-    )
+    """Why the command line cannot go with ``--queue``, or ``None``.
+
+    Every location flag of ``export --location`` is honoured by the jobs; ``--types``
+    filters a conversation export, and ``--to`` resumes by itself, as with
+    ``--location``.
+    """
+    if args.types:
+        return "--types filters a conversation export; with --queue use --channel"
+    if args.since is not None and args.until is not None and args.since > args.until:
+        return f"--since ({args.since.isoformat()}) is after --until ({args.until.isoformat()})"
+    if args.to is not None and (args.resume or args.force or args.out != _OUT):
+        return (
+            "--to writes to the database (it resumes by itself): leave out --out, "
+            "--resume and --force"
+        )
+    return None
 
 
 async def run_queue_export(args: argparse.Namespace) -> int:
-    """``ghl-async export --locations-file FILE --queue URL --out DIR``."""
+    """``ghl-async export --locations-file FILE --queue URL (--out DIR | --to URL)``."""
     from ghl_async.export.jobs import enqueue_locations, read_run
 
-    unhonoured = queue_flags_problem(args)
-    if unhonoured is not None:
-        raise UsageError(unhonoured)
+    problem = queue_flags_problem(args)
+    if problem is not None:
+        raise UsageError(problem)
     locations = parse_location_ids(args.locations_file)
-    out_dir = _prepare_out(args.out, locations, resume=args.resume, force=args.force)
+    # --to is read as the URL and the sink it names (cli.mirror.sink_url_arg): each job
+    # opens its own sink from the URL.
+    to: str | None = None if args.to is None else getattr(args.to, "url", args.to)
+    out_dir = (
+        None
+        if to is not None
+        else _prepare_out(args.out, locations, resume=args.resume, force=args.force)
+    )
     pool = await _pool(args.queue)
     try:
         mode: Literal["new", "resume", "force"] = (
             "resume" if args.resume else "force" if args.force else "new"
         )
-        run_id = await enqueue_locations(
-            pool,
-            locations,
-            out_dir,
-            mode=mode,
-            types=args.types,
-            base_url=args.base_url,
-            rate_limit=args.rate,
-            concurrency=args.concurrency,
-        )
+        try:
+            run_id = await enqueue_locations(
+                pool,
+                locations,
+                out_dir,
+                to=to,
+                mode=mode,
+                since=args.since,
+                until=args.until,
+                channel=args.channel,
+                contact_id=args.contact,
+                email_bodies=args.email_bodies,
+                base_url=args.base_url,
+                rate_limit=args.rate,
+                concurrency=args.concurrency,
+            )
+        except ValueError as exc:  # --since after --until
+            raise UsageError(str(exc)) from None
         show = sys.stderr.isatty() if args.progress is None else args.progress
         print(
             f"ghl-async: run {run_id}: {len(locations)} location job(s) enqueued; "
@@ -330,5 +346,5 @@ async def run_status(args: argparse.Namespace) -> int:
     if run is None:
         raise UsageError(f"no run {args.run} in this Redis" if args.run else "no run yet")
     print_run(run, sys.stdout)
-    failed = any(s.state == "failed" or s.failed_conversations for s in run.locations)
+    failed = any(s.state == "failed" for s in run.locations)
     return EXIT_FAILED if failed else EXIT_OK

@@ -2,10 +2,11 @@
 
 A real redis-server, a FakeAgency of 20 locations (each its own compressed budget) in
 this process, three ``ghl-async worker`` processes, and ``ghl-async export --queue``
-enqueueing one job per location. Once a worker is writing a location, it is SIGKILLed;
-its job is picked up elsewhere after its lease and resumes from the checkpoint. Every
-message of every location ends up exactly once in the part files, the fake answers no
-429, and the export command exits 0.
+enqueueing one job per location, into a real PostgreSQL (``--to``) or JSON Lines parts
+(``--out DIR``). Once a worker is writing a location, it is SIGKILLed; its job is picked
+up elsewhere after its lease and resumes from the state the sink committed. Every
+message of every location ends up in the sink exactly once, the fake answers no 429,
+and the export command exits 0.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
@@ -31,6 +33,11 @@ pytestmark = pytest.mark.anyio
 
 LOCATIONS = 20
 BUDGET = RateLimit(10, 1.0)
+# Each location's compressed budget: a request every 300 ms, so a location's pages
+# (five or six) take a second or two and a progress report (one every 500 ms) sees it
+# part way.
+RATE = "1/300ms"
+PAGE = 500
 
 
 def _command(*args: str) -> list[str]:
@@ -42,11 +49,16 @@ def part_ids(out_dir: Path, location_id: str) -> list[str]:
     return [json.loads(line)["id"] for line in lines]
 
 
+@pytest.mark.parametrize("sink", ["postgres", "out"])
 async def test_three_workers_one_killed_every_message_once(
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
+    request: pytest.FixtureRequest,
+    sink: str,
 ) -> None:
     out_dir = tmp_path / "out"
+    dsn = request.getfixturevalue("postgres_dsn") if sink == "postgres" else ""
+    target = ["--to", dsn] if dsn else ["--out", str(out_dir)]
     async with FakeAgency(
         LOCATIONS, conversations=15, messages=(50, 250), seed=3, rate_limit=BUDGET
     ) as agency:
@@ -85,12 +97,11 @@ async def test_three_workers_one_killed_every_message_once(
                 str(locations_file),
                 "--queue",
                 redis_server.url,
-                "--out",
-                str(out_dir),
+                *target,
                 "--base-url",
                 agency.url,
                 "--rate",
-                "10/1s",
+                RATE,
                 "--concurrency",
                 "4",
                 "--no-progress",
@@ -99,8 +110,13 @@ async def test_three_workers_one_killed_every_message_once(
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
+        expected = {
+            location_id: sorted(m["id"] for c in fake.conversation_ids for m in fake.messages(c))
+            for location_id, fake in agency.locations.items()
+        }
         try:
-            # Kill the first worker seen writing a location, once it has written some.
+            # Kill the first worker seen writing a location with two pages still to read:
+            # a report is up to half a second old, two pages take at least 600 ms.
             pids = {f":{w.pid}": w for w in workers}
             victim = None
             deadline = time.monotonic() + 30
@@ -110,14 +126,19 @@ async def test_three_workers_one_killed_every_message_once(
                     owner = next(
                         (w for s, w in pids.items() if (state.worker or "").endswith(s)), None
                     )
-                    if state.state == "running" and state.messages > 0 and owner is not None:
+                    total = len(expected[state.location_id])
+                    if (
+                        state.state == "running"
+                        and 0 < state.messages <= total - 2 * PAGE
+                        and owner is not None
+                    ):
                         victim = owner
                         break
                 await asyncio.sleep(0.05)
             assert victim is not None, f"no worker was seen writing: {run}"
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
-            _, stderr = await asyncio.wait_for(export.communicate(), 60)
+            _, stderr = await asyncio.wait_for(export.communicate(), 90)
             assert export.returncode == 0, stderr.decode()
             run = await read_run(pool)
         finally:
@@ -135,10 +156,33 @@ async def test_three_workers_one_killed_every_message_once(
 
         assert run is not None and run.finished and run.ok
         assert any(s.tries > 1 for s in run.locations), "no job was resumed"
-        for location_id, fake in agency.locations.items():
-            ids = part_ids(out_dir, location_id)
-            expected = [m["id"] for c in fake.conversation_ids for m in fake.messages(c)]
-            assert len(ids) == len(set(ids)), f"{location_id}: a message written twice"
-            assert sorted(ids) == sorted(expected), location_id
+        states = {s.location_id: s for s in run.locations}
+        if dsn:
+            connection = await asyncpg.connect(dsn)
+            try:
+                rows = await connection.fetch("SELECT id, location_id FROM messages")
+                committed = await connection.fetch(
+                    "SELECT location_id, done, messages FROM export_state"
+                )
+            finally:
+                await connection.close()
+            held: dict[str, list[str]] = {}
+            for row in rows:
+                held.setdefault(row["location_id"], []).append(row["id"])
+            assert {k: sorted(v) for k, v in held.items()} == expected
+            assert len(rows) == agency.total_messages
+            assert {s["location_id"] for s in committed} == set(expected)
+            for row in committed:
+                assert row["done"], row["location_id"]
+                # Resumed from the committed state: no page was committed twice.
+                assert row["messages"] == len(expected[row["location_id"]])
+        else:
+            for location_id, ids in expected.items():
+                written = part_ids(out_dir, location_id)
+                twice = len(written) - len(set(written))
+                assert not twice, f"{twice} written twice: {states[location_id]}"
+                assert sorted(written) == ids, location_id
+        for state in run.locations:
+            assert state.messages == len(expected[state.location_id])
         assert agency.throttled == 0
         assert max(agency.max_in_window.values()) <= BUDGET.max_requests

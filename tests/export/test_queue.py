@@ -1,12 +1,15 @@
 """ghl_async.export.jobs and its commands, in process: a real redis-server, a FakeAgency, and
-an arq worker run in burst mode in the test's own loop."""
+an arq worker run in burst mode in the test's own loop, writing into SQLite (the
+PostgreSQL run with workers killed is in test_arq_workers.py)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,14 +17,17 @@ import anyio
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job
 from arq.worker import Retry, Worker
 
 from ghl_async import RateLimit
 from ghl_async.cli.main import main
 from ghl_async.cli.queue import read_tokens
+from ghl_async.client import Client
+from ghl_async.export import SQLiteSink
+from ghl_async.export import export_location as export_into
 from ghl_async.export.jobs import (
     EXPORT_LOCATION,
-    _kept_messages,
     enqueue_locations,
     export_location,
     functions,
@@ -32,7 +38,10 @@ from ghl_async.export.jobs import (
     startup,
     worker_settings,
 )
+from ghl_async.export.jsonl import JsonlSink
+from ghl_async.export.pipeline import ExportResult
 from ghl_async.testing import FakeAgency
+from ghl_async.testing._location import channel_admits
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -54,20 +63,11 @@ async def run_burst(pool: ArqRedis, tokens: Any, **options: Any) -> Worker:
     return worker
 
 
-def ids_in(path: str) -> list[str]:
-    return [json.loads(line)["id"] for line in Path(path).read_bytes().splitlines()]
-
-
-def died_part_way(path: str) -> None:
-    """What a worker killed part way leaves: half the file and a torn line, one record."""
-    full = Path(path).read_bytes()
-    Path(path).write_bytes(full[: len(full) // 2] + b'{"torn')
-    checkpoint = Path(path + ".checkpoint").read_bytes().splitlines(keepends=True)
-    Path(path + ".checkpoint").write_bytes(b"".join(checkpoint[:2]))
-
-
-def write(path: str, text: str) -> None:
-    Path(path).write_text(text)
+def ids_in(db: Path, location_id: str) -> list[str]:
+    """The message ids the SQLite mirror holds for a location."""
+    with closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT id FROM messages WHERE location_id = ?", (location_id,))
+        return [row[0] for row in rows]
 
 
 def expected_ids(agency: FakeAgency, location_id: str) -> list[str]:
@@ -75,13 +75,30 @@ def expected_ids(agency: FakeAgency, location_id: str) -> list[str]:
     return sorted(m["id"] for c in fake.conversation_ids for m in fake.messages(c))
 
 
+def route_minimum(agency: FakeAgency, location_id: str) -> int:
+    """The export route's fewest requests for a location: 500 a page, each pass apart."""
+    fake = agency.locations[location_id]
+    kinds = [m["messageType"] for c in fake.conversation_ids for m in fake.messages(c)]
+    rest = sum(channel_admits(None, kind) for kind in kinds)
+    return sum(max(1, -(-n // 500)) for n in (rest, len(kinds) - rest))
+
+
+def sqlite_url(db: Path) -> str:
+    return f"sqlite:///{db}"
+
+
+class Stop(Exception):
+    """What a worker killed after a few pages amounts to: nothing after them is written."""
+
+
 async def test_enqueue_run_and_read_back(pool: ArqRedis, tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
     async with FakeAgency(3, conversations=4, messages=(1, 30), seed=5) as agency:
         tokens = {f.location_id: f.token for f in agency.locations.values()}
         run_id = await enqueue_locations(
             pool,
             [*agency.location_ids, agency.location_ids[0]],  # a duplicate runs once
-            str(tmp_path),
+            to=sqlite_url(db),
             base_url=agency.url,
             rate_limit=RateLimit(50, 1.0),
         )
@@ -89,41 +106,56 @@ async def test_enqueue_run_and_read_back(pool: ArqRedis, tmp_path: Path) -> None
         assert queued is not None
         assert [s.state for s in queued.locations] == ["queued"] * 3
         assert not queued.finished
+        assert queued.where == sqlite_url(db)
         assert await latest_run(pool) == run_id
         worker = await run_burst(pool, tokens)
         assert worker.jobs_complete == 3
         run = await read_run(pool)
         assert run is not None and run.finished and run.ok
         for state in run.locations:
-            path = part_path(str(tmp_path), state.location_id)
-            assert sorted(ids_in(path)) == expected_ids(agency, state.location_id)
-            assert state.messages == len(ids_in(path))
-            assert state.conversations == 4
-            assert state.tries == 1
+            ids = ids_in(db, state.location_id)
+            assert sorted(ids) == expected_ids(agency, state.location_id)
+            assert state.messages == len(ids)
+            assert state.tries == 1 and not state.fallback
+            # The export route: one request a pass, nothing per conversation.
+            assert agency.locations[state.location_id].stats.by_route == {"export": 2}
         assert run.messages == agency.total_messages
         assert agency.throttled == 0
 
 
-async def test_a_retry_resumes_from_the_checkpoint(pool: ArqRedis, tmp_path: Path) -> None:
-    async with FakeAgency(1, conversations=6, messages=(20, 60), seed=2) as agency:
+async def test_a_retry_resumes_from_the_sinks_state(pool: ArqRedis, tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
+    async with FakeAgency(1, conversations=8, messages=(100, 200), seed=2) as agency:
         (location_id,) = agency.location_ids
-        tokens = {location_id: agency.locations[location_id].token}
-        run_id = await enqueue_locations(pool, [location_id], str(tmp_path), base_url=agency.url)
-        await run_burst(pool, tokens)
-        path = part_path(str(tmp_path), location_id)
-        assert _kept_messages(path) == len(ids_in(path))
-        died_part_way(path)
-        second = await enqueue_locations(
-            pool, [location_id], str(tmp_path), base_url=agency.url, run_id=run_id + "-b"
+        fake = agency.locations[location_id]
+        tokens = {location_id: fake.token}
+
+        def stop_after_one_page(result: ExportResult) -> None:
+            raise Stop
+
+        # A first try that died after its first page: that page and its state committed.
+        async with SQLiteSink(db) as sink, Client(fake.token, base_url=agency.url) as client:
+            with pytest.raises(Stop):
+                await export_into(client, location_id, sink, on_batch=stop_after_one_page)
+        first = len(ids_in(db, location_id))
+        assert 0 < first < fake.total_messages
+        before = fake.stats.by_route["export"]
+        run_id = await enqueue_locations(
+            pool, [location_id], to=sqlite_url(db), base_url=agency.url
         )
-        await pool.set(f"arq:retry:{job_id(second, location_id)}", 1)  # the next try is 2
+        await pool.set(f"arq:retry:{job_id(run_id, location_id)}", 1)  # the next try is 2
         await run_burst(pool, tokens)
-        run = await read_run(pool, second)
+        run = await read_run(pool, run_id)
         assert run is not None and run.ok
         (state,) = run.locations
         assert state.tries == 2
-        assert sorted(ids_in(path)) == expected_ids(agency, location_id)
-        assert state.messages == len(ids_in(path))
+        ids = ids_in(db, location_id)
+        assert sorted(ids) == expected_ids(agency, location_id)
+        assert state.messages == len(ids)
+        # Resumed after the committed page: both tries together made the requests of
+        # one export, and the retry none of the first's again.
+        assert before == 1
+        assert fake.stats.by_route == {"export": route_minimum(agency, location_id)}
 
 
 async def test_refusals_and_missing_tokens_fail_the_location(
@@ -131,29 +163,132 @@ async def test_refusals_and_missing_tokens_fail_the_location(
 ) -> None:
     async with FakeAgency(2, conversations=2, messages=3, seed=1) as agency:
         first, second = agency.location_ids
-        write(part_path(str(tmp_path), first), "already here\n")
-        run_id = await enqueue_locations(pool, [first, second], str(tmp_path), base_url=agency.url)
+        # A sink that cannot open fails the location with the sink's own reason.
+        nowhere = sqlite_url(tmp_path / "missing" / "mirror.db")
+        run_id = await enqueue_locations(pool, [first, second], to=nowhere, base_url=agency.url)
         await run_burst(pool, {first: agency.locations[first].token})
         run = await read_run(pool, run_id)
         assert run is not None and run.finished and not run.ok
         states = {s.location_id: s for s in run.locations}
         assert states[first].state == "failed"
-        assert "--resume" in (states[first].error or "")
+        assert "cannot open" in (states[first].error or "")
         assert states[second].state == "failed"
         assert "no token" in (states[second].error or "")
-        # --force replaces the stray file; an async provider supplies the token.
+        # An async provider supplies the token; a database holding the location
+        # exported with other filters is refused, not mixed.
+        db = tmp_path / "mirror.db"
         tokens = {f.location_id: f.token for f in agency.locations.values()}
 
         async def provider(location_id: str) -> str:
             return tokens[location_id]
 
-        run_id = await enqueue_locations(
-            pool, [first], str(tmp_path), base_url=agency.url, mode="force"
-        )
+        run_id = await enqueue_locations(pool, [first], to=sqlite_url(db), base_url=agency.url)
         await run_burst(pool, provider)
         run = await read_run(pool, run_id)
         assert run is not None and run.ok
-        assert sorted(ids_in(part_path(str(tmp_path), first))) == expected_ids(agency, first)
+        assert sorted(ids_in(db, first)) == expected_ids(agency, first)
+        run_id = await enqueue_locations(
+            pool, [first], to=sqlite_url(db), base_url=agency.url, channel="SMS"
+        )
+        await run_burst(pool, provider)
+        run = await read_run(pool, run_id)
+        assert run is not None and not run.ok
+        assert "other arguments" in (run.locations[0].error or "")
+        assert "another database" in (run.locations[0].error or "")
+
+
+def append(path: str, data: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(data)
+
+
+def lines_in(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_bytes().splitlines()]
+
+
+async def test_parts_under_out_dir_resume_refuse_and_replace(
+    pool: ArqRedis, tmp_path: Path
+) -> None:
+    async with FakeAgency(2, conversations=8, messages=(100, 200), seed=2) as agency:
+        first, second = agency.location_ids
+        tokens = {f.location_id: f.token for f in agency.locations.values()}
+        path = part_path(str(tmp_path), first)
+
+        def stop_after_one_page(result: ExportResult) -> None:
+            raise Stop
+
+        # A first try that died after its first page, committed with its record.
+        fake = agency.locations[first]
+        async with JsonlSink(path, mode="new", commit_every=0) as sink:
+            async with Client(fake.token, base_url=agency.url) as client:
+                with pytest.raises(Stop):
+                    await export_into(client, first, sink, on_batch=stop_after_one_page)
+        append(path, b'{"torn')  # and a torn line after it
+        append(part_path(str(tmp_path), second), b"already here\n")
+        run_id = await enqueue_locations(pool, [first, second], str(tmp_path), base_url=agency.url)
+        await pool.set(f"arq:retry:{job_id(run_id, first)}", 1)  # the next try is 2
+        await run_burst(pool, tokens)
+        run = await read_run(pool, run_id)
+        assert run is not None and run.finished and not run.ok
+        assert run.where == str(tmp_path)
+        states = {s.location_id: s for s in run.locations}
+        lines = lines_in(path)
+        ids = [line["id"] for line in lines]
+        assert sorted(ids) == expected_ids(agency, first)  # each once
+        assert states[first].state == "done" and states[first].tries == 2
+        assert states[first].messages == len(ids)
+        assert fake.stats.by_route["export"] == route_minimum(agency, first)
+        # A part that is there already is refused (mode "new"), then replaced ("force").
+        assert states[second].state == "failed"
+        assert "--resume" in (states[second].error or "")
+        run_id = await enqueue_locations(
+            pool, [second], str(tmp_path), base_url=agency.url, mode="force"
+        )
+        await run_burst(pool, tokens)
+        run = await read_run(pool, run_id)
+        assert run is not None and run.ok
+        part = part_path(str(tmp_path), second)
+        assert sorted(line["id"] for line in lines_in(part)) == expected_ids(agency, second)
+
+
+async def test_a_late_first_try_resumes_what_a_later_try_wrote(
+    pool: ArqRedis, tmp_path: Path
+) -> None:
+    # A first try whose lease ran out before it opened the part (its loop stalled)
+    # starts after the second try wrote the whole part: it resumes, it does not refuse.
+    async with FakeAgency(1, conversations=3, messages=(5, 20), seed=6) as agency:
+        (location_id,) = agency.location_ids
+        fake = agency.locations[location_id]
+        tokens = {location_id: fake.token}
+        run_id = await enqueue_locations(pool, [location_id], str(tmp_path), base_url=agency.url)
+        await pool.set(f"arq:retry:{job_id(run_id, location_id)}", 1)  # try 2 runs first
+        await run_burst(pool, tokens)
+        before = fake.stats.by_route["export"]
+        ctx: dict[str, Any] = {"redis": pool, "job_id": "late", "job_try": 1}
+        await startup(ctx, tokens=tokens)
+        state = await export_location(ctx, location_id, run_id=run_id, base_url=agency.url)
+        assert state["state"] == "done", state
+        assert fake.stats.by_route["export"] == before  # the sink says done: nothing read
+        ids = [line["id"] for line in lines_in(part_path(str(tmp_path), location_id))]
+        assert sorted(ids) == expected_ids(agency, location_id)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({}, "exactly one of out_dir"),
+        ({"out_dir": "x", "to": "sqlite:///m.db"}, "exactly one of out_dir"),
+        ({"to": "mysql://db"}, "not a sink URL"),
+        ({"to": "sqlite:///m.db", "channel": "Fax"}, "not a channel"),
+        ({"to": "sqlite:///m.db", "since": datetime(2025, 1, 1)}, "timezone-aware"),
+    ],
+)
+async def test_enqueue_refuses_bad_arguments_before_enqueuing(
+    pool: ArqRedis, arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        await enqueue_locations(pool, ["loc1"], **arguments)
+    assert await latest_run(pool) is None
 
 
 async def test_a_job_arq_gave_up_on_reads_as_failed(pool: ArqRedis, tmp_path: Path) -> None:
@@ -250,11 +385,33 @@ def test_queue_commands_refuse_bad_input(
     assert "not a directory" in capsys.readouterr().err
     assert main([*export, "--queue", redis, "--resume"]) == 2
     assert "cannot reach Redis" in capsys.readouterr().err
-    # Flags the jobs cannot honour are refused, not silently ignored.
-    for flags in (["--since", "2025-01-01"], ["--channel", "sms"], ["--email-bodies"]):
-        assert main([*export, "--queue", redis, "--resume", *flags]) == 2
+    # What the jobs cannot honour is refused in one line, before Redis is asked.
+    to = ["--to", "postgresql://user:pw-secret@127.0.0.1:1/db"]
+    for flags, message in [
+        (["--types", "sms"], "--types filters a conversation export"),
+        ([*to, "--resume"], "--to writes to the database"),
+        ([*to, "--force"], "--to writes to the database"),
+        (["--since", "2025-02-01", "--until", "2025-01-01"], "is after --until"),
+    ]:
+        argv = [*export, "--queue", redis, *flags]
+        if "--to" in flags:  # --to goes without --out
+            argv = [a for a in argv if a not in ("--out", str(tmp_path / "o"))]
+        assert main(argv) == 2, flags
         err = capsys.readouterr().err
-        assert f"{flags[0]} cannot go with --queue yet" in err and err.count("\n") == 1
+        assert message in err and err.count("\n") == 1, err
+        assert "pw-secret" not in err
+    no_out = ["export", "--locations-file", str(locations), "--queue", redis]
+    assert main([*no_out, *to, "--out", str(tmp_path / "o")]) == 2
+    assert "leave out --out" in capsys.readouterr().err
+    assert main([*no_out, "--to", "mysql://db"]) == 2
+    assert "not a sink URL" in capsys.readouterr().err
+    # Every location flag is taken; the next step is Redis (unreachable here), and
+    # the sink URL's password is never shown.
+    location_flags = ["--since", "2025-01-01", "--until", "2025-02-01", "--channel", "sms"]
+    location_flags += ["--contact", "c1", "--email-bodies"]
+    assert main([*no_out, *to, *location_flags]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach Redis" in err and "pw-secret" not in err
 
 
 async def test_status_command(
@@ -267,13 +424,23 @@ async def test_status_command(
     assert "no run yet" in capsys.readouterr().err
     async with FakeAgency(2, conversations=2, messages=3, seed=1) as agency:
         first, second = agency.location_ids
-        run_id = await enqueue_locations(pool, [first, second], str(tmp_path), base_url=agency.url)
+        to = "sqlite:///" + str(tmp_path / "mirror.db")
+        run_id = await enqueue_locations(pool, [first, second], to=to, base_url=agency.url)
         await run_burst(pool, {first: agency.locations[first].token})
     assert await _main(["status", "--queue", redis_server.url, "--run", run_id]) == 1
     out = capsys.readouterr().out
     assert f"run {run_id}" in out
     assert "done" in out and "failed" in out and "no token" in out
     assert "2/2 locations" in out
+    # A sink URL's password shows nowhere: not in status, not in the jobs' arguments
+    # (arq logs those); the jobs read the URL from the run's record.
+    secret = "postgresql://user:pw-secret@127.0.0.1:1/db"
+    run_id = await enqueue_locations(pool, ["loc1"], to=secret)
+    assert await _main(["status", "--queue", redis_server.url, "--run", run_id]) == 0
+    out = capsys.readouterr().out
+    assert "user:***@127.0.0.1:1/db" in out and "pw-secret" not in out
+    info = await Job(job_id(run_id, "loc1"), pool).info()
+    assert info is not None and "pw-secret" not in repr((info.args, info.kwargs))
 
 
 async def wait_for_a_run(pool: ArqRedis) -> None:
@@ -291,30 +458,28 @@ async def _main(argv: list[str]) -> int:
     return await anyio.to_thread.run_sync(main, argv)
 
 
-async def test_worker_and_export_commands(
+def rows(db: Path, sql: str) -> list[Any]:
+    with closing(sqlite3.connect(db)) as connection:
+        return [row[0] for row in connection.execute(sql)]
+
+
+async def test_worker_and_export_commands_honour_every_location_flag(
     pool: ArqRedis,
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    async with FakeAgency(3, conversations=3, messages=(1, 20), seed=8) as agency:
+    async with FakeAgency(3, conversations=3, messages=(5, 40), seed=8) as agency:
         tokens = tmp_path / "tokens.json"
         locations = tmp_path / "locations.txt"
-        write(str(tokens), json.dumps(agency.info()))
-        write(str(locations), "\n".join(agency.location_ids) + "\n")
-        out = tmp_path / "out"
-        export = [
-            "export",
-            "--locations-file",
-            str(locations),
-            "--queue",
-            redis_server.url,
-            "--out",
-            str(out),
-            "--base-url",
-            agency.url,
-            "--progress",
+        tokens.write_text(json.dumps(agency.info()))
+        locations.write_text("\n".join(agency.location_ids) + "\n")
+        every = [
+            m for f in agency.locations.values() for c in f.conversation_ids for m in f.messages(c)
         ]
+        added = sorted(m["dateAdded"] for m in every)
+        since, until = added[len(added) // 4], added[3 * len(added) // 4]
+        contact = next(m["contactId"] for m in every if m["messageType"] == "TYPE_EMAIL")
         worker = [
             "worker",
             "--redis",
@@ -325,24 +490,51 @@ async def test_worker_and_export_commands(
             "--poll-delay",
             "0.05",
         ]
-        codes: list[int] = []
+        runs = [
+            (["--channel", "sms", "--since", since, "--until", until], "dates.db"),
+            (["--contact", contact, "--email-bodies"], "contact.db"),
+        ]
+        for flags, name in runs:
+            export = [
+                "export",
+                "--locations-file",
+                str(locations),
+                "--queue",
+                redis_server.url,
+                "--to",
+                "sqlite:///" + str(tmp_path / name),
+                "--base-url",
+                agency.url,
+                "--progress",
+                *flags,
+            ]
+            codes: list[int] = []
 
-        async def run(argv: list[str]) -> None:
-            codes.append(await _main(argv))
+            async def run(argv: list[str], codes: list[int] = codes) -> None:
+                codes.append(await _main(argv))
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(run, export)
-            with anyio.fail_after(20):
-                await wait_for_a_run(pool)
-            group.start_soon(run, worker)
-        assert codes == [0, 0]
-        err = capsys.readouterr().err
-        assert "3 location job(s) enqueued" in err
-        assert "3/3 locations" in err
-        for location_id in agency.location_ids:
-            assert sorted(ids_in(part_path(str(out), location_id))) == expected_ids(
-                agency, location_id
-            )
+            async with anyio.create_task_group() as group:
+                group.start_soon(run, export)
+                with anyio.fail_after(20):
+                    await wait_for_a_run(pool)
+                group.start_soon(run, worker)
+            await pool.flushdb()  # the next round waits for its own run
+            assert codes == [0, 0]
+            err = capsys.readouterr().err
+            assert "3 location job(s) enqueued" in err
+            assert "3/3 locations" in err
+    in_dates = sorted(
+        m["id"]
+        for m in every
+        if channel_admits("SMS", m["messageType"]) and since <= m["dateAdded"] <= until
+    )
+    assert sorted(rows(tmp_path / "dates.db", "SELECT id FROM messages")) == in_dates
+    of_contact = [m for m in every if m["contactId"] == contact]
+    assert sorted(rows(tmp_path / "contact.db", "SELECT id FROM messages")) == sorted(
+        m["id"] for m in of_contact
+    )
+    emails = {m["id"] for m in of_contact if m["messageType"] == "TYPE_EMAIL"}
+    assert set(rows(tmp_path / "contact.db", "SELECT message_id FROM emails")) == emails
 
 
 async def test_a_run_locked_out_by_a_live_one_retries_after_a_lease(
@@ -350,13 +542,12 @@ async def test_a_run_locked_out_by_a_live_one_retries_after_a_lease(
 ) -> None:
     async with FakeAgency(1, conversations=1, messages=2, seed=6) as agency:
         (location_id,) = agency.location_ids
+        await enqueue_locations(pool, [location_id], str(tmp_path), run_id="r1")
         ctx: dict[str, Any] = {"redis": pool, "job_id": "j1", "job_try": 2}
         await startup(ctx, tokens={location_id: agency.locations[location_id].token}, lease=3)
         with locked(part_path(str(tmp_path), location_id)):
             with pytest.raises(Retry) as caught:
-                await export_location(
-                    ctx, location_id, str(tmp_path), run_id="r1", base_url=agency.url
-                )
+                await export_location(ctx, location_id, run_id="r1", base_url=agency.url)
         assert caught.value.defer_score == 3000
         # redis-py types an async reply as ``Awaitable[str | None] | str | None``; the
         # pool awaits and, without decode_responses, answers bytes.
