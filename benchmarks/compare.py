@@ -10,10 +10,13 @@ and give each a label::
 (``PATH::CLIENT`` runs another client of the throughput benchmark from that tree.)
 
 Every tree runs in a fresh process per round against one fake server (its own process),
-rounds alternate between trees so drift on a shared machine hits all alike, and each
-process does one warm-up, one timed run and one counted run (benchmarks/_loopcount.py).
-The callbacks are the figure to trust on a busy machine; the CPU ratio is the median of
-the ratios within each round.
+and each process does one warm-up, one timed run and one counted run
+(benchmarks/_loopcount.py). The order of the trees turns each round (rotated one place:
+for two, alternated), so neither always runs first. The CPU figure is paired: within each
+round, each tree's CPU over the first tree's, then the median of those ratios over the
+rounds, with their interquartile range and range. On a shared 2-core machine the medians
+of each side taken apart drift by +-0.2x from run to run; the paired median holds to a
+few hundredths. The callbacks per page are the steadiest figure of all.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._harness import fake_server
+from ._harness import Paired, fake_server, turned
 from .throughput import clients, pages_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +42,7 @@ def child() -> None:
     """In the child process: ``URL CLIENT PAGES CONCURRENCY`` as arguments, ids on stdin."""
     import ghl_async
 
-    from ._loopcount import run_counted
+    from ._loopcount import count_calls, run_counted
 
     url, name, pages, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     repeat = int(sys.argv[5]) if len(sys.argv) > 5 else 1
@@ -47,6 +50,10 @@ def child() -> None:
     warm = clients(url, ids[:2], sdk=False, concurrency=concurrency)[name]
     asyncio.run(warm())  # imports, first connection
     runner = clients(url, ids, sdk=False, concurrency=concurrency)[name]
+    if repeat == 0:  # --calls: count the Python calls of one run, by function
+        _, calls = count_calls(runner)
+        print(json.dumps({"tree": ghl_async.__file__, **{k: v / pages for k, v in calls.items()}}))
+        return
     # The least of ``repeat`` timed runs: what the tree costs, less the machine's noise.
     cpu = wall = float("inf")
     for _ in range(repeat):
@@ -98,7 +105,7 @@ def main() -> int:
         "trees", nargs="+", metavar="LABEL=PATH[::CLIENT]", help="a tree with ghl_async/"
     )
     parser.add_argument("--client", default=PAGES_CLIENT, help="a throughput client's name")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--conversations", type=int)
     parser.add_argument(
         "--repeat",
@@ -111,6 +118,13 @@ def main() -> int:
         action="store_true",
         help="the latency-bound workload instead: 3 pages a conversation, 50 ms a reply, "
         "64 in flight (default 1,000 conversations)",
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        metavar="N",
+        help="instead of timing: count Python calls per page in one run of each tree "
+        "(a profile hook) and show the N functions that differ most from the first tree",
     )
     args = parser.parse_args()
     trees: dict[str, tuple[Path, str]] = {}
@@ -126,14 +140,23 @@ def main() -> int:
     faults = f"latency={latency}" if latency else ""
     with fake_server(conversations=conversations, messages=messages, faults=faults) as server:
         ids = json.dumps(server.stats()["conversationIds"])
+        if args.calls is not None:
+            counted = {
+                label: _run_child(tree, server.url, client, pages, concurrency, ids, 0)
+                for label, (tree, client) in trees.items()
+            }
+            _print_calls(counted, args.calls)
+            return 0
         for number in range(args.rounds):
-            for label, (tree, client) in trees.items():
+            for label in turned(list(trees), number):
+                tree, client = trees[label]
                 sample = _run_child(tree, server.url, client, pages, concurrency, ids, args.repeat)
                 samples[label].append(sample)
             print(f"round {number + 1} of {args.rounds} done", file=sys.stderr, flush=True)
     print(
         f"{pages} pages, {concurrency} in flight, {latency * 1000:.0f} ms a reply, "
-        f"median of {args.rounds} alternating rounds"
+        f"{args.rounds} rounds, the order turned each round; CPU: the median of the "
+        "paired per-round ratios (IQR, range)"
     )
     if latency:
         ideal = pages * latency / concurrency
@@ -141,17 +164,50 @@ def main() -> int:
             wall = statistics.median(r["wall s"] for r in rows)
             print(f"- {label}: {wall:.2f} s, {100 * ideal / wall:.0f}% of ideal ({ideal:.2f} s)")
     columns = ("cpu us", "callbacks", "task step", "task wake-up", "iterations")
-    print(f"| tree | {' | '.join(columns)} | events per poll | CPU vs {next(iter(trees))} |")
-    print("|---" * (len(columns) + 3) + "|")
-    first = samples[next(iter(trees))]
+    base = next(iter(trees))
+    print(
+        f"| tree | {' | '.join(columns)} | events per poll | CPU vs {base}, paired (IQR) | range |"
+    )
+    print("|---" * (len(columns) + 4) + "|")
+    first = [f["cpu us"] for f in samples[base]]
     for label, rows in samples.items():
         med = {key: statistics.median(r.get(key, 0.0) for r in rows) for key in rows[0]}
         # The ratio within each round, then the median: drift between rounds cancels.
-        pairs = zip(rows, first, strict=True)
-        ratio = statistics.median(r["cpu us"] / f["cpu us"] for r, f in pairs)
+        ratio = Paired.of([r["cpu us"] for r in rows], first)
         cells = [f"{med.get(c, 0.0):.{0 if c == 'cpu us' else 2}f}" for c in columns]
-        print(f"| {label} | {' | '.join(cells)} | {med['events per poll']:.2f} | {ratio:.2f}x |")
+        print(
+            f"| {label} | {' | '.join(cells)} | {med['events per poll']:.2f} | "
+            f"{ratio.cell()} | {ratio.low:.2f}-{ratio.high:.2f} |"
+        )
+    for label, rows in samples.items():
+        if label != base:
+            ratio = Paired.of([r["cpu us"] for r in rows], first)
+            per_round = ", ".join(
+                f"{r['cpu us'] / f:.2f}" for r, f in zip(rows, first, strict=True)
+            )
+            print(f"- {label} / {base}: {ratio}; per round: {per_round}")
     return 0
+
+
+def _print_calls(counted: dict[str, dict[str, float]], top: int) -> None:
+    """Python and C calls per page of each tree, then the functions that differ most."""
+    base = next(iter(counted))
+    print("| tree | Python calls / page | C calls / page |")
+    print("|---|---|---|")
+    for label, calls in counted.items():
+        python = sum(v for k, v in calls.items() if not k.startswith("C:"))
+        native = sum(v for k, v in calls.items() if k.startswith("C:"))
+        print(f"| {label} | {python:.1f} | {native:.1f} |")
+    names = sorted({name for calls in counted.values() for name in calls})
+    for label, calls in counted.items():
+        if label == base:
+            continue
+        first = counted[base]
+        diff = sorted(names, key=lambda n: -abs(calls.get(n, 0.0) - first.get(n, 0.0)))
+        print(f"\nper page, {label} against {base} (the {top} largest differences):")
+        for name in diff[:top]:
+            ours, theirs = calls.get(name, 0.0), first.get(name, 0.0)
+            print(f"  {ours - theirs:+7.2f}  {ours:7.2f} vs {theirs:7.2f}  {name}")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from ghl_async import errors
 from ghl_async._http.transport import RawReply, Request
+from ghl_async.ratelimit.local import LocalLimiter
 from ghl_async.ratelimit.protocol import Limiter, Reply
 from ghl_async.stats import ClientStats
 
@@ -48,7 +49,7 @@ class _Gate:
     The reply's slot is freed by :meth:`AiohttpTransport.send` once its headers are in.
     """
 
-    __slots__ = ("held", "limiter", "sends", "stats", "ticket")
+    __slots__ = ("held", "limiter", "release_now", "sends", "stats", "ticket")
 
     def __init__(self, limiter: Limiter, ticket: object, stats: ClientStats) -> None:
         self.limiter = limiter
@@ -56,6 +57,10 @@ class _Gate:
         self.stats = stats
         self.held = True
         self.sends = 0
+        # The in-process limiter frees a slot without waiting: no coroutine per reply.
+        self.release_now: Callable[[object, Reply | None], None] | None = (
+            limiter.release_nowait if isinstance(limiter, LocalLimiter) else None
+        )
 
     def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
@@ -71,15 +76,20 @@ class _Gate:
     ) -> aiohttp.ClientResponse:
         # aiohttp is resending on a fresh connection: that is one more request. The
         # failed send got no reply; the resend needs a rate slot of its own.
-        if self.held:
-            await self.release(None)
+        if self.held and (pending := self.release(None)) is not None:
+            await pending
         self.ticket = await self.limiter.acquire()
         self.held = True
         return await handler(request)
 
-    def release(self, reply: Reply | None) -> Awaitable[None]:
-        """Free the held slot: the limiter's release, to await (no frame of its own)."""
+    def release(self, reply: Reply | None) -> Awaitable[None] | None:
+        """Free the held slot: ``None`` when freed already, else the limiter's release
+        to await (no frame of its own).
+        """
         self.held = False
+        if self.release_now is not None:
+            self.release_now(self.ticket, reply)
+            return None
         return self.limiter.release(self.ticket, reply)
 
 
@@ -194,9 +204,18 @@ class AiohttpTransport:
             ) as response:
                 # The headers are in: free the slot now, before the body is read.
                 reply = Reply.from_headers(response.status, response.headers)
-                await gate.release(reply)
+                if (pending := gate.release(reply)) is not None:
+                    await pending
                 try:
-                    body = await self._read(response)
+                    # The common case inline (one coroutine less per page): the whole
+                    # body is in already, (decompressed) in the stream's buffer.
+                    content = response.content
+                    if content.is_eof():
+                        body = content.read_nowait()
+                        if len(body) > self._max_body:
+                            raise _TooLarge
+                    else:
+                        body = await self._read(response)
                 except _TooLarge:
                     # Never hand a half-read connection back to the pool.
                     response.close()
@@ -219,8 +238,8 @@ class AiohttpTransport:
         finally:
             # A send that got no reply (bad URL, closed session, connection lost) frees
             # its slot here; one that got a reply has already freed it.
-            if gate.held:
-                await gate.release(None)
+            if gate.held and (pending := gate.release(None)) is not None:
+                await pending
         raise error
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:

@@ -15,6 +15,7 @@ from ghl_async import errors
 from ghl_async._http.auth import TokenSource
 from ghl_async._http.transport import EMPTY, Request, Transport
 from ghl_async._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
+from ghl_async.ratelimit.local import LocalLimiter
 from ghl_async.ratelimit.protocol import Limiter
 from ghl_async.retry import RetryPolicy
 from ghl_async.stats import ClientStats
@@ -83,7 +84,7 @@ class Slots:
 
     def release(self) -> None:
         """Give a slot back (to the first waiter, if any, unless the bound shrank)."""
-        if self.borrowed_tokens <= self.total_tokens and self._hand_over():
+        if self._waiters and self.borrowed_tokens <= self.total_tokens and self._hand_over():
             return  # the slot changes hands: still borrowed
         self.borrowed_tokens -= 1
 
@@ -191,7 +192,8 @@ class Engine:
             attempt += 1
             # A known token needs no coroutine per page; a provider is asked (once).
             token = self.auth.current or await self.auth.get()
-            headers = self._headers(token)
+            cached = self._headers_for  # _headers(token), its common case inline
+            headers = cached[1] if cached and cached[0] == token else self._headers(token)
             rate = None
             request = Request(method, url, params, headers, form, json)
             try:
@@ -203,9 +205,16 @@ class Engine:
                 except anyio.WouldBlock:
                     await capacity.acquire()
                 try:
-                    ticket = await limiter.acquire(
-                        max_wait=self.max_wait, max_pause=self.retry.max_retry_after
-                    )
+                    # The in-process limiter gives a free slot with no coroutine; any
+                    # wait, refusal or other limiter goes through acquire().
+                    try:
+                        if not isinstance(limiter, LocalLimiter):
+                            raise anyio.WouldBlock
+                        ticket = limiter.acquire_nowait()
+                    except anyio.WouldBlock:
+                        ticket = await limiter.acquire(
+                            max_wait=self.max_wait, max_pause=self.retry.max_retry_after
+                        )
                     raw = await self.transport.send(request, limiter, ticket)
                 finally:
                     capacity.release()

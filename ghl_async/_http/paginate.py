@@ -92,7 +92,9 @@ async def paginate(
             seen.add(after)
         box = [page]
         del page
-        yield hand_over(box)  # suspended until the consumer wants more: see hand_over
+        # hand_over(box), inline (once a page): suspended until the consumer wants
+        # more, the frame keeps no page.
+        yield box.pop()
         current, cursor = following, after
 
 

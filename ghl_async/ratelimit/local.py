@@ -84,16 +84,33 @@ class LocalLimiter:
         a spent daily budget :class:`~ghl_async.errors.DailyLimitExceeded` (unless it
         comes back within the bound). Nothing is sent when it raises.
         """
+        try:
+            return self.acquire_nowait()
+        except anyio.WouldBlock:
+            return await self._wait(self._clock(), max_wait, max_pause)
+
+    def acquire_nowait(self) -> object:
+        """A send slot now, or ``anyio.WouldBlock``: :meth:`acquire`'s first step alone.
+
+        Takes a slot only when :meth:`acquire` would take it without waiting (a free
+        slot, nobody queued who would be the worse for it), so calling this first and
+        :meth:`acquire` on ``WouldBlock`` is :meth:`acquire`, less a coroutine per
+        request on the common path. Never refuses a long wait: that takes a place in
+        the queue, which is :meth:`acquire`'s.
+        """
+        now = self._clock()
+        if self._queued:
+            if not self._may_pass(now):
+                raise anyio.WouldBlock
+        elif self.book.wait_time(now) != 0.0:  # the common case: nobody ahead
+            raise anyio.WouldBlock
+        return self.book.take(now)
+
+    async def _wait(self, now: float, max_wait: float | None, max_pause: float | None) -> object:
+        """Queue for a slot (the slow path of :meth:`acquire`)."""
         book = self.book
         if self._lock is None:
             self._lock = anyio.Lock()
-        now = self._clock()
-        if self._queued:
-            passes = self._may_pass(now)
-        else:  # the common case, written out: a free slot and nobody ahead
-            passes = book.wait_time(now) == 0.0
-        if passes:
-            return book.take(now)
         ahead = self._queued
         self._refuse_long_waits(now, max_wait, max_pause, ahead)
         self._queued += 1
@@ -149,6 +166,10 @@ class LocalLimiter:
 
     async def release(self, ticket: object, reply: Reply | None) -> None:
         """Free the send slot; learn from the reply's headers."""
+        self.release_nowait(ticket, reply)
+
+    def release_nowait(self, ticket: object, reply: Reply | None) -> None:
+        """:meth:`release` without a coroutine: it never waits (the transport's path)."""
         sent = ticket if isinstance(ticket, Ticket) else None
         for note in self.book.finish(self._clock(), reply, sent):
             logger.debug("rate limit: %s", note)
