@@ -74,8 +74,10 @@ class _Gate:
     async def _resend(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        # aiohttp is resending on a fresh connection: that is one more request. The
-        # failed send got no reply; the resend needs a rate slot of its own.
+        # aiohttp is resending on a fresh connection: that is one more request, and a
+        # retry like any other (counted, so stats.retries counts every resend on the
+        # wire). The failed send got no reply; the resend needs a rate slot of its own.
+        self.stats.retries += 1
         if self.held and (pending := self.release(None)) is not None:
             await pending
         self.ticket = await self.limiter.acquire()

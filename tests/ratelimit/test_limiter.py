@@ -725,3 +725,23 @@ def test_the_book_prunes_once_per_instant_and_again_when_the_window_shrinks() ->
     assert len(book._finished) == 1
     assert book.held(6.5) == 0
     assert book._finished == []
+
+
+async def test_every_resend_on_the_wire_is_counted_as_a_retry(server: ServerFactory) -> None:
+    # Seven kinds, five of each, and one 429 (it pauses every request a second).
+    kinds = ["reset", "truncate", "server_error", "html", "500", "502", "503"] * 5 + ["429"]
+    roomy = RateLimit(1000, 1.0)
+    async with server(conversations=60, messages=(20, 60), seed=9, rate_limit=roomy) as fake:
+        for kind, conversation in zip(kinds, fake.conversation_ids, strict=False):
+            fake.inject(kind, conversation_id=conversation)
+        retry = RetryPolicy(backoff_base=0.001, backoff_cap=0.01)
+        async with Client(fake.token, base_url=fake.url, retry=retry) as client:
+            async for _ in client.fan_out_pages(fake.conversation_ids, page_size=20):
+                pass
+    injected = sum(fake.stats.faults.values())
+    assert injected == len(kinds)
+    # Each fault cost one more request; each is a retry, whoever sent it (the engine or
+    # aiohttp's own resend on a pooled connection that was reset).
+    assert client.stats.requests == fake.stats.requests
+    assert client.stats.retries == client.stats.requests - client.stats.pages
+    assert client.stats.retries >= injected
