@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from datetime import datetime
@@ -60,6 +62,18 @@ if TYPE_CHECKING:  # aiohttp itself is imported by _transport.py only
     import aiohttp
 
 __all__ = ["DEFAULT_BASE_URL", "Client", "LocationPage", "MessageWithEmails", "PageHook"]
+
+
+class _Keep:
+    """The default of a ``with_options`` setting that may be ``None``: keep the client's."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<the client's own>"
+
+
+_KEEP = _Keep()
 
 DEFAULT_BASE_URL = "https://services.leadconnectorhq.com"
 
@@ -163,6 +177,7 @@ class Client(Lifecycle):
         if max_wait is not None and (isinstance(max_wait, bool) or not max_wait >= 0):
             raise ValueError("max_wait must be a number of seconds >= 0, or None")
         self._engine.max_wait = max_wait
+        self._parent: Client | None = None  # set on a with_options view
         super().__init__(transport)
 
     def __repr__(self) -> str:
@@ -177,6 +192,68 @@ class Client(Lifecycle):
         """The rate limiter this client sends through (set once the client is open)."""
         return self._engine.limiter
 
+    def with_options(
+        self,
+        *,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        max_wait: float | _Keep | None = _KEEP,
+    ) -> Client:
+        """A view of this client with other settings for the calls made through it.
+
+        As openai's ``client.with_options(...)``: the returned client shares this one's
+        connections, rate limiter, token, concurrency and :attr:`stats`; only how its
+        own calls retry and how long they may take differ. A web handler wants a short
+        timeout, no retries and a bound on the wait for a rate slot, while a batch job
+        on the same client keeps the defaults::
+
+            fast = client.with_options(max_retries=0, timeout=5.0, max_wait=2.0)
+            page = await fast.get_messages(conversation_id)
+
+        It needs no ``async with`` of its own: it is open while this client is, and
+        closing it closes nothing (close this client).
+
+        Args:
+            max_retries: retries after the first attempt (``0``: none); a shorthand for
+                ``retry=RetryPolicy(max_attempts=max_retries + 1)`` on this client's
+                policy.
+            retry: a whole :class:`RetryPolicy` instead.
+            timeout: seconds one attempt may take.
+            max_wait: the longest a call waits for a rate slot (``None``: as long as the
+                budget takes); by default this client's.
+
+        Raises:
+            TypeError, ValueError: a bad setting.
+        """
+        engine = self._engine
+        policy = engine.retry if retry is None else retry
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError("retry must be a RetryPolicy")
+        if max_retries is not None:
+            check_int(max_retries, "max_retries", 0)
+            policy = dataclasses.replace(policy, max_attempts=max_retries + 1)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError("timeout must be a number of seconds")
+            if not timeout > 0:
+                raise ValueError("timeout must be positive")
+        if (
+            not isinstance(max_wait, _Keep)
+            and max_wait is not None
+            and (isinstance(max_wait, bool) or not max_wait >= 0)
+        ):
+            raise ValueError("max_wait must be a number of seconds >= 0, or None")
+        view = copy.copy(self)  # the same transport, token, stats, tasks: shared
+        view._engine = copy.copy(engine)
+        view._engine.retry = policy
+        if timeout is not None:
+            view._engine.timeout = float(timeout)
+        if not isinstance(max_wait, _Keep):
+            view._engine.max_wait = max_wait
+        view._parent = self
+        return view
+
     # -- life cycle (Lifecycle): open and aclose restated for the API reference, which
     # shows no inherited members
 
@@ -187,10 +264,23 @@ class Client(Lifecycle):
         ``asyncio.run()``) opens again for the new loop: the session, the shared
         limiter and the concurrency slots belong to a loop.
         """
+        if self._parent is not None:  # a with_options view: its client's session
+            self._parent._check_open()  # closed stays closed, as for the client itself
+            await self._parent.open()
+            self._engine.limiter = self._parent._engine.limiter
+            self._engine.capacity = self._parent._engine.capacity
+            self._loop = self._parent._loop
+            return
         await super().open()
 
     async def aclose(self) -> None:
-        """Stop running fan-outs and close the session (if the client opened it)."""
+        """Stop running fan-outs and close the session (if the client opened it).
+
+        On a client from :meth:`with_options` it closes nothing: the session is its
+        parent's.
+        """
+        if self._parent is not None:
+            return
         await super().aclose()
 
     def _bind(self, loop: asyncio.AbstractEventLoop, *, moved: bool) -> None:
@@ -210,8 +300,9 @@ class Client(Lifecycle):
         # quietly rather than leave aiohttp to print "Unclosed client session".
         # try/except, not contextlib.suppress: at interpreter exit module globals may
         # be gone already, and a failed __init__ leaves no transport.
-        try:  # noqa: SIM105
-            self._transport.abandon()
+        try:
+            if self._parent is None:  # a with_options view owns nothing
+                self._transport.abandon()
         except Exception:
             pass
 

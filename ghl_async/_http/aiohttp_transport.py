@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -29,6 +30,8 @@ from ghl_async._http.transport import RawReply, Request
 from ghl_async.ratelimit.local import LocalLimiter
 from ghl_async.ratelimit.protocol import Limiter, Reply
 from ghl_async.stats import ClientStats
+
+logger = logging.getLogger("ghl_async")
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport"]
 
@@ -78,6 +81,12 @@ class _Gate:
         # retry like any other (counted, so stats.retries counts every resend on the
         # wire). The failed send got no reply; the resend needs a rate slot of its own.
         self.stats.retries += 1
+        logger.info(
+            "retrying %s %s on a fresh connection: the pooled one was closed under it "
+            "(ServerDisconnectedError, resent by aiohttp)",
+            request.method,
+            request.url.path,
+        )
         if self.held and (pending := self.release(None)) is not None:
             await pending
         self.ticket = await self.limiter.acquire()
@@ -191,6 +200,9 @@ class AiohttpTransport:
             data = request.json
             headers = {**headers, "Content-Type": "application/json"}
         gate = _Gate(limiter, ticket, self._stats)
+        timeout = self._timeout
+        if request.timeout is not None:  # a per-call override (Client.with_options)
+            timeout = aiohttp.ClientTimeout(total=request.timeout)
         try:
             async with session.request(
                 request.method,
@@ -199,7 +211,7 @@ class AiohttpTransport:
                 headers=headers,
                 data=data,
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=timeout,
                 middlewares=(gate,),
                 raise_for_status=False,
                 auto_decompress=True,
@@ -231,7 +243,7 @@ class AiohttpTransport:
                 return RawReply(response.status, response.headers, body, reply)
         except asyncio.TimeoutError:
             error: errors.TransportError = errors.TransportError(
-                f"no complete reply within {self._timeout.total:g} s"
+                f"no complete reply within {timeout.total:g} s"
             )
         except aiohttp.ClientPayloadError as exc:
             error = errors.TransportError(f"truncated reply body ({type(exc).__name__})")

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -138,6 +139,8 @@ class Engine:
         self.limiter: Limiter | None = None
         # The OAuth routes take another ``Version`` than the Conversations routes.
         self.api_version = api_version
+        # Seconds an attempt may take when not the transport's own (with_options).
+        self.timeout: float | None = None
         # The client's bound on any wait for a rate slot (None: none).
         self.max_wait: float | None = None
         self._headers_for: tuple[str, Mapping[str, str]] | None = None
@@ -195,7 +198,11 @@ class Engine:
             cached = self._headers_for  # _headers(token), its common case inline
             headers = cached[1] if cached and cached[0] == token else self._headers(token)
             rate = None
-            request = Request(method, url, params, headers, form, json)
+            request = Request(method, url, params, headers, form, json, self.timeout)
+            # Timed only when someone reads the DEBUG line (one check per attempt).
+            debug = logger.isEnabledFor(logging.DEBUG)
+            started = time.perf_counter() if debug else 0.0
+            sent_at = started
             try:
                 capacity = self.capacity
                 try:
@@ -215,12 +222,16 @@ class Engine:
                         ticket = await limiter.acquire(
                             max_wait=self.max_wait, max_pause=self.retry.max_retry_after
                         )
+                    if debug:
+                        sent_at = time.perf_counter()
                     raw = await self.transport.send(request, limiter, ticket)
                 finally:
                     capacity.release()
                 rate = raw.reply.rate
                 self._note_budget(rate)
                 status = raw.status
+                if debug:
+                    _log_request(method, url, status, attempt, started, sent_at)
                 error: errors.GHLError | None = (
                     None
                     if 200 <= status < 300  # the common case: no clock, no call
@@ -244,9 +255,12 @@ class Engine:
                         error.__cause__ = exc
             except errors.TransportError as exc:
                 error = exc
+                if debug:
+                    _log_request(method, url, None, attempt, started, sent_at, exc)
             assert error is not None
             if isinstance(error, errors.RateLimitError):
                 stats.throttled += 1
+                logger.info("%s: 429 from the server (%s)", what, error.message)
             if (
                 isinstance(error, errors.AuthenticationError)
                 and self.auth.refreshable
@@ -254,7 +268,7 @@ class Engine:
             ):
                 refreshed = True
                 attempt -= 1
-                logger.debug("%s: 401, asking the token provider for a new token", what)
+                logger.info("%s: 401, asking the token provider for a new token", what)
                 await self.auth.refresh(token)
                 continue
             if not self.retry.should_retry(error, attempt):
@@ -263,7 +277,7 @@ class Engine:
                 error, attempt, rate_interval=rate.interval if rate is not None else None
             )
             stats.retries += 1
-            logger.debug(
+            logger.info(
                 "%s: retrying (attempt %d of %d) in %.2f s after %s",
                 what,
                 attempt + 1,
@@ -275,6 +289,15 @@ class Engine:
 
     def _note_budget(self, rate: RateLimitHeaders) -> None:
         stats = self.stats
+        if (rate.max_requests, rate.interval) != (
+            stats.server_max_requests,
+            stats.server_interval,
+        ) and rate.max_requests is not None:
+            logger.info(
+                "the server announces a budget of %d per %g s",
+                rate.max_requests,
+                rate.interval if rate.interval is not None else stats.server_interval or 0,
+            )
         if rate.remaining is not None:
             stats.server_remaining = rate.remaining
         if rate.daily_remaining is not None:
@@ -283,3 +306,27 @@ class Engine:
             stats.server_max_requests = rate.max_requests
         if rate.interval is not None:
             stats.server_interval = rate.interval
+
+
+def _log_request(
+    method: str,
+    url: str,
+    status: int | None,
+    attempt: int,
+    started: float,
+    sent_at: float,
+    error: BaseException | None = None,
+) -> None:
+    """The DEBUG line of one attempt: method, path (no query, no token), status, time."""
+    now = time.perf_counter()
+    path = urlsplit(url).path
+    outcome = str(status) if status is not None else type(error).__name__
+    logger.debug(
+        "%s %s %s in %.3f s (attempt %d, %.3f s waiting for a rate slot)",
+        method,
+        path,
+        outcome,
+        now - sent_at,
+        attempt,
+        sent_at - started,
+    )

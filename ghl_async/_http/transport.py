@@ -27,7 +27,8 @@ class Request:
     """One request as the engine hands it to a transport.
 
     ``form`` is sent as an ``application/x-www-form-urlencoded`` body, ``json`` as an
-    ``application/json`` body (already encoded); at most one of them.
+    ``application/json`` body (already encoded); at most one of them. ``timeout``: the
+    seconds this attempt may take, when not the transport's own (a per-call override).
     """
 
     method: str
@@ -36,6 +37,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     form: Mapping[str, str] | None = None
     json: bytes | None = None
+    timeout: float | None = None
 
 
 @dataclass(slots=True)

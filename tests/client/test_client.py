@@ -174,14 +174,13 @@ async def test_transient_faults_are_retried_then_succeed(
             page = await client.get_messages(fake.conversation_ids[0], limit=10)
         assert [m.id for m in page.messages] == ids_of(fake.messages(fake.conversation_ids[0]))
         assert fake.stats.faults[fault] == 2
-        # Every send is counted, including the one aiohttp repeats on its own after a
-        # dropped connection (which is why a reset may cost one retry, not two).
+        # Every send is counted, and every resend is a retry with its log line,
+        # including the one aiohttp repeats on its own after a dropped pooled connection.
         assert client.stats.requests == fake.stats.requests == 3
-        expected_retries = 1 if fault == "reset" else 2
-        assert client.stats.retries == expected_retries
+        assert client.stats.retries == 2
         retry_lines = [r.getMessage() for r in ghl_log.records if "retrying" in r.getMessage()]
-        assert len(retry_lines) == expected_retries
-        assert "attempt 2 of 4" in retry_lines[0]
+        assert len(retry_lines) == 2
+        assert any("attempt 2 of 4" in line for line in retry_lines)
         reasons = {
             "server_error": "HTTP 5",
             "reset": "ServerDisconnectedError",
