@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import math
 import os
 import sys
 import threading
@@ -28,8 +30,9 @@ _OUT = "messages.jsonl"  # export's --out default: with --to, --out is left out
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
+    from arq.worker import Worker
 
-    from ghl_async.export.jobs import RunState
+    from ghl_async.export.jobs import RideOut, RunState
 
 __all__ = [
     "parse_location_ids",
@@ -37,6 +40,7 @@ __all__ = [
     "queue_flags_problem",
     "read_tokens",
     "register",
+    "seconds_arg",
     "run_queue_export",
     "run_status",
     "run_worker",
@@ -65,20 +69,65 @@ def register(subparsers: Subparsers) -> None:
     )
     worker.add_argument(
         "--lease",
-        type=float,
+        type=seconds_arg(positive=True),
         default=30.0,
         help="seconds after which a dead worker's job runs elsewhere (30)",
     )
     worker.add_argument(
-        "--poll-delay", type=float, default=0.5, help="seconds between queue polls (0.5)"
+        "--poll-delay",
+        type=seconds_arg(positive=True),
+        default=0.5,
+        help="seconds between queue polls (0.5)",
     )
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    _ride_out_flag(worker)
+    worker.add_argument(
+        "--metrics-port",
+        type=count_arg(0, 65535),
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (0: any free port, said on stderr)",
+    )
     worker.set_defaults(handler=run_worker)
 
     status = subparsers.add_parser("status", help="show a queued export's progress")
     status.add_argument("--queue", required=True, metavar="REDIS_URL", help="the queue's Redis")
     status.add_argument("--run", help="the run id (the latest by default)")
+    _ride_out_flag(status)
     status.set_defaults(handler=run_status)
+
+
+RIDE_OUT = 60.0
+"""Seconds the commands on arq wait out a Redis outage by default."""
+
+
+def seconds_arg(*, positive: bool) -> type[float]:
+    """A float type for argparse: a finite number of seconds, above 0 or at least 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            least = "above 0" if positive else "0 or more"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {least}, got {text}")
+        return value
+
+    return parse  # type: ignore[return-value]
+
+
+def _ride_out_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ride-out",
+        type=seconds_arg(positive=False),
+        default=RIDE_OUT,
+        metavar="SECONDS",
+        help="wait out a Redis outage this long, reconnecting with backoff (60)",
+    )
+
+
+def _say(text: str) -> None:
+    print(f"ghl-async: {text}", file=sys.stderr, flush=True)
 
 
 def _arq() -> Any:
@@ -168,42 +217,149 @@ def read_tokens(path: str) -> dict[str, str]:
 async def run_worker(args: argparse.Namespace) -> int:
     """``ghl-async worker``: run ghl_async's jobs until SIGINT or SIGTERM.
 
-    With ``--burst``, until the queue is empty.
+    With ``--burst``, until the queue is empty. A Redis outage of up to ``--ride-out``
+    seconds is waited out (one line when it starts, one when it ends); a longer one ends
+    the worker in one line, its locations left for the next worker to resume.
     """
     _arq()
-    from arq.worker import Worker
-
-    from ghl_async.export.jobs import worker_settings
+    from ghl_async.export.jobs import RedisGone, RideOut, worker_settings
 
     tokens = read_tokens(args.tokens_file)
     pool = await _pool(args.redis)
+    ride = RideOut(args.ride_out, say=_say)
+    metrics = None
+    if args.metrics_port is not None:
+        from ghl_async.export.metrics import WorkerMetrics
+
+        try:
+            metrics = WorkerMetrics()
+            port = metrics.serve(args.metrics_port)
+        except ImportError:
+            await pool.aclose()
+            raise UsageError(
+                "--metrics-port needs prometheus-client: pip install 'ghl-async[metrics]'"
+            ) from None
+        except OSError as exc:
+            await pool.aclose()
+            raise UsageError(
+                f"cannot serve metrics on port {args.metrics_port}: {exc.strerror}"
+            ) from None
+        _say(f"worker metrics on http://127.0.0.1:{port}/metrics")
     settings = worker_settings(
         tokens=tokens,
         lease=args.lease,
         max_tries=args.max_tries,
+        ride=ride,
+        metrics=metrics,
         max_jobs=args.max_jobs,
         burst=args.burst,
         poll_delay=args.poll_delay,
     )
     # arq's SIGINT/SIGTERM handlers need the main thread (an embedding may run us in another).
     main_thread = threading.current_thread() is threading.main_thread()
-    worker = Worker(**settings, redis_pool=pool, handle_signals=main_thread)
+    worker = _riding_worker(ride, args.lease)(
+        **settings, redis_pool=pool, handle_signals=main_thread
+    )
     print(
         f"ghl-async worker: {len(tokens)} location token(s), up to {args.max_jobs} jobs "
         f"at once, on {_safe_url(args.redis)}",
         file=sys.stderr,
         flush=True,
     )
+    quiet = _QuietLimiterOutages()
+    logging.getLogger("ghl_async").addFilter(quiet)
     try:
         await worker.async_run()
     except asyncio.CancelledError:
         pass  # arq's own SIGINT/SIGTERM handler stops the worker this way
+    except RedisGone as exc:
+        _say(
+            f"worker stopped: {exc}; its locations resume on the next worker from what "
+            "their sinks hold"
+        )
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await pool.aclose()
+        return EXIT_FAILED
     finally:
-        with warnings.catch_warnings():
-            # arq closes its pool with redis-py's deprecated close(): not ours to show.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            await worker.close()
+        logging.getLogger("ghl_async").removeFilter(quiet)
+        if metrics is not None:
+            metrics.close()
+    with warnings.catch_warnings():
+        # arq closes its pool with redis-py's deprecated close(): not ours to show.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await worker.close()
     return EXIT_OK
+
+
+class _QuietLimiterOutages(logging.Filter):
+    """Each job's limiter says an outage of Redis once: the worker says it once for all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.pathname.endswith(os.path.join("ratelimit", "redis.py")):
+            return True
+        text = str(record.msg)
+        return not text.startswith(("Redis is unavailable", "Redis is back", "could not report"))
+
+
+def _riding_worker(ride: RideOut, lease: float) -> type[Worker]:
+    """Arq's ``Worker``, riding out an outage of Redis instead of dying of it."""
+    from arq.constants import in_progress_key_prefix
+    from arq.worker import Worker
+    from redis.exceptions import WatchError
+
+    from ghl_async.export.jobs import FIRST_BACKOFF, MAX_BACKOFF, REDIS_DOWN, RedisGone
+
+    class RidingWorker(Worker):
+        backoff = FIRST_BACKOFF
+
+        async def _poll_iteration(self) -> None:
+            try:
+                await super()._poll_iteration()
+            except REDIS_DOWN as exc:
+                left = ride.failed(exc)  # past the ride-out: RedisGone ends the worker
+                await asyncio.sleep(min(self.backoff, left))
+                self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+                return
+            self.backoff = FIRST_BACKOFF
+            ride.answered()
+
+        async def start_jobs(self, job_ids: list[bytes]) -> None:
+            for job_id in job_ids:
+                running = self.tasks.get(job_id.decode())
+                if running is not None and not running.done():
+                    # Its in-progress key expired during an outage: it is still ours.
+                    continue
+                counter = self.job_counter
+                try:
+                    await super().start_jobs([job_id])
+                except (*REDIS_DOWN, WatchError) as exc:  # type: ignore[misc]
+                    # (redis-py says WatchError of a connection lost during a WATCH.)
+                    if self.job_counter > counter and job_id.decode() not in self.tasks:
+                        self._release_sem_dec_counter_on_complete()  # arq took a slot
+                    ride.failed(exc)
+                    # Back once Redis is (RedisGone past the ride-out ends the worker).
+                    await self._unhold(job_id.decode(), suppress=False)
+                    return
+
+        async def run_job(self, job_id: str, score: int) -> None:
+            try:
+                await super().run_job(job_id, score)
+            except (*REDIS_DOWN, RedisGone):  # type: ignore[misc]
+                # arq could not start or finish the job (the job itself is not running):
+                # let it run again at once, on any worker, from what its sink holds.
+                await self._unhold(job_id)
+
+        async def _unhold(self, job_id: str, *, suppress: bool = True) -> None:
+            # An in-progress key arq may have set would keep the job a week (its
+            # timeout): the location's owner key, not this, keeps two tries apart.
+            key = in_progress_key_prefix + job_id
+            with contextlib.suppress(*((RedisGone,) if suppress else ())):
+                await ride.call(lambda: self.pool.delete(key))
+
+    return RidingWorker
 
 
 def _prepare_out(out: str, locations: list[str], *, resume: bool, force: bool) -> str:
@@ -213,8 +369,10 @@ def _prepare_out(out: str, locations: list[str], *, resume: bool, force: bool) -
     out_dir = os.path.abspath(out)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--out {out} is not a directory; --queue writes one file a location")
-    with contextlib.suppress(FileExistsError):
-        os.makedirs(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:  # a file on the way (FILE/x), no permission
+        raise UsageError(f"cannot create --out {out}: {exc.strerror}") from None
     if resume or force:
         return out_dir
     for location_id in locations:
@@ -273,8 +431,12 @@ def queue_flags_problem(args: argparse.Namespace) -> str | None:
 
 
 async def run_queue_export(args: argparse.Namespace) -> int:
-    """``ghl-async export --locations-file FILE --queue URL (--out DIR | --to URL)``."""
-    from ghl_async.export.jobs import enqueue_locations, read_run
+    """``ghl-async export --locations-file FILE --queue URL (--out DIR | --to URL)``.
+
+    Follows the run until every location is settled, waiting out a Redis outage of up
+    to ``--ride-out`` seconds (60).
+    """
+    from ghl_async.export.jobs import RedisGone, RideOut, enqueue_locations, read_run
 
     problem = queue_flags_problem(args)
     if problem is not None:
@@ -319,9 +481,20 @@ async def run_queue_export(args: argparse.Namespace) -> int:
             flush=True,
         )
         last = 0.0
+        ride = RideOut(getattr(args, "ride_out", RIDE_OUT), say=_say)
         while True:
-            run = await read_run(pool, run_id)
-            assert run is not None  # written by enqueue_locations just now
+            try:
+                found = await ride.call(lambda: read_run(pool, run_id))
+            except RedisGone as exc:
+                _say(
+                    f"stopped following run {run_id}: {exc}; the workers go on where "
+                    f"Redis left it: ghl-async status --queue URL --run {run_id}"
+                )
+                return EXIT_FAILED
+            if found is None:  # a Redis restarted without persistence lost it
+                _say(f"run {run_id} is no longer in Redis (restarted without persistence?)")
+                return EXIT_FAILED
+            run = found
             if run.finished:
                 break
             if show and time.monotonic() - last >= 1.0:
@@ -336,13 +509,18 @@ async def run_queue_export(args: argparse.Namespace) -> int:
 
 async def run_status(args: argparse.Namespace) -> int:
     """``ghl-async status --queue URL [--run ID]``: a run's state, from anywhere."""
-    from ghl_async.export.jobs import read_run
+    from ghl_async.export.jobs import RedisGone, RideOut, read_run
 
     pool = await _pool(args.queue)
+    ride = RideOut(args.ride_out, say=_say)
     try:
-        run = await read_run(pool, args.run)
+        run = await ride.call(lambda: read_run(pool, args.run))
+    except RedisGone as exc:
+        _say(str(exc))
+        return EXIT_FAILED
     finally:
-        await pool.aclose()
+        with contextlib.suppress(Exception):
+            await pool.aclose()
     if run is None:
         raise UsageError(f"no run {args.run} in this Redis" if args.run else "no run yet")
     print_run(run, sys.stdout)

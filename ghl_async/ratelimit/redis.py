@@ -533,9 +533,10 @@ class RedisLimiter:
             )
 
 
-# Reconnecting to Redis during an outage: 0.1 s, doubling, at most 2 s apart.
+# Reconnecting to Redis during an outage: 0.1 s, doubling, at most 0.5 s apart (a
+# restart is back within a second of its end, not two).
 _FIRST_BACKOFF = 0.1
-_MAX_BACKOFF = 2.0
+_MAX_BACKOFF = 0.5
 
 
 def _ms(seconds: float) -> int:

@@ -4,21 +4,24 @@ PostgreSQL run with workers killed is in test_arq_workers.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
-from arq.worker import Retry, Worker
+from arq.worker import Worker
 
 from ghl_async import RateLimit
 from ghl_async.cli.main import main
@@ -28,6 +31,13 @@ from ghl_async.export import SQLiteSink
 from ghl_async.export import export_location as export_into
 from ghl_async.export.jobs import (
     EXPORT_LOCATION,
+    LocationState,
+    RideOut,
+    _Fenced,
+    _HandedOver,
+    _limiter,
+    _Owner,
+    _write_state,
     enqueue_locations,
     export_location,
     functions,
@@ -40,6 +50,7 @@ from ghl_async.export.jobs import (
 )
 from ghl_async.export.jsonl import JsonlSink
 from ghl_async.export.pipeline import ExportResult
+from ghl_async.export.sink import Batch, ExportState
 from ghl_async.testing import FakeAgency
 from ghl_async.testing._location import channel_admits
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
@@ -296,15 +307,25 @@ async def test_a_job_arq_gave_up_on_reads_as_failed(pool: ArqRedis, tmp_path: Pa
         (location_id,) = agency.location_ids
         run_id = await enqueue_locations(pool, [location_id], str(tmp_path), base_url=agency.url)
         # Every try used up by workers that died: arq fails the job without running it.
+        # The last try to report said why it was retried: that cause leads the reason.
         await pool.set(f"arq:retry:{job_id(run_id, location_id)}", 10)
+        said = LocationState(
+            location_id=location_id,
+            state="running",
+            tries=9,
+            error="try 9: HTTP 500: boom; retrying",
+            updated=time.time(),
+        )
+        key = f"ghl_async:run:{run_id}:locations"
+        await pool.hset(key, location_id, msgspec.json.encode(said).decode())  # type: ignore[misc]
         await run_burst(pool, {location_id: agency.locations[location_id].token})
         quiet = await read_run(pool, run_id)  # reported just now: arq not asked yet
-        assert quiet is not None and quiet.locations[0].state == "queued"
+        assert quiet is not None and quiet.locations[0].state == "running"
         run = await read_run(pool, run_id, ask_arq_after=0)
         assert run is not None
         (state,) = run.locations
         assert state.state == "failed"
-        assert "retries exceeded" in (state.error or "")
+        assert state.error == "HTTP 500: boom (arq: max 10 retries exceeded)"
 
 
 async def test_unknown_runs_and_settings(pool: ArqRedis) -> None:
@@ -537,25 +558,113 @@ async def test_worker_and_export_commands_honour_every_location_flag(
     assert set(rows(tmp_path / "contact.db", "SELECT message_id FROM emails")) == emails
 
 
-async def test_a_run_locked_out_by_a_live_one_retries_after_a_lease(
+async def test_a_part_locked_by_a_live_export_is_waited_for_without_using_a_try(
     pool: ArqRedis, tmp_path: Path
 ) -> None:
     async with FakeAgency(1, conversations=1, messages=2, seed=6) as agency:
         (location_id,) = agency.location_ids
         await enqueue_locations(pool, [location_id], str(tmp_path), run_id="r1")
         ctx: dict[str, Any] = {"redis": pool, "job_id": "j1", "job_try": 2}
-        await startup(ctx, tokens={location_id: agency.locations[location_id].token}, lease=3)
+        await startup(ctx, tokens={location_id: agency.locations[location_id].token}, lease=0.3)
         with locked(part_path(str(tmp_path), location_id)):
-            with pytest.raises(Retry) as caught:
-                await export_location(ctx, location_id, run_id="r1", base_url=agency.url)
-        assert caught.value.defer_score == 3000
-        # redis-py types an async reply as ``Awaitable[str | None] | str | None``; the
-        # pool awaits and, without decode_responses, answers bytes.
-        run_state = await cast(
-            "Awaitable[bytes | None]", pool.hget("ghl_async:run:r1:locations", location_id)
+            job = asyncio.ensure_future(
+                export_location(ctx, location_id, run_id="r1", base_url=agency.url)
+            )
+            state = await wait_for_state(pool, "r1", "another export is writing")
+            assert state.state == "running" and not job.done()
+        # The lock let go: the same try goes on, no Retry (arq would count one).
+        done = await asyncio.wait_for(job, 10)
+        assert done["state"] == "done" and done["tries"] == 2, done
+        ids = [line["id"] for line in lines_in(part_path(str(tmp_path), location_id))]
+        assert sorted(ids) == expected_ids(agency, location_id)
+
+
+async def test_a_try_finding_another_alive_on_the_location_waits_and_gives_its_try_back(
+    pool: ArqRedis, tmp_path: Path
+) -> None:
+    async with FakeAgency(1, conversations=2, messages=(5, 20), seed=6) as agency:
+        (location_id,) = agency.location_ids
+        run_id = await enqueue_locations(pool, [location_id], str(tmp_path), run_id="r2")
+        owner = f"ghl_async:run:{run_id}:owner:{location_id}"
+        retries = f"arq:retry:{job_id(run_id, location_id)}"
+        # Another try, alive (renewing), holds the location; arq counted this start as try 3.
+        await pool.set(owner, "elsewhere:1:abcd", px=60_000)
+        await pool.set(retries, 3)
+        ctx: dict[str, Any] = {
+            "redis": pool,
+            "job_id": job_id(run_id, location_id),
+            "job_try": 3,
+        }
+        await startup(ctx, tokens={location_id: agency.locations[location_id].token}, lease=0.3)
+        job = asyncio.ensure_future(
+            export_location(ctx, location_id, run_id=run_id, base_url=agency.url)
         )
-        assert run_state is not None
-        assert b"another export is writing" in run_state
+        await wait_for_state(pool, run_id, "elsewhere:1 is writing")
+        assert await pool.get(retries) == b"2"  # contention is no try
+        assert agency.locations[location_id].stats.by_route == {}  # nothing read meanwhile
+        await pool.delete(owner)  # the other try is done (or dead: its key expired)
+        done = await asyncio.wait_for(job, 10)
+        assert done["state"] == "done", done
+        assert await pool.get(retries) == b"3"  # the location was this try's: it counts
+        assert await pool.get(owner) is None  # let go at the end
+        ids = [line["id"] for line in lines_in(part_path(str(tmp_path), location_id))]
+        assert sorted(ids) == expected_ids(agency, location_id)
+
+
+async def test_a_try_that_lost_the_location_commits_nothing_more(
+    pool: ArqRedis, tmp_path: Path
+) -> None:
+    # A worker frozen past its lease comes back to find another try on its location.
+    ride = RideOut(5)
+    owner = _Owner(pool, "ghl_async:test:owner", 0.2, ride)
+    assert await owner.take() == 0
+    other = _Owner(pool, "ghl_async:test:owner", 0.2, ride)
+    assert 0 < await other.take() <= 0.2  # held: the seconds until it frees
+    db = tmp_path / "mirror.db"
+    sink = _Fenced(SQLiteSink(db), owner)
+    async with sink:
+        await sink.commit(
+            Batch(messages=[], state=ExportState(location_id="loc1", query=""))
+        )  # still ours
+        await anyio.sleep(0.25)  # frozen past the lease; the key expired
+        assert await other.take() == 0  # and another try took it
+        with pytest.raises(_HandedOver):
+            await sink.commit(Batch(messages=[], state=ExportState(location_id="loc1", query="")))
+    await owner.release()  # not its own any more: left alone
+    assert await pool.get("ghl_async:test:owner") == other.token.encode()
+
+
+async def test_a_location_failing_every_try_shows_the_http_cause(
+    pool: ArqRedis, tmp_path: Path
+) -> None:
+    async with FakeAgency(2, conversations=1, messages=2, seed=4) as agency:
+        forbidden, broken = agency.location_ids
+        agency.locations[forbidden].inject("403", 100)
+        agency.locations[broken].inject("server_error", 1000)
+        tokens = {f.location_id: f.token for f in agency.locations.values()}
+        run_id = await enqueue_locations(
+            pool, agency.location_ids, str(tmp_path), base_url=agency.url
+        )
+        await run_burst(pool, tokens, max_tries=2)
+        run = await read_run(pool, run_id)
+        assert run is not None and run.finished and not run.ok
+        states = {s.location_id: s for s in run.locations}
+        assert states[forbidden].state == "failed" and states[forbidden].tries == 2
+        assert (states[forbidden].error or "").startswith("HTTP 403"), states[forbidden]
+        assert states[broken].state == "failed"
+        assert (states[broken].error or "").startswith("HTTP 5"), states[broken]
+        assert "retrying" not in (states[broken].error or "")
+
+
+async def wait_for_state(pool: ArqRedis, run_id: str, text: str) -> LocationState:
+    with anyio.fail_after(10):
+        while True:
+            run = await read_run(pool, run_id)
+            assert run is not None
+            (state,) = run.locations
+            if text in (state.error or ""):
+                return state
+            await anyio.sleep(0.02)
 
 
 @contextmanager
@@ -564,3 +673,124 @@ def locked(path: str) -> Iterator[None]:
     with open(path, "wb") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         yield
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lease", "0"], "--lease: must be a number of seconds above 0, got 0"),
+        (["--lease", "-1"], "--lease: must be a number of seconds above 0, got -1"),
+        (["--lease", "inf"], "--lease: must be a number of seconds above 0, got inf"),
+        (["--poll-delay", "nan"], "--poll-delay: must be a number of seconds above 0, got nan"),
+        (["--poll-delay", "soon"], "--poll-delay: 'soon' is not a number of seconds"),
+        (["--ride-out", "-1"], "--ride-out: must be a number of seconds 0 or more, got -1"),
+        (["--metrics-port", "70000"], "--metrics-port: must be between 0 and 65535"),
+    ],
+)
+def test_worker_refuses_bad_numbers_in_one_line_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    # The tokens file is not there and Redis is not reachable: neither is looked at.
+    argv = ["worker", "--redis", "redis://127.0.0.1:1/0", "--tokens-file", str(tmp_path / "t")]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_export_queue_refuses_an_out_dir_under_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locations = tmp_path / "locations.txt"
+    locations.write_text("loc1\n")
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "x"
+    argv = ["export", "--locations-file", str(locations), "--out", str(out)]
+    assert main([*argv, "--queue", "redis://127.0.0.1:1/0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ghl-async: cannot create --out {out}: Not a directory\n"
+
+
+async def test_worker_metrics_are_scraped_over_http(pool: ArqRedis, tmp_path: Path) -> None:
+    from ghl_async.export.metrics import WorkerMetrics
+
+    async with FakeAgency(2, conversations=3, messages=(20, 60), seed=9) as agency:
+        tokens = {f.location_id: f.token for f in agency.locations.values()}
+        first, second = agency.location_ids
+        agency.locations[second].inject("403", 100)  # fails: counted as failed
+        metrics = WorkerMetrics()
+        port = metrics.serve(0, addr="127.0.0.1")
+        try:
+            await enqueue_locations(
+                pool, agency.location_ids, to=sqlite_url(tmp_path / "m.db"), base_url=agency.url
+            )
+            await run_burst(pool, tokens, metrics=metrics, max_tries=1)
+            page = await anyio.to_thread.run_sync(scrape, port)
+        finally:
+            metrics.close()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("ghl_async_worker_")
+    }
+    fake = agency.locations[first]
+    assert (
+        values["ghl_async_worker_requests_total"]
+        == sum(f.stats.by_route.get("export", 0) for f in agency.locations.values()) + 1
+    )  # and the refused one
+    assert values["ghl_async_worker_messages_total"] == fake.total_messages
+    assert values["ghl_async_worker_throttled_total"] == 0
+    assert values["ghl_async_worker_retries_total"] == 0
+    assert values['ghl_async_worker_locations{state="done"}'] == 1
+    assert values['ghl_async_worker_locations{state="failed"}'] == 1
+    assert values['ghl_async_worker_locations{state="running"}'] == 0
+    assert values["ghl_async_worker_limiter_wait_seconds_total"] > 0
+
+
+def scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        return str(reply.read().decode())
+
+
+async def test_worker_command_serves_metrics(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"a1": "t"}')
+    argv = ["worker", "--redis", redis_server.url, "--tokens-file", str(tokens), "--burst"]
+    assert await _main([*argv, "--metrics-port", "0", "--poll-delay", "0.05"]) == 0
+    err = capsys.readouterr().err
+    assert "ghl-async: worker metrics on http://127.0.0.1:" in err, err
+
+
+async def test_a_done_location_is_never_reported_back_to_running(pool: ArqRedis) -> None:
+    # A try that waited for, or lost, the location says nothing over the one that finished.
+    run_id = await enqueue_locations(pool, ["loc1"], to="sqlite:///m.db", run_id="r9")
+    await _write_state(pool, run_id, LocationState(location_id="loc1", state="running"))
+    await _write_state(pool, run_id, LocationState(location_id="loc1", state="done", messages=3))
+    late = LocationState(location_id="loc1", state="running", error="waiting: x is writing")
+    await _write_state(pool, run_id, late)
+    await _write_state(pool, run_id, LocationState(location_id="loc1", state="failed"))
+    run = await read_run(pool, run_id)
+    assert run is not None and run.ok
+    assert run.locations[0].messages == 3
+
+
+async def test_a_dead_workers_probe_slot_frees_within_its_lease(pool: ArqRedis) -> None:
+    # No reply has announced the budget yet: one request at a time across the workers.
+    # A worker killed with that request in flight never reports back: the next try's
+    # request goes within the lease, not after a minute.
+    ctx: dict[str, Any] = {}
+    await startup(ctx, tokens={}, lease=0.5)
+    dead = _limiter(pool, "loc1", None, ctx["ghl_async"])
+    await dead.acquire()  # and never released
+    started = anyio.current_time()
+    live = _limiter(pool, "loc1", None, ctx["ghl_async"])
+    ticket = await live.acquire(max_wait=5)
+    assert 0.4 <= anyio.current_time() - started <= 0.5 + 0.2  # held, then freed
+    await live.release(ticket, None)
