@@ -59,14 +59,24 @@ class _Wire(msgspec.Struct, rename="camel", kw_only=True, frozen=True, gc=False)
 
 
 class CallMeta(_Wire, frozen=True):
-    """``meta.call`` as live call messages carry it."""
+    """``meta.call`` as live call messages carry it.
+
+    Attributes:
+        duration: the call's length in seconds.
+        status: the call's status (``completed``, ``no-answer``, ...), as sent.
+    """
 
     duration: int | None = None
     status: str | None = None
 
 
 class EmailMeta(_Wire, frozen=True):
-    """``meta.email``: the ids of the email messages in the thread."""
+    """``meta.email``: the ids of the email messages in the thread.
+
+    Attributes:
+        message_ids: the email ids (``messageIds``) whose bodies
+            :meth:`~ghl_async.Client.get_email` fetches, oldest first.
+    """
 
     message_ids: list[str] = []
 
@@ -109,6 +119,30 @@ class Message(_Wire, frozen=True):
     :meth:`MessageType.from_code` (the published schema says "number": a fractional one is
     kept as a ``float``). ``date_added`` is always timezone-aware (UTC when the server
     sent no offset).
+
+    Attributes:
+        id: the message's id (``id``), the only field every message has.
+        type: HighLevel's numeric message type; :meth:`MessageType.from_code` names it.
+        message_type: the message type's name (``messageType``), e.g. ``TYPE_SMS``.
+        conversation_id: the conversation it belongs to (``conversationId``).
+        location_id: the location (sub-account) it belongs to (``locationId``).
+        contact_id: the contact on the other side (``contactId``).
+        date_added: when it was created (``dateAdded``), timezone-aware.
+        direction: ``inbound`` or ``outbound``, as sent.
+        status: its delivery status (``delivered``, ``read``, ``failed``...), as sent.
+        content_type: the MIME type of ``body`` (``contentType``), e.g. ``text/plain``.
+        body: the text of the message; for an email, its preview (the bodies come from
+            :meth:`~ghl_async.Client.get_email`).
+        attachments: the URLs of its attachments.
+        meta: call and email details (:class:`MessageMeta`), when sent.
+        source: where it came from (``workflow``, ``app``, ``api``...), as sent.
+        date_updated: when it last changed (``dateUpdated``), timezone-aware; a status
+            change such as delivered or read moves it.
+        user_id: the HighLevel user who sent it (``userId``), for outbound messages.
+        alt_id: the provider's own id for it (``altId``).
+        conversation_provider_id: the custom conversation provider that carried it
+            (``conversationProviderId``).
+        chat_widget_id: the chat widget it came through (``chatWidgetId``).
     """
 
     id: str
@@ -255,6 +289,30 @@ class EmailMessage(_Wire, frozen=True):
     a Python keyword, so the sender is :attr:`from_` (``"from"`` on the wire and in
     ``msgspec.to_builtins``). ``direction``, ``status``, ``source`` and ``provider`` keep
     whatever string the server sent. ``date_added`` is always timezone-aware.
+
+    Attributes:
+        id: the email's id (one of the message's ``meta.email.message_ids``).
+        alt_id: the email provider's own id (``altId``).
+        thread_id: the email thread it belongs to (``threadId``).
+        location_id: the location it belongs to (``locationId``).
+        contact_id: the contact on the other side (``contactId``).
+        conversation_id: the conversation it belongs to (``conversationId``).
+        date_added: when it was created (``dateAdded``), timezone-aware.
+        subject: the subject line.
+        body: the email's body, usually HTML (see ``content_type``).
+        direction: ``inbound`` or ``outbound``, as sent.
+        status: its delivery status, as sent.
+        content_type: the MIME type of ``body`` (``contentType``), e.g. ``text/html``.
+        attachments: the URLs of its attachments.
+        provider: the email service that carried it, as sent.
+        from_: the sender (``from`` on the wire).
+        to: the recipients.
+        cc: the copied recipients.
+        bcc: the blind-copied recipients.
+        reply_to_message_id: the email this one answers (``replyToMessageId``).
+        source: where it came from, as sent.
+        conversation_provider_id: the custom conversation provider that carried it
+            (``conversationProviderId``).
     """
 
     id: str
@@ -296,7 +354,29 @@ class RepairedEmailMessage(EmailMessage, frozen=True):
 
 
 class Conversation(_Wire, frozen=True):
-    """One conversation as ``GET /conversations/search`` lists it."""
+    """One conversation as ``GET /conversations/search`` lists it.
+
+    Attributes:
+        id: the conversation's id, as :meth:`~ghl_async.Client.iter_pages` takes it.
+        contact_id: the contact it is with (``contactId``).
+        location_id: the location it belongs to (``locationId``).
+        last_message_date: when its last message was sent, in milliseconds since the
+            epoch (``lastMessageDate``).
+        last_message_type: the type of its last message (``lastMessageType``).
+        last_message_body: the text of its last message (``lastMessageBody``).
+        last_message_direction: ``inbound`` or ``outbound`` (``lastMessageDirection``).
+        unread_count: messages not read yet (``unreadCount``).
+        type: the conversation's type, as sent (``TYPE_PHONE``, ...).
+        full_name: the contact's full name (``fullName``).
+        contact_name: the contact's name as the conversation shows it (``contactName``).
+        email: the contact's email address.
+        phone: the contact's phone number.
+        date_added: when it was created, in milliseconds since the epoch (``dateAdded``).
+        date_updated: when it last changed, in milliseconds since the epoch
+            (``dateUpdated``).
+        sort: the search's sort values for it: the ``startAfterDate`` cursor of the
+            next page.
+    """
 
     id: str
     contact_id: str | None = None

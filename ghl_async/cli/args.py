@@ -12,19 +12,29 @@ import os
 import re
 from typing import NoReturn, TypeAlias
 
+from ghl_async._logging import redact
 from ghl_async._validation import check_base_url, check_id
 from ghl_async.cli.exits import UsageError
 from ghl_async.ratelimit import RateLimit
 
 __all__ = [
+    "ENV_BASE_URL",
+    "ENV_LOCATION",
     "Parser",
     "Subparsers",
     "base_url_arg",
+    "base_url_from",
     "count_arg",
     "location_arg",
+    "location_from_env",
     "rate_arg",
     "read_token",
 ]
+
+#: The environment variables the README exports, read by the flags they stand for; a
+#: flag given on the command line wins.
+ENV_BASE_URL = "GHL_BASE_URL"
+ENV_LOCATION = "GHL_LOCATION_ID"
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,12 +86,50 @@ def count_arg(low: int, high: int) -> type[int]:
     return parse  # type: ignore[return-value]
 
 
-def base_url_arg(text: str) -> str:
-    """An http(s) API root; plain http only on loopback (the token would travel in clear)."""
+def _check_base_url(text: str) -> str:
     try:
         return check_base_url(text, allow_insecure=False)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("base_url ", "", 1)) from None
+        message = str(exc).replace("base_url ", "", 1)
+        if "allow_insecure" in message:
+            # The library's escape hatch is no flag of the command line: say what is.
+            message = (
+                f"{text!r} must use https (the token would travel in clear); plain http "
+                "is accepted only on this machine (localhost, 127.0.0.1, ::1)"
+            )
+        raise ValueError(message) from None
+
+
+def base_url_arg(text: str) -> str:
+    """An http(s) API root; plain http only on loopback (the token would travel in clear)."""
+    try:
+        return _check_base_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def base_url_from(flag: str | None, default: str) -> str:
+    """The API root: ``--base-url`` if given, else ``GHL_BASE_URL``, else ``default``."""
+    if flag is not None:
+        return flag
+    text = os.environ.get(ENV_BASE_URL, "").strip()
+    if not text:
+        return default
+    try:
+        return _check_base_url(text)
+    except ValueError as exc:
+        raise UsageError(f"{ENV_BASE_URL}: {exc}") from None
+
+
+def location_from_env() -> str | None:
+    """``GHL_LOCATION_ID``, checked, or ``None`` when it is not set."""
+    text = os.environ.get(ENV_LOCATION, "").strip()
+    if not text:
+        return None
+    try:
+        return check_id(text, "location id")
+    except ValueError as exc:
+        raise UsageError(f"{ENV_LOCATION}: {exc}") from None
 
 
 def location_arg(text: str) -> str:
@@ -107,6 +155,7 @@ def read_token(token_file: str | None) -> str:
         source = "GHL_TOKEN"
     if not token:
         raise UsageError("no token: set GHL_TOKEN or pass --token-file")
+    redact(token)  # -v and -vv never show it, whatever a log line holds
     if any(ch.isspace() or not ch.isprintable() for ch in token):
         # A token is one word of printable characters: anything else is two tokens run
         # together, or a stray line break, and would make a broken header.

@@ -9,17 +9,23 @@ Conversations named on the command line (or in ``--ids-file``) are exported here
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
 import sys
 from collections.abc import Iterable
 
 from ghl_async import errors
 from ghl_async._validation import check_id
 from ghl_async.cli.args import (
+    ENV_BASE_URL,
+    ENV_LOCATION,
     Subparsers,
     base_url_arg,
+    base_url_from,
     count_arg,
     location_arg,
+    location_from_env,
     rate_arg,
     read_token,
 )
@@ -34,15 +40,27 @@ from ghl_async.cli.exits import (
 )
 from ghl_async.cli.location import (
     add_export_flags,
+    dates_problem,
     export_to_file,
     location_flags_problem,
     output_gone,
+    remove_if_empty,
+    without_resume,
 )
 from ghl_async.cli.mirror import mirror_location, sink_url_arg, to_flags_problem
+from ghl_async.cli.preflight import check_access
 from ghl_async.cli.progress import budget_of, export_with_progress, summary_table
 from ghl_async.cli.queue import run_queue_export
 from ghl_async.client import DEFAULT_BASE_URL, Client
-from ghl_async.export.files import ExportRefused, OutputError
+from ghl_async.export.files import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    ExportOptions,
+    ExportRefused,
+    OutputError,
+    check_output,
+    ids_source,
+)
 from ghl_async.models import FilterType
 
 __all__ = ["interrupted", "parse_ids", "read_ids", "register", "run", "types_arg"]
@@ -87,7 +105,8 @@ def register(subparsers: Subparsers) -> None:
         description="Export messages as JSON Lines, resumably. The token comes from "
         "GHL_TOKEN or --token-file, never from the command line.",
     )
-    source = export.add_mutually_exclusive_group(required=True)
+    # Not required: with none of them, the location is GHL_LOCATION_ID's.
+    source = export.add_mutually_exclusive_group()
     source.add_argument(
         "ids", nargs="*", default=[], metavar="CONVERSATION_ID", help="conversations to export"
     )
@@ -95,7 +114,11 @@ def register(subparsers: Subparsers) -> None:
         "--ids-file", metavar="FILE", help="one id per line, # comments; - for stdin"
     )
     source.add_argument(
-        "--location", type=location_arg, metavar="LOCATION_ID", help="every conversation"
+        "--location",
+        type=location_arg,
+        metavar="LOCATION_ID",
+        help=f"every conversation of this location (default: ${ENV_LOCATION}, when no "
+        "conversation id, --ids-file or --locations-file is given)",
     )
     source.add_argument(
         "--locations-file",
@@ -110,7 +133,14 @@ def register(subparsers: Subparsers) -> None:
     export.add_argument(
         "--types", type=types_arg, help="only these types, any case: sms,call or TYPE_EMAIL"
     )
-    export.add_argument("--out", default=_OUT, help="output file; - for stdout")
+    export.add_argument(
+        "--out",
+        default=_OUT,
+        help=f"output file; - for stdout (default: {_OUT}). Its checkpoint OUT.checkpoint "
+        "stays after the export: --resume of a finished export then does nothing, and "
+        "the next --resume fetches again the email bodies that failed; delete it with "
+        "the output",
+    )
     export.add_argument(
         "--to",
         type=sink_url_arg,
@@ -124,9 +154,13 @@ def register(subparsers: Subparsers) -> None:
         "--concurrency", type=count_arg(1, 256), default=16, help="requests in flight (16)"
     )
     export.add_argument(
-        "--base-url", type=base_url_arg, default=DEFAULT_BASE_URL, help="the API root"
+        "--base-url",
+        type=base_url_arg,
+        help=f"the API root (default: ${ENV_BASE_URL}, else {DEFAULT_BASE_URL})",
     )
-    export.add_argument("--token-file", metavar="FILE", help="read the token from this file")
+    export.add_argument(
+        "--token-file", metavar="FILE", help="read the token from this file (else from $GHL_TOKEN)"
+    )
     export.add_argument("--token", type=_refuse_token, help=argparse.SUPPRESS)
     export.add_argument(
         "--rate", type=rate_arg, help="cap the budget below the server's, e.g. 100/10s"
@@ -147,6 +181,17 @@ def register(subparsers: Subparsers) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Run ``ghl-async export``; returns the exit code."""
+    args.base_url = base_url_from(args.base_url, DEFAULT_BASE_URL)
+    if not (args.ids or args.ids_file or args.location or args.locations_file):
+        args.location = location_from_env()
+        if args.location is None:
+            raise UsageError(
+                "one of the arguments CONVERSATION_ID --ids-file --location --locations-file "
+                f"is required (or set {ENV_LOCATION} for --location; see ghl-async export --help)"
+            )
+    problem = dates_problem(args)
+    if problem is not None:
+        raise UsageError(problem)
     if args.queue or args.locations_file:
         if not (args.queue and args.locations_file):
             raise UsageError("--locations-file and --queue go together")
@@ -162,6 +207,8 @@ def interrupted(args: argparse.Namespace) -> str:
         return (
             "\nInterrupted. What was committed is kept; to continue, run the same command again."
         )
+    if args.out != "-" and not _exists(args.out):
+        return "\nInterrupted before anything was written: nothing to resume."
     return (
         f"\nInterrupted. Everything written so far is kept; to continue, run the "
         f"same command with --resume (output: {args.out})."
@@ -207,6 +254,15 @@ def read_ids(args: argparse.Namespace) -> list[str] | None:
     return parse_ids(text.removeprefix("\ufeff").splitlines(), where)
 
 
+def _first_to_read(args: argparse.Namespace, ids: list[str]) -> str | None:
+    """The conversation to ask first: one a resume will read anyway (none: all done)."""
+    done: set[str] = set()
+    if args.resume and args.out != "-":
+        with contextlib.suppress(OSError):
+            done = Checkpoint.load(args.out + ".checkpoint").done
+    return next((c for c in ids if c not in done), None)
+
+
 def _write_lines(path: str, lines: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         handle.writelines(line + "\n" for line in lines)
@@ -225,16 +281,55 @@ async def _export(args: argparse.Namespace) -> int:
     problem = location_flags_problem(args) or to_flags_problem(args, _OUT)
     if problem is not None:
         raise UsageError(problem)
+    if ids is not None:
+        # What the output refuses is known without the network: said first, then one
+        # request (a wrong URL or token), and only then is any file created.
+        options = ExportOptions(
+            format=CHECKPOINT_FORMAT,
+            source=ids_source(ids),
+            types=args.types,
+            base_url=args.base_url,
+        )
+        try:
+            check_output(args.out, options, resume=args.resume, force=args.force)
+        except ExportRefused as exc:
+            raise UsageError(str(exc)) from None
+        await check_access(token, args.base_url, conversation_id=_first_to_read(args, ids))
+    # An output this run creates and leaves without a line is removed, whatever stops it.
+    created = ids is not None and args.out != "-" and not _exists(args.out)
+    try:
+        return await _run_export(token, ids, args)
+    except CommandExit as exc:
+        if created and remove_if_empty(args.out):
+            raise CommandExit(exc.code, without_resume(str(exc))) from None
+        raise
+    except BaseException:
+        if created:
+            remove_if_empty(args.out)
+        raise
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+async def _run_export(token: str, ids: list[str] | None, args: argparse.Namespace) -> int:
     client = Client(
         token, base_url=args.base_url, max_concurrency=args.concurrency, rate_limit=args.rate
     )
     async with client:
         try:
             if args.to is not None:
-                return await mirror_location(client, args)
+                return await mirror_location(client, args, token)
             if ids is None:
                 # The location export, falling back to search + fan-out when refused.
-                return await export_to_file(client, args)
+                return await export_to_file(client, args, token)
             summary = await export_with_progress(
                 client,
                 ids,

@@ -8,10 +8,13 @@ interruption goes on where the database says, with nothing lost or written twice
 from __future__ import annotations
 
 import argparse
+import os
+from functools import partial
 from typing import NamedTuple
 
-from ghl_async.cli.exits import EXIT_OK, EXIT_OUTPUT, say
-from ghl_async.cli.location import run_pipeline
+from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, say
+from ghl_async.cli.location import email_failures, run_pipeline
+from ghl_async.cli.preflight import check_access
 from ghl_async.client import Client
 from ghl_async.export.pipeline import ExportResult
 from ghl_async.export.sink import Sink
@@ -54,8 +57,26 @@ def to_flags_problem(args: argparse.Namespace, default_out: str) -> str | None:
     return None
 
 
-async def mirror_location(client: Client, args: argparse.Namespace) -> int:
-    """Mirror ``args.location`` into the sink ``args.to`` names; one summary line."""
+def _new_sqlite_file(url: str) -> bool:
+    """A ``sqlite:///`` URL whose file does not exist yet (opening the sink creates it)."""
+    if not url.startswith("sqlite:///"):
+        return False
+    try:
+        os.stat(url.removeprefix("sqlite:///"))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+async def mirror_location(client: Client, args: argparse.Namespace, token: str) -> int:
+    """Mirror ``args.location`` into the sink ``args.to`` names; one summary line.
+
+    The server is asked once before a new SQLite file is created (a wrong URL or token
+    leaves no database behind); an existing database is opened first, so that what it
+    refuses is said without the network.
+    """
     target: SinkTarget = args.to
     where = describe(target.url)
 
@@ -68,9 +89,11 @@ async def mirror_location(client: Client, args: argparse.Namespace) -> int:
         sink_error=f"cannot write {where}: ",
         again="run the same command again",
         restart="use another database",
+        check=partial(check_access, token, args.base_url, location_id=args.location),
+        check_first=_new_sqlite_file(target.url),
     )
-    say(_summary(result, where))
-    return EXIT_OK
+    say(_summary(result, where) + email_failures(result, "the same command run again"))
+    return EXIT_FAILED if result.failed_emails else EXIT_OK
 
 
 def _summary(result: ExportResult, where: str) -> str:

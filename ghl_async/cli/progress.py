@@ -10,9 +10,11 @@ extra) it is a bar; without it, a plain line at most once a second, so a bare
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, TextIO
 
 from ghl_async.client import Client
@@ -34,8 +36,12 @@ BAR_HINT = "(pip install 'ghl-async[cli]' for a progress bar)"
 class Progress:
     """A tqdm bar, a plain line, or nothing, on ``stream``.
 
-    ``unit="conv"`` counts conversations (:meth:`update`); ``unit="page"`` counts a
-    location export's pages (:meth:`update_pages`).
+    ``unit="conv"`` counts conversations settled (:meth:`update`), with the messages
+    read so far beside; ``unit="page"`` (a location export, whose total is not known
+    ahead) counts the messages read, with the requests sent and pages committed beside
+    (:meth:`update_pages`). Inside :meth:`ticking` the display is refreshed twice a
+    second from the client's live counters, so it moves with the pages in flight and
+    not only when a conversation or a commit completes.
     """
 
     def __init__(
@@ -56,9 +62,11 @@ class Progress:
         self._last_line = -1.0
         self._bar: Any = None
         self._plain = False
+        self._closed = False
         self._summary = ExportSummary()
         self._unit = unit
         self._pages = 0
+        self._written = 0
         if not enabled:
             return
         try:
@@ -67,7 +75,14 @@ class Progress:
             self._plain = True
             print(f"export: starting {BAR_HINT}", file=stream, flush=True)
             return
-        self._bar = tqdm(total=total, unit=unit, file=stream, dynamic_ncols=True, desc="export")
+        self._bar = tqdm(
+            total=total,
+            unit="conv" if unit == "conv" else "msg",
+            file=stream,
+            dynamic_ncols=True,
+            desc="export",
+            mininterval=0.25,
+        )
 
     def _rate(self) -> float:
         return self._client.stats.requests / max(1e-6, self._clock() - self._started)
@@ -75,49 +90,86 @@ class Progress:
     def update(self, summary: ExportSummary) -> None:
         """Show the conversations settled so far."""
         self._summary = summary
-        self._show(summary.finished, summary.messages)
+        self._show()
 
     def update_pages(self, result: ExportResult) -> None:
         """Show the pages and messages a location export committed so far."""
         self._pages = result.pages
-        self._summary.messages = result.messages
-        self._show(result.pages, result.messages)
+        self._written = result.messages
+        self._show()
 
-    def _show(self, done: int, messages: int) -> None:
+    @contextlib.asynccontextmanager
+    async def ticking(self, every: float = 0.5) -> AsyncIterator[Progress]:
+        """Refresh the display every ``every`` seconds while the block runs."""
+        if self._bar is None and not self._plain:
+            yield self
+            return
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(every)
+                self._show(refresh=True)
+
+        task = asyncio.create_task(tick())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _done(self) -> int:
+        if self._unit == "page":
+            return max(self._client.stats.messages, self._written)
+        return self._summary.finished
+
+    def _show(self, *, refresh: bool = False) -> None:
+        if self._closed:
+            return
         if self._bar is not None:
             stats = self._client.stats
-            self._bar.set_postfix(
-                messages=messages,
-                req_s=f"{self._rate():.1f}",
-                throttled=stats.throttled,
-                refresh=False,
-            )
-            self._bar.update(done - self._bar.n)
+            if self._unit == "page":
+                postfix: dict[str, object] = {
+                    "requests": stats.requests,
+                    "pages": self._pages,
+                }
+            else:
+                postfix = {"messages": max(stats.messages, self._summary.messages)}
+            postfix.update(req_s=f"{self._rate():.1f}", throttled=stats.throttled)
+            self._bar.set_postfix(postfix, refresh=False)
+            self._bar.n = self._done()
+            if refresh:
+                self._bar.refresh()
+            else:
+                self._bar.update(0)
         elif self._plain and self._clock() - self._last_line >= 1.0:
             self._line()
 
     def _line(self) -> None:
         self._last_line = self._clock()
-        summary = self._summary
+        stats = self._client.stats
         of = f"/{self._total}" if self._total is not None else ""
-        done = (
-            f"{self._pages}{of} pages"
-            if self._unit == "page"
-            else f"{summary.finished}{of} conversations"
-        )
+        if self._unit == "page":
+            done = f"{self._pages} pages, {self._done()} messages, {stats.requests} requests"
+        else:
+            messages = max(stats.messages, self._summary.messages)
+            done = f"{self._summary.finished}{of} conversations, {messages} messages"
         print(
-            f"export: {done}, {summary.messages} messages, "
-            f"{self._rate():.1f} req/s, {self._client.stats.throttled} throttled",
+            f"export: {done}, {self._rate():.1f} req/s, {stats.throttled} throttled",
             file=self._stream,
             flush=True,
         )
 
     def close(self) -> None:
-        """End the bar or print the last line."""
+        """End the bar or print the last line (once; later calls do nothing)."""
+        if self._closed:
+            return
         if self._bar is not None:
+            self._show(refresh=True)
             self._bar.close()
         elif self._plain:
             self._line()
+        self._closed = True
 
 
 async def export_with_progress(
@@ -135,7 +187,8 @@ async def export_with_progress(
     enabled = sys.stderr.isatty() if show is None else show
     progress = Progress(enabled, total, client, sys.stderr)
     try:
-        return await export_messages(client, ids, on_progress=progress.update, **options)
+        async with progress.ticking():
+            return await export_messages(client, ids, on_progress=progress.update, **options)
     finally:
         progress.close()
 
@@ -202,8 +255,11 @@ def _table(
     if budget is not None and stats.requests and elapsed:
         # The fastest a strict window allows: one full window per max_requests sends.
         ideal = ((stats.requests - 1) // budget.max_requests) * budget.interval
-        use = f"{100 * min(1.0, ideal / elapsed):.0f}% of ideal ({ideal:.1f} s)"
         budget_text = f"budget {budget.max_requests} per {budget.interval:g} s"
+        if ideal:
+            use = f"{100 * min(1.0, ideal / elapsed):.0f}% of ideal ({ideal:.1f} s)"
+        else:  # a share of zero seconds says nothing: the budget never held it back
+            use = "within one window: the budget did not slow it"
         rows.append(("requests/s", f"{rate:.1f} ({budget_text}; {use})"))
     else:
         rows.append(("requests/s", f"{rate:.1f}"))

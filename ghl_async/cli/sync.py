@@ -14,14 +14,20 @@ from datetime import timedelta
 
 from ghl_async import errors
 from ghl_async.cli.args import (
+    ENV_BASE_URL,
+    ENV_LOCATION,
     Subparsers,
     base_url_arg,
+    base_url_from,
     count_arg,
     location_arg,
+    location_from_env,
     rate_arg,
     read_token,
 )
 from ghl_async.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, CommandExit, UsageError, say
+from ghl_async.cli.location import email_failures
+from ghl_async.cli.preflight import check_access
 from ghl_async.client import DEFAULT_BASE_URL, Client
 from ghl_async.export.incremental import LOOKBACK, sync_location
 from ghl_async.export.numbered import NumberedFiles
@@ -73,9 +79,8 @@ def register(subparsers: Subparsers) -> None:
     sync.add_argument(
         "--location",
         type=location_arg,
-        required=True,
         metavar="LOCATION_ID",
-        help="the location to sync",
+        help=f"the location to sync (default: ${ENV_LOCATION})",
     )
     where = sync.add_mutually_exclusive_group()
     where.add_argument(
@@ -96,16 +101,27 @@ def register(subparsers: Subparsers) -> None:
         "--concurrency", type=count_arg(1, 256), default=16, help="requests in flight (16)"
     )
     sync.add_argument(
-        "--base-url", type=base_url_arg, default=DEFAULT_BASE_URL, help="the API root"
+        "--base-url",
+        type=base_url_arg,
+        help=f"the API root (default: ${ENV_BASE_URL}, else {DEFAULT_BASE_URL})",
     )
-    sync.add_argument("--token-file", metavar="FILE", help="read the token from this file")
+    sync.add_argument(
+        "--token-file", metavar="FILE", help="read the token from this file (else from $GHL_TOKEN)"
+    )
     sync.add_argument("--rate", type=rate_arg, help="cap the budget, e.g. 100/10s")
     sync.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:
     """Run ``ghl-async sync``; one summary line on stderr. Returns the exit code."""
+    args.base_url = base_url_from(args.base_url, DEFAULT_BASE_URL)
+    if args.location is None:
+        args.location = location_from_env()
+        if args.location is None:
+            raise UsageError(f"name the location: --location LOCATION_ID or {ENV_LOCATION}")
     token = read_token(args.token_file)
+    # One request before the sink is opened: nothing on disk for a wrong URL or token.
+    await check_access(token, args.base_url, location_id=args.location)
     sink: Sink
     if args.out is not None:
         sink, where = NumberedFiles(args.out), args.out
@@ -157,17 +173,4 @@ def _summary(result: ExportResult, where: str, requests: int, sink: Sink) -> str
     return (
         f"sync: {result.messages} new or changed messages{emails} into {into} "
         f"({requests} requests{resumed}){email_failures(result)}"
-    )
-
-
-def email_failures(result: ExportResult) -> str:
-    """The summary's words on email bodies still missing ('' when none)."""
-    failed = result.failed_emails
-    if not failed:
-        return ""
-    email_id, first = next(iter(failed.items()))
-    again = sum(f.retry for f in failed.values())
-    return (
-        f"; {len(failed)} email bodies could not be fetched (first {email_id}: "
-        f"{first.reason}); {again} will be fetched again by the next run"
     )

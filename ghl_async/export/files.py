@@ -55,6 +55,8 @@ __all__ = [
     "ExportRefused",
     "ExportSummary",
     "OutputError",
+    "check_new_output",
+    "check_output",
     "export_messages",
 ]
 
@@ -263,6 +265,71 @@ def lock_output(fd: int, path: str) -> None:
         raise  # pragma: no cover - flock fails otherwise only on odd filesystems
 
 
+def check_new_output(path: str) -> None:
+    """Refuse a ``path`` that does not exist and could not be created, creating nothing.
+
+    Its folder must exist and be writable. Used before any request, so that a typo in
+    the folder is said before the network is asked anything.
+
+    Raises:
+        ExportRefused: the folder is missing or not writable.
+    """
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ExportRefused(f"cannot write {path}: {os.strerror(errno.ENOENT)}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportRefused(f"cannot write {path}: {os.strerror(errno.EACCES)}")
+
+
+def check_output(out: str, options: ExportOptions, *, resume: bool, force: bool) -> None:
+    """What :func:`export_messages` would refuse about ``out``, found changing nothing.
+
+    The same one-line refusals as opening the output (a missing folder, no permission,
+    an existing output without ``resume`` or ``force``, a resume that does not match its
+    checkpoint), without creating or writing a file: the command line checks them, then
+    asks the server once, and only then lets the export create its files. The lock is
+    not checked here (another run may take it in between: opening says so then).
+
+    Raises:
+        ExportRefused: the export would be refused.
+    """
+    if out == "-":
+        if resume:
+            raise ExportRefused("--resume needs an output file, not stdout")
+        return
+    checkpoint_path = out + ".checkpoint"
+    try:
+        found = os.stat(out)
+    except FileNotFoundError:
+        check_new_output(out)
+        if resume:
+            _Sink.check_resume(out, _load(checkpoint_path), options, 0, existed=False)
+        return
+    except OSError as exc:
+        raise ExportRefused(f"cannot write {out}: {exc.strerror}") from None
+    if not os.access(out, os.R_OK | os.W_OK):
+        raise ExportRefused(f"cannot write {out}: {os.strerror(errno.EACCES)}")
+    if stat.S_ISDIR(found.st_mode):
+        raise ExportRefused(f"cannot write {out}: {os.strerror(errno.EISDIR)}")
+    if not stat.S_ISREG(found.st_mode):
+        if resume:
+            raise ExportRefused(f"--resume needs a regular output file; {out} is not one")
+        return
+    if resume:
+        _Sink.check_resume(out, _load(checkpoint_path), options, found.st_size, existed=True)
+    elif found.st_size and not force:
+        raise ExportRefused(
+            f"{out} exists; pass --resume to continue that export or --force to replace it"
+        )
+
+
+def _load(checkpoint_path: str) -> Checkpoint:
+    try:
+        return Checkpoint.load(checkpoint_path)
+    except OSError as exc:
+        raise ExportRefused(f"cannot read {checkpoint_path}: {exc.strerror or exc}") from None
+
+
 def is_regular(fd: int) -> bool:
     """``fd`` is a regular file (else a stream: a pipe, a terminal, a device)."""
     return stat.S_ISREG(os.fstat(fd).st_mode)
@@ -332,7 +399,7 @@ class _Sink:
         size = os.fstat(fd).st_size
         if resume:
             state = Checkpoint.load(checkpoint_path)
-            self._check_resume(out, state, options, size, existed=existed)
+            self.check_resume(out, state, options, size, existed=existed)
         elif existed and size and not force:
             raise ExportRefused(
                 f"{out} exists; pass --resume to continue that export or --force to replace it"
@@ -362,7 +429,7 @@ class _Sink:
             self._size = state.size
 
     @staticmethod
-    def _check_resume(
+    def check_resume(
         out: str, state: Checkpoint, options: ExportOptions, size: int, *, existed: bool
     ) -> None:
         if state.options is None:
