@@ -8,13 +8,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 
 from ghl_async import errors
 from ghl_async._http.auth import TokenSource
 from ghl_async._http.transport import EMPTY, Request, Transport
+from ghl_async._logging import get_logger, request_line
 from ghl_async._sansio import RateLimitHeaders, error_for_reply, looks_like_json, request_headers
 from ghl_async.ratelimit.local import LocalLimiter
 from ghl_async.ratelimit.protocol import Limiter
@@ -23,7 +23,7 @@ from ghl_async.stats import ClientStats
 
 T = TypeVar("T")
 
-logger = logging.getLogger("ghl_async")
+logger = get_logger(__name__)
 
 __all__ = ["Capacity", "Engine", "Slots"]
 
@@ -317,16 +317,15 @@ def _log_request(
     sent_at: float,
     error: BaseException | None = None,
 ) -> None:
-    """The DEBUG line of one attempt: method, path (no query, no token), status, time."""
-    now = time.perf_counter()
-    path = urlsplit(url).path
-    outcome = str(status) if status is not None else type(error).__name__
-    logger.debug(
-        "%s %s %s in %.3f s (attempt %d, %.3f s waiting for a rate slot)",
+    """The DEBUG line of one attempt (:func:`ghl_async._logging.request_line`)."""
+    line = request_line(
         method,
-        path,
-        outcome,
-        now - sent_at,
-        attempt,
-        sent_at - started,
+        url,
+        status=status,
+        latency=time.perf_counter() - sent_at,
+        attempt=attempt,
+        limiter_wait=sent_at - started,
     )
+    if error is not None:
+        line += f": {type(error).__name__}"
+    logger.debug("%s", line)
