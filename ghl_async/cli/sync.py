@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from contextlib import AsyncExitStack
 from datetime import timedelta
 
 from ghl_async import errors
@@ -131,9 +132,17 @@ async def run(args: argparse.Namespace) -> int:
     client = Client(
         token, base_url=args.base_url, max_concurrency=args.concurrency, rate_limit=args.rate
     )
-    async with client:
+    async with client, AsyncExitStack() as opened:
         try:
-            async with sink:
+            # Opening the sink and reading its state can refuse (another sync holds the
+            # directory, a state file missing, foreign or edited): usage, exit 2, before
+            # any request.
+            await opened.enter_async_context(sink)
+            await sink.load(args.location)
+        except errors.SinkError as exc:
+            raise UsageError(f"cannot sync into {where}: {exc}") from None
+        try:
+            async with opened.pop_all():
                 result = await sync_location(
                     client,
                     args.location,

@@ -219,3 +219,37 @@ async def test_sync_command_says_which_email_bodies_failed_and_exits_1(
         with closing(sqlite3.connect(tmp_path / "m.db")) as db:
             assert db.execute("SELECT count(*) FROM messages").fetchone() == (fake.total_messages,)
             assert db.execute("SELECT email_id FROM email_failures").fetchall() == [(broken,)]
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        (None, "holds numbered files but no sync-state.json"),
+        ('{"format":"ghl-async-sync/2","run":1,"file":null,"state":{"locationId":"L"', "is not a"),
+    ],
+)
+async def test_sync_command_refuses_a_missing_or_edited_state_in_one_line_exit_2(
+    server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    state: str | None,
+    says: str,
+) -> None:
+    out = tmp_path / "warehouse"
+    out.mkdir()
+    (out / "messages-000001.jsonl").write_text('{"id":"a"}\n')
+    if state is not None:
+        (out / "sync-state.json").write_text(state)
+    async with server(conversations=2, messages=5, seed=67) as fake:
+        monkeypatch.setenv("GHL_TOKEN", fake.token)
+        argv = ("sync", "--location", fake.location_id, "--out", str(out), "--base-url", fake.url)
+        assert await run_cli(*argv) == 2
+        requests = fake.stats.by_route["export"]
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert f"cannot sync into {out}" in line and says in line
+    assert requests <= 1  # only the access check before any file: nothing was read
+    # Nothing written or changed (the directory's lock file aside).
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == sorted(
+        ["messages-000001.jsonl", *(["sync-state.json"] if state is not None else [])]
+    )
