@@ -999,9 +999,14 @@ async def _lost(owner: _Owner) -> bool:
 
 
 async def _finish(keeper: asyncio.Task[None], owner: _Owner) -> None:
-    keeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await keeper
+    # Cancelled until it is done: a cancellation that lands inside a Redis call can come
+    # out as a TimeoutError (async-timeout before Python 3.11), which the keeper waits
+    # out like any Redis trouble, and one cancel() alone would then leave it running.
+    while not keeper.done():
+        keeper.cancel()
+        await asyncio.wait({keeper}, timeout=0.1)
+    if not keeper.cancelled():
+        keeper.exception()  # retrieved: never "exception was never retrieved"
     await owner.release()
 
 

@@ -138,7 +138,16 @@ async def test_three_workers_one_killed_every_message_once(
             assert victim is not None, f"no worker was seen writing: {run}"
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
-            _, stderr = await asyncio.wait_for(export.communicate(), 90)
+            try:
+                _, stderr = await asyncio.wait_for(export.communicate(), 90)
+            except asyncio.TimeoutError:
+                # Say where it stood: the run's state and the end of each worker's log.
+                stuck = await read_run(pool)
+                tails = "\n".join(
+                    f"-- worker {i}:\n" + (tmp_path / f"worker{i}.log").read_text()[-2000:]
+                    for i in range(3)
+                )
+                pytest.fail(f"the run did not end within 90 s: {stuck}\n{tails}")
             assert export.returncode == 0, stderr.decode()
             run = await read_run(pool)
         finally:
