@@ -19,6 +19,7 @@ Exit codes:
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EXIT_USAGE",
     "CommandExit",
     "UsageError",
+    "resets_when",
     "say",
 ]
 
@@ -52,3 +54,10 @@ class CommandExit(Exception):
 def say(text: str) -> None:
     """One line (or a few) on stderr, flushed at once."""
     print(text, file=sys.stderr, flush=True)
+
+
+def resets_when(resets_at: float | None) -> str:
+    """When a spent daily budget comes back, in local time, for a one-line message."""
+    if not resets_at:
+        return "at the start of the next day"
+    return dt.datetime.fromtimestamp(resets_at).astimezone().isoformat(timespec="minutes")

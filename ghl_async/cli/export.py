@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
 import sys
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from ghl_async.cli.exits import (
     EXIT_USAGE,
     CommandExit,
     UsageError,
+    resets_when,
     say,
 )
 from ghl_async.cli.location import (
@@ -352,11 +352,7 @@ async def _run_export(token: str, ids: list[str] | None, args: argparse.Namespac
                 EXIT_USAGE, f"the token was refused ({exc.message}); check GHL_TOKEN"
             ) from None
         except errors.DailyLimitExceeded as exc:
-            when = (
-                dt.datetime.fromtimestamp(exc.resets_at).astimezone().isoformat(timespec="minutes")
-                if exc.resets_at
-                else "at the start of the next day"
-            )
+            when = resets_when(exc.resets_at)
             raise CommandExit(
                 EXIT_FAILED,
                 f"the daily request budget is spent; it resets {when}. "

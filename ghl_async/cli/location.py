@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
 import stat
 import sys
@@ -33,6 +32,7 @@ from ghl_async.cli.exits import (
     EXIT_USAGE,
     CommandExit,
     UsageError,
+    resets_when,
     say,
 )
 from ghl_async.cli.preflight import check_access
@@ -228,11 +228,7 @@ async def run_pipeline(
     except errors.AuthenticationError:
         raise  # the command's own one line: the token was refused
     except errors.DailyLimitExceeded as exc:
-        when = (
-            dt.datetime.fromtimestamp(exc.resets_at).astimezone().isoformat(timespec="minutes")
-            if exc.resets_at
-            else "at the start of the next day"
-        )
+        when = resets_when(exc.resets_at)
         raise CommandExit(
             EXIT_FAILED,
             f"the daily request budget is spent; it resets {when}; what was committed "
