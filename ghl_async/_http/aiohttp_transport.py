@@ -2,12 +2,16 @@
 
 :class:`AiohttpTransport` implements :class:`ghl_async._http.transport.Transport`.
 
-Every send that reaches the wire passes the rate limiter, including the one aiohttp
-makes on its own: when a reused keep-alive connection turns out to be closed, aiohttp
-sends an idempotent request a second time inside ``session.get``. That resend runs
-through the request's middleware chain, so a per-request middleware is where the
-limiter is held: the first send uses the slot the caller acquired, any resend acquires
-another. Under a strict budget an unmetered resend is a 429 we caused ourselves.
+Every send that reaches the wire passes the rate limiter, including the resend of an
+idempotent request whose reused keep-alive connection turns out to be closed. On a
+session opened here, aiohttp's own resend is turned off and :meth:`AiohttpTransport.send`
+makes it: one more send at once, with a rate slot of its own, counted as a retry. On a
+caller's session aiohttp resends inside ``session.get``, through the request's
+middleware chain, so a per-request middleware holds the limiter there (the first send
+uses the slot the caller acquired, any resend acquires another). Under a strict budget
+an unmetered resend is a 429 we caused ourselves. (The middleware costs a closure and a
+coroutine per request: about 2% of the client's CPU per page, why a session of ours
+goes without.)
 
 A caller's session brings its own defaults; every request here overrides the ones that
 would change what a reply means (``raise_for_status``, ``auto_decompress``, redirects,
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -37,6 +42,9 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "AiohttpTransport"]
 
 #: The largest reply body read by default (a page of 100 messages is well under 1 MiB).
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+# The methods aiohttp resends on a dropped keep-alive connection (RFC 9112, 9.3.1).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class _TooLarge(Exception):
@@ -68,6 +76,7 @@ class _Gate:
     def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> Awaitable[aiohttp.ClientResponse]:
+        """The middleware (a caller's session): each send aiohttp makes passes here."""
         self.stats.requests += 1
         self.sends += 1
         if self.sends == 1:
@@ -77,21 +86,26 @@ class _Gate:
     async def _resend(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        # aiohttp is resending on a fresh connection: that is one more request, and a
-        # retry like any other (counted, so stats.retries counts every resend on the
-        # wire). The failed send got no reply; the resend needs a rate slot of its own.
+        await self.take_another(request.method, request.url.path, "aiohttp")
+        return await handler(request)
+
+    async def take_another(self, method: str, path: str, by: str) -> None:
+        """Before a resend on a fresh connection: that is one more request, and a retry
+        like any other (counted, so ``stats.retries`` counts every resend on the wire).
+        The failed send got no reply; the resend needs a rate slot of its own.
+        """
         self.stats.retries += 1
         logger.info(
             "retrying %s %s on a fresh connection: the pooled one was closed under it "
-            "(ServerDisconnectedError, resent by aiohttp)",
-            request.method,
-            request.url.path,
+            "(ServerDisconnectedError, resent by %s)",
+            method,
+            path,
+            by,
         )
         if self.held and (pending := self.release(None)) is not None:
             await pending
         self.ticket = await self.limiter.acquire()
         self.held = True
-        return await handler(request)
 
     def release(self, reply: Reply | None) -> Awaitable[None] | None:
         """Free the held slot: ``None`` when freed already, else the limiter's release
@@ -134,6 +148,8 @@ class AiohttpTransport:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_body = max_body_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
+        # True on a session of ours: aiohttp's resend is off, send() makes it itself.
+        self._resends_here = False
 
     @property
     def is_open(self) -> bool:
@@ -154,6 +170,12 @@ class AiohttpTransport:
                 auto_decompress=True,
                 raise_for_status=False,
             )
+            # The stale-connection resend is made in send() (no middleware per request).
+            # Where a release has no such switch, aiohttp resends and the middleware
+            # meters it, as on a caller's session.
+            self._resends_here = hasattr(self._session, "_retry_connection")
+            if self._resends_here:
+                self._session._retry_connection = False
             self._owns_session = True
             self._loop = asyncio.get_running_loop()
 
@@ -203,44 +225,61 @@ class AiohttpTransport:
         timeout = self._timeout
         if request.timeout is not None:  # a per-call override (Client.with_options)
             timeout = aiohttp.ClientTimeout(total=request.timeout)
+        here = self._resends_here
+        # Resent once, at once, like aiohttp would: an idempotent request with no body
+        # whose send failed on a dropped connection before any reply came.
+        resend = here and data is None and request.method in _IDEMPOTENT
         try:
-            async with session.request(
-                request.method,
-                request.url,
-                params=request.params,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=timeout,
-                middlewares=(gate,),
-                raise_for_status=False,
-                auto_decompress=True,
-            ) as response:
-                # The headers are in: free the slot now, before the body is read.
-                reply = Reply.from_headers(response.status, response.headers)
-                if (pending := gate.release(reply)) is not None:
-                    await pending
+            while True:
+                if here:
+                    gate.sends += 1
+                    self._stats.requests += 1
+                replied = False
                 try:
-                    # The common case inline (one coroutine less per page): the whole
-                    # body is in already, (decompressed) in the stream's buffer.
-                    content = response.content
-                    if content.is_eof():
-                        body = content.read_nowait()
-                        if len(body) > self._max_body:
-                            raise _TooLarge
-                    else:
-                        body = await self._read(response)
-                except _TooLarge:
-                    # Never hand a half-read connection back to the pool.
-                    response.close()
-                    too_large = errors.TransportError(
-                        f"reply body over max_body_bytes ({self._max_body} bytes): "
-                        "not read further",
-                        status=response.status,
-                    )
-                    too_large.retryable = False
-                    raise too_large from None
-                return RawReply(response.status, response.headers, body, reply)
+                    async with session.request(
+                        request.method,
+                        request.url,
+                        params=request.params,
+                        headers=headers,
+                        data=data,
+                        allow_redirects=False,
+                        timeout=timeout,
+                        middlewares=() if here else (gate,),
+                        raise_for_status=False,
+                        auto_decompress=True,
+                    ) as response:
+                        replied = True
+                        # The headers are in: free the slot now, before the body is read.
+                        reply = Reply.from_headers(response.status, response.headers)
+                        if (pending := gate.release(reply)) is not None:
+                            await pending
+                        try:
+                            # The common case inline (one coroutine less per page): the
+                            # whole body is in already, (decompressed) in the stream's
+                            # buffer.
+                            content = response.content
+                            if content.is_eof():
+                                body = content.read_nowait()
+                                if len(body) > self._max_body:
+                                    raise _TooLarge
+                            else:
+                                body = await self._read(response)
+                        except _TooLarge:
+                            # Never hand a half-read connection back to the pool.
+                            response.close()
+                            too_large = errors.TransportError(
+                                f"reply body over max_body_bytes ({self._max_body} bytes): "
+                                "not read further",
+                                status=response.status,
+                            )
+                            too_large.retryable = False
+                            raise too_large from None
+                        return RawReply(response.status, response.headers, body, reply)
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if replied or not resend or isinstance(exc, aiohttp.ClientConnectorError):
+                        raise
+                resend = False
+                await gate.take_another(request.method, _path(request.url), "ghl_async")
         except asyncio.TimeoutError:
             error: errors.TransportError = errors.TransportError(
                 f"no complete reply within {timeout.total:g} s"
@@ -297,6 +336,11 @@ def _finish_now(pending: Awaitable[object]) -> None:
     except StopIteration:
         return
     steps.close()  # it wanted to wait on a loop that is gone: give up quietly
+
+
+def _path(url: str) -> str:
+    """The path of a URL, for a log line (never its query)."""
+    return urllib.parse.urlsplit(url).path
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,8 +12,9 @@ the real one; the tests answer from a function in memory.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
 
 from ghl_async.ratelimit.protocol import Limiter, Reply
 
@@ -22,8 +23,13 @@ __all__ = ["EMPTY", "RawReply", "Request", "Transport"]
 EMPTY: Mapping[str, str] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+def _empty() -> Mapping[str, str]:
+    return EMPTY
+
+
+# Structs, not dataclasses: built once per attempt, in C (a frozen dataclass sets each
+# field through object.__setattr__). Never in a cycle, so not tracked by the collector.
+class Request(msgspec.Struct, frozen=True, gc=False):
     """One request as the engine hands it to a transport.
 
     ``form`` is sent as an ``application/x-www-form-urlencoded`` body, ``json`` as an
@@ -33,15 +39,14 @@ class Request:
 
     method: str
     url: str
-    params: Mapping[str, str] = field(default_factory=lambda: EMPTY)
-    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    params: Mapping[str, str] = msgspec.field(default_factory=_empty)
+    headers: Mapping[str, str] = msgspec.field(default_factory=_empty)
     form: Mapping[str, str] | None = None
     json: bytes | None = None
     timeout: float | None = None
 
 
-@dataclass(slots=True)
-class RawReply:
+class RawReply(msgspec.Struct, gc=False):
     """A complete reply: status, headers (case-insensitive), the whole body, and what its
     rate-limit headers say (parsed once, for the limiter and the client's stats).
     """

@@ -31,11 +31,13 @@ class Reply(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def from_headers(cls, status: int, headers: Any) -> Reply:
         """Build from a status and a case-insensitive header mapping."""
+        rate = RateLimitHeaders.from_headers(headers)
+        if status != 429 and rate.daily_remaining != 0:
+            return cls(status, rate)  # the common case: no clock
         now = time.time()
         retry_after = None
         if status == 429:
             retry_after = parse_retry_after(headers.get("Retry-After"), now)
-        rate = RateLimitHeaders.from_headers(headers)
         reset_in = None
         if rate.daily_remaining == 0:
             reset_in = seconds_until_daily_reset(now, retry_after)

@@ -356,6 +356,44 @@ async def test_aiohttp_resends_pass_the_limiter_too(server: ServerFactory) -> No
     assert fake.stats.max_in_window <= 6
 
 
+async def test_resends_on_a_callers_session_pass_the_limiter_too(server: ServerFactory) -> None:
+    # A caller's session keeps aiohttp's own resend: the per-request middleware meters it.
+    import aiohttp
+
+    async with server(conversations=4, messages=30, rate_limit=RateLimit(6, 1.0)) as fake:
+        for conversation in fake.conversation_ids:
+            fake.inject("reset", conversation_id=conversation)
+        retry = RetryPolicy(backoff_base=0.001, backoff_cap=0.01)
+        async with aiohttp.ClientSession() as session:
+            assert session._retry_connection  # left as the caller made it
+            async with Client(fake.token, base_url=fake.url, retry=retry, session=session) as c:
+                async for _ in c.fan_out_pages(fake.conversation_ids, page_size=10):
+                    pass
+            assert session._retry_connection
+    assert fake.stats.faults["reset"] == 4
+    assert c.stats.requests == fake.stats.requests
+    assert c.stats.retries == c.stats.requests - c.stats.pages >= 4
+    assert fake.stats.throttled == 0
+    assert fake.stats.max_in_window <= 6
+
+
+async def test_a_dropped_pooled_connection_is_resent_even_with_no_retries(
+    server: ServerFactory,
+) -> None:
+    # The resend on a fresh connection is not one of the policy's retries: a client
+    # that allows none still gets its page when the server dropped the pooled connection.
+    async with server(conversations=2, messages=10) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            once = client.with_options(max_retries=0)
+            await once.get_messages(fake.conversation_ids[0])  # a pooled connection
+            fake.inject("reset", conversation_id=fake.conversation_ids[1])
+            page = await once.get_messages(fake.conversation_ids[1])
+        assert len(page.messages) == 10
+        assert fake.stats.faults["reset"] == 1
+        assert client.stats.requests == fake.stats.requests == 3
+        assert client.stats.retries == 1
+
+
 async def test_a_second_client_with_a_tighter_cap_lowers_the_shared_budget(
     server: ServerFactory,
 ) -> None:
