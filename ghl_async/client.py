@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
 from contextlib import aclosing
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import msgspec
 
@@ -21,6 +21,7 @@ from ghl_async._http.export_route import LocationExport, LocationPage, pass_admi
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
 from ghl_async._http.lifecycle import Lifecycle
 from ghl_async._http.paginate import hand_over, paginate
+from ghl_async._http.transport import EMPTY
 from ghl_async._params import (
     EXPORT_PAGE_MAX,
     check_cursor,
@@ -449,7 +450,7 @@ class Client(Lifecycle):
                 if since is not None:
                     messages, reached = cut_since(messages, since)
                 if email_bodies:
-                    messages = await attach_emails(messages, self.get_email)
+                    messages = await attach_emails(messages, self._email, self._max_concurrency)
                 yield msgspec.structs.replace(
                     page, messages=messages, next_page=page.next_page and not reached
                 )
@@ -531,9 +532,16 @@ class Client(Lifecycle):
         """
         check_id(email_message_id, "email_message_id")
         await self._ready()
-        return await self._engine.get(
+        return await self._email(email_message_id)
+
+    def _email(self, email_message_id: str) -> Coroutine[Any, Any, EmailMessage]:
+        """:meth:`get_email` on a client already open (the email bodies of a page being
+        read): the request's own coroutine, no frame of its own.
+        """
+        check_id(email_message_id, "email_message_id")
+        return self._engine.get(
             f"{self._base_url}/conversations/messages/email/{email_message_id}",
-            {},
+            EMPTY,
             decode_email,
             what=f"email {email_message_id}",
         )
@@ -878,7 +886,7 @@ class Client(Lifecycle):
                         else messages
                     )
                     if export.email_bodies:
-                        kept = await attach_emails(kept, self.get_email)
+                        kept = await attach_emails(kept, self._email, self._max_concurrency)
                     following = page.next_cursor if not page.is_last else None
                     box = [
                         LocationPage(

@@ -86,21 +86,40 @@ def failure_of(email_id: str, error: Exception) -> EmailFailure:
 
 
 async def attach_emails(
-    messages: Sequence[Message], fetch: Callable[[str], Awaitable[EmailMessage]]
+    messages: Sequence[Message],
+    fetch: Callable[[str], Awaitable[EmailMessage]],
+    width: int = 16,
 ) -> list[Message]:
     """``messages`` in order, each email message given its bodies (fetched at once).
 
-    Each distinct id is fetched once. A body that cannot be fetched (an error that stops
-    only this request, or an id that is not an id) becomes an :class:`EmailFailure` of
-    its message; an error that would stop every request (a refused token, a spent daily
-    budget) is raised as itself, the other fetches cancelled.
+    Each distinct id is fetched once, by at most ``width`` workers (the client's
+    concurrency: more would only queue for its slots). A body that cannot be fetched
+    (an error that stops only this request, or an id that is not an id) becomes an
+    :class:`EmailFailure` of its message; an error that would stop every request (a
+    refused token, a spent daily budget) is raised as itself, the other fetches
+    cancelled.
     """
     wanted = list(dict.fromkeys(e for m in messages for e in email_ids(m)))
     if not wanted:
         return list(messages)
+    bodies: dict[str, EmailMessage | EmailFailure] = {}
+    pending = iter(wanted)
+
+    async def worker() -> None:
+        # The ids in turn (a task per id would queue most of them for a slot).
+        for email_id in pending:
+            try:
+                bodies[email_id] = await fetch(email_id)
+            except (TypeError, ValueError) as exc:  # the server gave something not an id
+                bodies[email_id] = failure_of(email_id, exc)
+            except errors.GHLError as exc:
+                if exc.stops_fan_out:
+                    raise
+                bodies[email_id] = failure_of(email_id, exc)
+
     # Plain tasks, not a task group: a stopping failure cancels the rest and is raised
     # as itself (never an ExceptionGroup), and a cancelled caller cancels them all.
-    tasks = [asyncio.ensure_future(_fetch(fetch, email_id)) for email_id in wanted]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(width, len(wanted)))]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -111,7 +130,6 @@ async def attach_emails(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    bodies = {email_id: task.result() for email_id, task in zip(wanted, tasks, strict=True)}
     out: list[Message] = []
     for message in messages:
         ids = email_ids(message)
@@ -127,17 +145,3 @@ async def attach_emails(
             )
         )
     return out
-
-
-async def _fetch(
-    fetch: Callable[[str], Awaitable[EmailMessage]], email_id: str
-) -> EmailMessage | EmailFailure:
-    """One body, or why not; an error that stops everything is raised."""
-    try:
-        return await fetch(email_id)
-    except (TypeError, ValueError) as exc:  # the server gave something that is not an id
-        return failure_of(email_id, exc)
-    except errors.GHLError as exc:
-        if exc.stops_fan_out:
-            raise
-        return failure_of(email_id, exc)

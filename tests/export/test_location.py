@@ -334,6 +334,25 @@ async def test_email_bodies_in_order_on_fan_out_and_export(server: ServerFactory
         assert fake.stats.by_route["email"] == 2 * len(fake.email_ids)
 
 
+async def test_a_pages_bodies_are_fetched_once_each_by_the_clients_concurrency(
+    server: ServerFactory,
+) -> None:
+    from ghl_async.testing import Faults
+
+    async with server(
+        conversations=8, messages=(30, 60), seed=5, faults=Faults(latency=0.01)
+    ) as fake:
+        async with Client(fake.token, base_url=fake.url, max_concurrency=3) as client:
+            messages = [
+                m async for m in client.iter_location_messages(fake.location_id, email_bodies=True)
+            ]
+        bodies = sum(len(m.emails) for m in messages if isinstance(m, MessageWithEmails))
+        assert bodies == len(fake.email_ids) > 3
+        assert fake.stats.by_route["email"] == len(fake.email_ids)  # each id once
+        # A worker per slot: every slot busy, never more (a page's bodies wait for none).
+        assert fake.stats.max_in_flight == 3
+
+
 async def test_an_email_body_error_is_its_messages_and_a_stopping_one_is_raised(
     server: ServerFactory,
 ) -> None:
