@@ -6,6 +6,7 @@ and give each a label::
     python -m benchmarks.compare before=/path/to/main after=.
     python -m benchmarks.compare before=/path/to/main after=. \
         "floor=.::floor: 16 workers, aiohttp + msgspec"
+    python -m benchmarks.compare before=/path/to/main after=. --instructions
 
 (``PATH::CLIENT`` runs another client of the throughput benchmark from that tree.)
 
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +52,11 @@ def child() -> None:
     warm = clients(url, ids[:2], sdk=False, concurrency=concurrency)[name]
     asyncio.run(warm())  # imports, first connection
     runner = clients(url, ids, sdk=False, concurrency=concurrency)[name]
+    if repeat < 0:  # --instructions: -repeat plain runs under callgrind, nothing else
+        for _ in range(-repeat):
+            asyncio.run(runner())
+        print(json.dumps({"tree": ghl_async.__file__}))
+        return
     if repeat == 0:  # --calls: count the Python calls of one run, by function
         _, calls = count_calls(runner)
         print(json.dumps({"tree": ghl_async.__file__, **{k: v / pages for k, v in calls.items()}}))
@@ -72,7 +79,14 @@ def child() -> None:
 
 
 def _run_child(
-    tree: Path, url: str, client: str, pages: int, concurrency: int, ids: str, repeat: int = 1
+    tree: Path,
+    url: str,
+    client: str,
+    pages: int,
+    concurrency: int,
+    ids: str,
+    repeat: int = 1,
+    prefix: tuple[str, ...] = (),
 ) -> dict[str, float]:
     # Import this package from here first, then ghl_async from the tree under test.
     code = (
@@ -81,8 +95,9 @@ def _run_child(
         "from benchmarks.compare import child; child()"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    argv = [sys.executable, "-c", code, url, client, str(pages), str(concurrency), str(repeat)]
     done = subprocess.run(
-        [sys.executable, "-c", code, url, client, str(pages), str(concurrency), str(repeat)],
+        [*prefix, *argv],
         input=ids,
         capture_output=True,
         text=True,
@@ -92,7 +107,10 @@ def _run_child(
     )
     if done.returncode:
         raise RuntimeError(f"{tree}: {done.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(done.stdout)
+    result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    if prefix:  # callgrind's count is on stderr: "Collected : N"
+        collected = [line for line in done.stderr.splitlines() if "Collected :" in line]
+        result["instructions"] = float(collected[-1].split()[-1])
     imported = Path(str(result.pop("tree"))).resolve()
     if imported != (tree / "ghl_async" / "__init__.py").resolve():
         raise RuntimeError(f"{tree}: ghl_async was imported from {imported}")
@@ -126,6 +144,14 @@ def main() -> int:
         help="instead of timing: count Python calls per page in one run of each tree "
         "(a profile hook) and show the N functions that differ most from the first tree",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead of timing: count the instructions each tree executes per page under "
+        "valgrind's callgrind (one run against three, the difference halved: imports and "
+        "warm-up cancel out). Steady to a tenth of a percent where CPU times drift by "
+        "several: for a change worth one or two percent",
+    )
     args = parser.parse_args()
     trees: dict[str, tuple[Path, str]] = {}
     for spec in args.trees:
@@ -140,6 +166,9 @@ def main() -> int:
     faults = f"latency={latency}" if latency else ""
     with fake_server(conversations=conversations, messages=messages, faults=faults) as server:
         ids = json.dumps(server.stats()["conversationIds"])
+        if args.instructions:
+            _print_instructions(trees, server.url, pages, concurrency, ids)
+            return 0
         if args.calls is not None:
             counted = {
                 label: _run_child(tree, server.url, client, pages, concurrency, ids, 0)
@@ -187,6 +216,28 @@ def main() -> int:
             )
             print(f"- {label} / {base}: {ratio}; per round: {per_round}")
     return 0
+
+
+def _print_instructions(
+    trees: dict[str, tuple[Path, str]], url: str, pages: int, concurrency: int, ids: str
+) -> None:
+    """Instructions per page of each tree's client, counted by callgrind."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
+    grind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    counts: dict[str, float] = {}
+    for label, (tree, client) in trees.items():
+        one, three = (
+            _run_child(tree, url, client, pages, concurrency, ids, -runs, grind)["instructions"]
+            for runs in (1, 3)
+        )
+        counts[label] = (three - one) / 2 / pages
+    base = next(iter(counts))
+    print(f"{pages} pages, {concurrency} in flight; instructions per page (callgrind)")
+    print(f"| tree | instructions / page | vs {base} |")
+    print("|---|---|---|")
+    for label, count in counts.items():
+        print(f"| {label} | {count:,.0f} | {count / counts[base]:.3f}x |")
 
 
 def _print_calls(counted: dict[str, dict[str, float]], top: int) -> None:

@@ -17,11 +17,10 @@ from ghl_async._http.aiohttp_transport import DEFAULT_MAX_BODY_BYTES, AiohttpTra
 from ghl_async._http.auth import TokenProvider, TokenSource
 from ghl_async._http.emails import MessageWithEmails, attach_emails
 from ghl_async._http.engine import Engine, Slots
-from ghl_async._http.export_route import LocationExport, LocationPage, pass_admits, resume_token
+from ghl_async._http.export_route import LocationExport, LocationPage, admitted, resume_token
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
 from ghl_async._http.lifecycle import Lifecycle
 from ghl_async._http.paginate import hand_over, paginate
-from ghl_async._http.transport import EMPTY
 from ghl_async._params import (
     EXPORT_PAGE_MAX,
     check_cursor,
@@ -539,9 +538,9 @@ class Client(Lifecycle):
         read): the request's own coroutine, no frame of its own.
         """
         check_id(email_message_id, "email_message_id")
-        return self._engine.get(
+        return self._engine.request(
+            "GET",
             f"{self._base_url}/conversations/messages/email/{email_message_id}",
-            EMPTY,
             decode_email,
             what=f"email {email_message_id}",
         )
@@ -880,11 +879,7 @@ class Client(Lifecycle):
                         raise _unavailable(location_id, exc) from exc
                     first = False
                     messages = page.messages
-                    kept = (
-                        [m for m in messages if pass_admits(channel, m)]
-                        if unfiltered
-                        else messages
-                    )
+                    kept = admitted(channel, messages) if unfiltered else messages
                     if export.email_bodies:
                         kept = await attach_emails(kept, self._email, self._max_concurrency)
                     following = page.next_cursor if not page.is_last else None

@@ -66,8 +66,9 @@ def email_ids(message: Message) -> list[str]:
 def _with_emails(
     message: Message, emails: list[EmailMessage], failures: list[EmailFailure]
 ) -> MessageWithEmails:
-    fields = {name: getattr(message, name) for name in Message.__struct_fields__}
-    return MessageWithEmails(**fields, emails=emails, email_failures=failures)
+    fields = msgspec.structs.asdict(message)  # one call, not a getattr per field
+    fields.update(emails=emails, email_failures=failures)  # replaces any it had
+    return MessageWithEmails(**fields)
 
 
 def failure_of(email_id: str, error: Exception) -> EmailFailure:

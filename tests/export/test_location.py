@@ -7,10 +7,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ghl_async import Client, RetryPolicy, errors
 from ghl_async._http.export_route import (
     LocationPage,
+    admitted,
     is_email,
     pass_admits,
     plan_passes,
@@ -65,6 +68,29 @@ def test_is_email_and_which_pass_admits(fields: dict[str, Any], email: bool | No
     assert is_email(message) is email
     assert pass_admits(None, message) is (email is not True)
     assert pass_admits("Email", message) is (email is not False)
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "messageType": st.sampled_from(
+                    ["TYPE_EMAIL", "TYPE_CAMPAIGN_EMAIL", "TYPE_SMS", "TYPE_CALL", "", "x"]
+                ),
+                "type": st.sampled_from([3, 3.0, 1, 2, 2.5, 0]),
+            },
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([None, "Email"]),
+)
+def test_a_page_is_admitted_message_by_message(
+    fields: list[dict[str, Any]], channel: str | None
+) -> None:
+    # admitted() is pass_admits written out for a page: the same messages, in order.
+    messages = [msgspec.convert({"id": f"m{i}", **f}, Message) for i, f in enumerate(fields)]
+    assert admitted(channel, messages) == [m for m in messages if pass_admits(channel, m)]
 
 
 def test_plan_passes_and_resume_tokens() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from ghl_async import Client, LocalLimiter, RateLimit, Reply, RetryPolicy, errors
 from ghl_async._sansio import RateLimitHeaders
+from ghl_async.ratelimit.book import Ticket
 from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
@@ -560,7 +561,7 @@ async def test_max_wait_refuses_at_once_beyond_the_estimate() -> None:
     book = limiter.book
     book.finish(0.0, reply(max_requests=2, interval=1.0), book.take(0.0))
     first = await limiter.acquire(max_wait=0.5)  # a free slot goes at once
-    assert isinstance(first, tuple)
+    assert isinstance(first, Ticket)  # a slot was taken
     with pytest.raises(errors.RateLimitError) as refused:
         await limiter.acquire(max_wait=0.5)  # the next slot frees at t=1.0
     assert refused.value.status is None
