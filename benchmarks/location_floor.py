@@ -51,6 +51,7 @@ OURS = "ghl_async iter_location_messages"
 OURS_PLAIN = "ghl_async iter_location_messages, no email bodies"
 SINKS = ("JSON Lines", "SQLite", "PostgreSQL")
 TARGET = 1.15  # issue 25: the export path at most 1.15x its floor
+TRIES = 2  # runs of each export-path row per round, the least CPU kept
 
 
 def size(smoke: bool) -> tuple[int, str, int]:
@@ -197,8 +198,15 @@ def _path_rounds(runs: dict[str, Run], rounds: int) -> dict[str, list[float]]:
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for number in range(rounds):
         for name in turned(list(runs), number):
-            cpu[name].append(_cpu(runs[name])[0])
+            cpu[name].append(_least_cpu(runs[name], TRIES)[0])
     return cpu
+
+
+def _least_cpu(run: Run, tries: int) -> tuple[float, int]:
+    """The least CPU of ``tries`` runs (a neighbour's burst on the shared machine lands
+    in one of them, rarely in all), with the requests made.
+    """
+    return min(_cpu(run) for _ in range(tries))
 
 
 def _cpu(run: Run) -> tuple[float, int]:
@@ -236,16 +244,16 @@ def run(smoke: bool) -> Section:
             runs[f"export_location into {name}"] = _into(url, location, make)
         cpu: dict[str, list[float]] = {name: [] for name in runs}
         requests: dict[str, int] = {}
+        paths = (FLOOR, OURS, FLOOR_PLAIN, OURS_PLAIN)
         for number in range(rounds):
             for name in turned(list(runs), number):
-                seconds, made = _cpu(runs[name])
+                seconds, made = _least_cpu(runs[name], TRIES if name in paths else 1)
                 cpu[name].append(seconds)
                 requests[name] = made
                 if name.endswith("alone"):
                     os.sync()  # the sink's files reach the disk before the next run
         # Two more runs of the export path against its floor: a figure that holds is one
         # three runs in a row agree on.
-        paths = (FLOOR, OURS, FLOOR_PLAIN, OURS_PLAIN)
         later = [_path_rounds({name: runs[name] for name in paths}, rounds) for _ in range(2)]
     # Seconds per message x 1e6: ms per 1,000 messages.
     per_k = {name: median(values) / total * 1e6 for name, values in cpu.items()}
@@ -255,7 +263,8 @@ def run(smoke: bool) -> Section:
         f"({total:,} messages, 1 in 7 an email with two bodies), pages of {PAGE}, both "
         f"passes; the fake server in its own process; client CPU only (PostgreSQL's "
         f"server is another process). {rounds} round(s), the order turned each round; "
-        "CPU: the median of each row; ratios: the median of paired per-round ratios, with "
+        "CPU: the median of each row (the export path and its floor: the least of "
+        f"{TRIES} runs in each round); ratios: the median of paired per-round ratios, with "
         "their interquartile range.",
         columns=["run", "requests", "client CPU ms / 1,000 messages", "paired ratio", "vs"],
     )

@@ -28,8 +28,8 @@ TARGETS = {PAGES: 1.10, MESSAGES: 1.15}
 
 
 def size(smoke: bool) -> tuple[int, int, int]:
-    """Conversations, rounds, runs: 100 conversations (1,100 pages), 9 rounds, 3 runs."""
-    return (10, 1, 1) if smoke else (100, 9, 3)
+    """Conversations, rounds, runs: 100 conversations (1,100 pages), 15 rounds, 3 runs."""
+    return (10, 1, 1) if smoke else (100, 15, 3)
 
 
 def _one_run(conversations: int, rounds: int) -> dict[str, list[float]]:

@@ -20,6 +20,7 @@ from ghl_async._http.engine import Engine, Slots
 from ghl_async._http.export_route import LocationExport, LocationPage, admitted, resume_token
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
 from ghl_async._http.lifecycle import Lifecycle
+from ghl_async._http.messages import MessageStream
 from ghl_async._http.paginate import hand_over, paginate
 from ghl_async._params import (
     EXPORT_PAGE_MAX,
@@ -724,7 +725,7 @@ class Client(Lifecycle):
             since=since,
             email_bodies=email_bodies,
         )
-        return _messages_only(items if on_page is None else _pages_only(items, on_page))
+        return MessageStream(items if on_page is None else _pages_only(items, on_page))
 
     # -- conversations of a location -------------------------------------------------
 
@@ -973,15 +974,3 @@ async def _pages_only(
             if on_page is not None and isinstance(item, MessagesPage):
                 on_page(conversation_id, item)
             yield conversation_id, item
-
-
-async def _messages_only(
-    pages: AsyncGenerator[tuple[str, MessagesPage | errors.GHLError], None],
-) -> AsyncGenerator[tuple[str, Message | errors.GHLError], None]:
-    async with aclosing(pages):
-        async for conversation_id, item in pages:
-            if isinstance(item, MessagesPage):
-                for message in item.messages:
-                    yield conversation_id, message
-            else:
-                yield conversation_id, item

@@ -482,3 +482,56 @@ async def test_producers_learn_at_once_that_the_consumer_has_gone() -> None:
         await asyncio.wait_for(waiting, 1)
     with pytest.raises(anyio.BrokenResourceError):
         stream.send_nowait(2)
+
+
+async def test_a_message_stream_sends_throws_and_closes_like_an_async_generator(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=6, messages=(10, 30), rate_limit=FAST_BUDGET) as fake:
+        async with Client(fake.token, base_url=fake.url, max_concurrency=4) as client:
+            stream = client.fan_out(fake.conversation_ids, page_size=7)
+            assert isinstance(stream, AsyncGenerator)
+            first = await stream.asend(None)
+            second = await stream.__anext__()
+            assert first[0] == second[0]  # a page is handed out in order, whole
+            with pytest.raises(TypeError):
+                await stream.asend(1)  # type: ignore[arg-type]
+            with pytest.raises(KeyError):
+                await stream.athrow(KeyError("stop"))
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()  # closed by the throw: its fan-out too
+            await _assert_clean(client)
+            # aclose twice is fine, and ends iteration
+            again = client.fan_out(fake.conversation_ids, page_size=7)
+            async for _ in again:
+                break
+            await again.aclose()
+            await again.aclose()
+            assert [x async for x in again] == []
+            await _assert_clean(client)
+            # Pages flattened are the messages, in order, every one once.
+            pages = [
+                (c, [m.id for m in p.messages])
+                async for c, p in client.fan_out_pages(fake.conversation_ids, concurrency=1)
+            ]
+            messages = [
+                (c, m.id) async for c, m in client.fan_out(fake.conversation_ids, concurrency=1)
+            ]
+            assert messages == [(c, i) for c, ids in pages for i in ids]
+
+
+async def test_a_message_stream_passes_a_conversations_error_on(server: ServerFactory) -> None:
+    async with server(conversations=4, messages=(5, 20), rate_limit=FAST_BUDGET) as fake:
+        fake.inject("404", conversation_id=fake.conversation_ids[1])
+        async with Client(fake.token, base_url=fake.url) as client:
+            items = [
+                item
+                async for item in client.fan_out(fake.conversation_ids, return_exceptions=True)
+            ]
+        failed = [(c, m) for c, m in items if isinstance(m, errors.GHLError)]
+        assert [(c, type(m)) for c, m in failed] == [
+            (fake.conversation_ids[1], errors.NotFoundError)
+        ]
+        assert len(items) - 1 == sum(
+            len(fake.messages(c)) for c in fake.conversation_ids if c != fake.conversation_ids[1]
+        )
