@@ -26,9 +26,11 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
+import msgspec
+from multidict import CIMultiDict
 
 from ghl_async import errors
 from ghl_async._http.transport import RawReply, Request
@@ -51,27 +53,25 @@ class _TooLarge(Exception):
     """The body went over ``max_body_bytes``."""
 
 
-class _Gate:
+class _Gate(msgspec.Struct):
     """Holds the limiter across the sends of one request.
 
     The first send passes straight through (the middleware returns aiohttp's own
     coroutine: no extra coroutine layer on the hot path); a resend, aiohttp's on a
     stale keep-alive connection, first frees the failed send's slot and takes its own.
     The reply's slot is freed by :meth:`AiohttpTransport.send` once its headers are in.
+    (A struct: made in C, once per request.)
+
+    ``release_now``: the in-process limiter's ``release_nowait`` (it frees a slot
+    without waiting: no coroutine per reply), else ``None``.
     """
 
-    __slots__ = ("held", "limiter", "release_now", "sends", "stats", "ticket")
-
-    def __init__(self, limiter: Limiter, ticket: object, stats: ClientStats) -> None:
-        self.limiter = limiter
-        self.ticket = ticket
-        self.stats = stats
-        self.held = True
-        self.sends = 0
-        # The in-process limiter frees a slot without waiting: no coroutine per reply.
-        self.release_now: Callable[[object, Reply | None], None] | None = (
-            limiter.release_nowait if isinstance(limiter, LocalLimiter) else None
-        )
+    limiter: Limiter
+    ticket: object
+    stats: ClientStats
+    release_now: Callable[[object, Reply | None], None] | None
+    held: bool = True
+    sends: int = 0
 
     def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
@@ -150,6 +150,11 @@ class AiohttpTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         # True on a session of ours: aiohttp's resend is off, send() makes it itself.
         self._resends_here = False
+        # The engine's headers (the same mapping until the token changes) as the
+        # case-insensitive multidict aiohttp would otherwise build from them on every
+        # request (multidict is aiohttp's own header type; aiohttp only reads it).
+        self._headers_given: Mapping[str, str] | None = None
+        self._headers_made: CIMultiDict[str] = CIMultiDict()
 
     @property
     def is_open(self) -> bool:
@@ -221,7 +226,17 @@ class AiohttpTransport:
         if request.json is not None:
             data = request.json
             headers = {**headers, "Content-Type": "application/json"}
-        gate = _Gate(limiter, ticket, self._stats)
+        elif headers is self._headers_given:
+            headers = self._headers_made  # built once per token, not once per request
+        else:
+            self._headers_given, self._headers_made = headers, CIMultiDict(headers)
+            headers = self._headers_made
+        gate = _Gate(
+            limiter,
+            ticket,
+            self._stats,
+            limiter.release_nowait if isinstance(limiter, LocalLimiter) else None,
+        )
         timeout = self._timeout
         if request.timeout is not None:  # a per-call override (Client.with_options)
             timeout = aiohttp.ClientTimeout(total=request.timeout)
