@@ -100,31 +100,12 @@ def pass_admits(channel: str | None, message: Message) -> bool:
 
 
 def admitted(channel: str | None, messages: list[Message]) -> list[Message]:
-    """The messages of a page that :func:`pass_admits` keeps, in order.
-
-    The same rule, written out for a whole page (once per page, not two calls per
-    message): a message is plainly an email by its ``messageType``, or by its numeric
-    ``type`` when it has no ``messageType``.
+    """The messages of a page that :func:`pass_admits` keeps, in order (one call of
+    :func:`is_email` per message, not two calls).
     """
     if channel is None:  # all but plain emails
-        return [
-            m
-            for m in messages
-            if not (
-                m.message_type in EMAIL_TYPES
-                if m.message_type is not None
-                else m.type is not None and m.type == _EMAIL_CODE
-            )
-        ]
-    return [  # all but plain non-emails
-        m
-        for m in messages
-        if (
-            m.message_type in EMAIL_TYPES
-            if m.message_type is not None
-            else m.type is None or m.type == _EMAIL_CODE
-        )
-    ]
+        return [m for m in messages if is_email(m) is not True]
+    return [m for m in messages if is_email(m) is not False]  # all but plain non-emails
 
 
 def plan_passes(channel: str | None, cursor: str | None) -> tuple[list[str | None], str | None]:

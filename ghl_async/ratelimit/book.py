@@ -230,21 +230,6 @@ class WindowBook:
             latest = max(latest, free_at)
         return latest - now
 
-    def take_if_free(self, now: float) -> Ticket | None:
-        """:meth:`take` when :meth:`wait_time` says ``0.0``, else ``None``: the common
-        case of an acquire in one pass (the same rules, fewer calls per request).
-        """
-        if now < self.daily_until or now < self.paused_until:
-            return None
-        if not self.learned and self.in_flight:
-            return None
-        self._prune(now)
-        for constraint in self._constraints:
-            free_at = self._free_at(now, constraint)
-            if free_at is None or free_at > now:
-                return None
-        return self.take(now)
-
     def estimated_wait(self, now: float, ahead: int) -> float:
         """How long a request waits behind ``ahead`` others queued before it (first
         come, first served), at the soonest: for ``max_wait``.

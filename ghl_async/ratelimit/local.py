@@ -102,11 +102,9 @@ class LocalLimiter:
         if self._queued:
             if not self._may_pass(now):
                 raise anyio.WouldBlock
-            return self.book.take(now)
-        ticket = self.book.take_if_free(now)  # the common case: nobody ahead
-        if ticket is None:
+        elif self.book.wait_time(now) != 0.0:  # the common case: nobody ahead
             raise anyio.WouldBlock
-        return ticket
+        return self.book.take(now)
 
     async def _wait(self, now: float, max_wait: float | None, max_pause: float | None) -> object:
         """Queue for a slot (the slow path of :meth:`acquire`)."""

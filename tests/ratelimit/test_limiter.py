@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import heapq
 import random
 import time
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from ghl_async import Client, LocalLimiter, RateLimit, Reply, RetryPolicy, errors
 from ghl_async._sansio import RateLimitHeaders
-from ghl_async.ratelimit.book import Ticket, WindowBook
+from ghl_async.ratelimit.book import Ticket
 from tests.support.helpers import ServerFactory
 
 pytestmark = pytest.mark.anyio
@@ -787,40 +784,3 @@ async def test_every_resend_on_the_wire_is_counted_as_a_retry(server: ServerFact
     assert client.stats.requests == fake.stats.requests
     assert client.stats.retries == client.stats.requests - client.stats.pages
     assert client.stats.retries >= injected
-
-
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["take", "finish", "wait"]),
-            st.floats(0.0, 0.7),  # time passing before the step
-            st.sampled_from([200, 200, 200, 429]),
-            st.integers(0, 12),  # Remaining
-            st.sampled_from([None, 1, 0]),  # daily remaining
-        ),
-        max_size=40,
-    ),
-    st.sampled_from([None, RateLimit(4, 1.0), RateLimit(10, 2.0)]),
-)
-def test_take_if_free_takes_exactly_when_the_wait_is_zero(
-    steps: list[tuple[str, float, int, int, int | None]], cap: RateLimit | None
-) -> None:
-    # The acquire's one-pass fast path follows wait_time's rules, in every state.
-    book = WindowBook(cap)
-    now = 0.0
-    out: list[Ticket] = []
-    for kind, later, status, remaining, daily in steps:
-        now += later
-        free = book.wait_time(now) == 0.0
-        twin = copy.deepcopy(book)
-        ticket = twin.take_if_free(now)
-        assert (ticket is not None) is free
-        if kind == "take" and free:
-            out.append(book.take(now))
-            assert ticket == out[-1]
-        elif kind == "finish" and out:
-            sent = out.pop(0)
-            answer = Reply(
-                status, RateLimitHeaders(8, 1.0, remaining, 100, daily), retry_after=0.5
-            )
-            book.finish(now, answer, sent)
