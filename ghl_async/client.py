@@ -20,7 +20,7 @@ from ghl_async._http.engine import Engine, Slots
 from ghl_async._http.export_route import LocationExport, LocationPage, admitted, resume_token
 from ghl_async._http.fanout import FanOutOptions, IdSource, run_fan_out
 from ghl_async._http.lifecycle import Lifecycle
-from ghl_async._http.messages import MessageStream
+from ghl_async._http.messages import MessageStream, conversation_items
 from ghl_async._http.paginate import hand_over, paginate
 from ghl_async._params import (
     EXPORT_PAGE_MAX,
@@ -482,7 +482,7 @@ class Client(Lifecycle):
             ready=self._ready,  # opens the client on first use, in the consumer's loop
         )
 
-    async def iter_messages(
+    def iter_messages(
         self,
         conversation_id: str,
         types: Types = None,
@@ -496,10 +496,7 @@ class Client(Lifecycle):
         ``since``: only messages dated at or after it (one request when there are none).
         """
         pages = self.iter_pages(conversation_id, types, page_size, last_message_id, since=since)
-        async with aclosing(pages):
-            async for page in pages:
-                for message in page.messages:
-                    yield message
+        return MessageStream(pages, _messages_of)
 
     # -- single messages -------------------------------------------------------------
 
@@ -725,7 +722,8 @@ class Client(Lifecycle):
             since=since,
             email_bodies=email_bodies,
         )
-        return MessageStream(items if on_page is None else _pages_only(items, on_page))
+        pages = items if on_page is None else _pages_only(items, on_page)
+        return MessageStream(pages, conversation_items)
 
     # -- conversations of a location -------------------------------------------------
 
@@ -899,7 +897,7 @@ class Client(Lifecycle):
                     del page, messages, kept
                     yield hand_over(box)  # the frame keeps no page: see hand_over
 
-    async def iter_location_messages(
+    def iter_location_messages(
         self,
         location_id: str,
         *,
@@ -934,10 +932,11 @@ class Client(Lifecycle):
             cursor=cursor,
             email_bodies=email_bodies,
         )
-        async with aclosing(pages):
-            async for page in pages:
-                for message in page.messages:
-                    yield message
+        return MessageStream(pages, _messages_of)
+
+
+def _messages_of(page: MessagesPage | LocationPage) -> list[Message]:
+    return page.messages
 
 
 def _check_export_cursor(cursor: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -657,3 +658,67 @@ async def test_the_aiohttp_transport_posts_a_form_or_a_json_body() -> None:
         ("POST", "application/x-www-form-urlencoded", b"companyId=c1&locationId=l+1"),
         ("POST", "application/json", b'{"a": 1}'),
     ]
+
+
+async def test_each_request_carries_its_own_headers_on_the_clients_session() -> None:
+    # A session of the client's carries the engine's headers as its defaults: a new
+    # token replaces them, a JSON body's Content-Type stays with its request.
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization")
+        seen.append((request.method, auth, request.headers.get("Content-Type")))
+        if auth != "Bearer new":
+            return web.json_response({"message": "expired"}, status=401)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/x", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/x"
+    tokens = iter(["old", "new"])
+
+    async def provider() -> str:
+        return next(tokens)
+
+    try:
+        async with Client(provider, retry=RetryPolicy(max_attempts=1)) as client:
+            engine = client._engine
+            for json in (None, b"{}", None):
+                method = "GET" if json is None else "POST"
+                got = await engine.request(method, url, msgspec.json.decode, what="t", json=json)
+                assert got == {"ok": True}
+    finally:
+        await runner.cleanup()
+    assert seen == [
+        ("GET", "Bearer old", None),
+        ("GET", "Bearer new", None),
+        ("POST", "Bearer new", "application/json"),
+        ("GET", "Bearer new", None),
+    ]
+
+
+async def test_message_iterators_check_arguments_when_called_and_close_their_pages(
+    server: ServerFactory,
+) -> None:
+    async with server(conversations=1, messages=250) as fake:
+        async with Client(fake.token, base_url=fake.url) as client:
+            with pytest.raises(ValueError):
+                client.iter_messages("not an id/../x")  # at the call, no await
+            with pytest.raises(ValueError):
+                client.iter_location_messages(fake.location_id, page_size=0)
+            assert fake.stats.requests == 0
+            for stream in (
+                client.iter_messages(fake.conversation_ids[0]),
+                client.iter_location_messages(fake.location_id, page_size=100),
+            ):
+                assert isinstance(stream, AsyncGenerator)
+                before = fake.stats.requests
+                got = [await anext(stream) for _ in range(150)]  # two pages of 100
+                assert len({m.id for m in got}) == 150
+                await stream.aclose()
+                assert [m async for m in stream] == []
+                assert fake.stats.requests - before == 2
