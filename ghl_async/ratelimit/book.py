@@ -54,7 +54,11 @@ class WindowBook:
         self.paused_until = 0.0
         self.daily_until = 0.0
         # Reply times of finished requests, oldest first (a slot per constraint each).
+        # Those before ``_live`` are pruned: every look bisects from there, and the
+        # list drops them in one slice once they are a sixteenth of it (not one
+        # front deletion per request: at a high budget it holds thousands).
         self._finished: list[float] = []
+        self._live = 0
         # For the neighbour estimate: reply times of the requests the server refused
         # (they hold a slot here, but the server did not count them), and a count of
         # our sends.
@@ -117,22 +121,25 @@ class WindowBook:
     # -- slots ---------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
-        # Pruning only bounds memory (every count bisects by its own edge), and one
-        # acquire asks several times at one ``now``: once is enough.
+        # Pruning only bounds memory (every count bisects by its own edge, from the
+        # first live time), and one acquire asks several times at one ``now``: once
+        # is enough.
         if now == self._pruned_at:
             return
         self._pruned_at = now
         horizon = now - self._longest
-        gone = bisect_right(self._finished, horizon)
-        if gone:
-            del self._finished[:gone]
+        finished = self._finished
+        live = self._live = bisect_right(finished, horizon, self._live)
+        if live and live * 16 >= len(finished):
+            del finished[:live]
+            self._live = 0
         gone = bisect_right(self._refused, horizon)
         if gone:
             del self._refused[:gone]
 
     def _own_alive(self, now: float, constraint: RateLimit) -> int:
         """Index of the first finished request still holding a slot of ``constraint``."""
-        return bisect_right(self._finished, now - constraint.interval)
+        return bisect_right(self._finished, now - constraint.interval, self._live)
 
     def _held_by(self, now: float, constraint: RateLimit) -> int:
         held = self.in_flight + len(self._finished) - self._own_alive(now, constraint)
@@ -279,7 +286,7 @@ class WindowBook:
             server = self._server
             window = server.interval if server else max(c.interval for c in self._caps)
             edge = now - window
-            alive = len(self._finished) - bisect_right(self._finished, edge)
+            alive = len(self._finished) - bisect_right(self._finished, edge, self._live)
             refused = len(self._refused) - bisect_right(self._refused, edge)
             held = self.in_flight + alive - refused
         booked = self._booked
@@ -304,7 +311,7 @@ class WindowBook:
             if at == len(out) or (ticket is not None and out[at] != ticket.sent):
                 at = 0
             del out[at]
-        insort(self._finished, now)
+        insort(self._finished, now, self._live)
         if reply is None:
             return []
         notes = self._learn(now, reply, ticket)
@@ -404,7 +411,7 @@ class WindowBook:
         # yet arrived, perhaps) and our slots that freed during the round trip (the
         # server may have forgotten them): ``ours`` less what we hold now.
         edge = now - server.interval
-        alive = len(self._finished) - bisect_right(self._finished, edge)
+        alive = len(self._finished) - bisect_right(self._finished, edge, self._live)
         refused = len(self._refused) - bisect_right(self._refused, edge)
         unsure = later + max(0, ours - (self.in_flight + alive - refused))
         # One slot of room: a neighbour we crowd out shows only what it got, not what
