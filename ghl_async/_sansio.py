@@ -10,8 +10,10 @@ import datetime
 import email.utils
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 
 import msgspec
+from multidict import istr
 
 from ghl_async import errors
 from ghl_async.models import _ERROR_DECODER
@@ -41,10 +43,23 @@ _MAX_DIGITS = 12
 _MAX_RETRY_AFTER_CHARS = 40
 MAX_RETRY_AFTER = 7 * 86_400.0
 
+# The rate-limit headers' names, read on every reply, as case-insensitive strings
+# (multidict's, aiohttp's header type): aiohttp's headers find them without folding
+# their case on each lookup, and to any other mapping they are plain strings.
+_INTERVAL = istr("X-RateLimit-Interval-Milliseconds")
+_MAX = istr("X-RateLimit-Max")
+_REMAINING = istr("X-RateLimit-Remaining")
+_LIMIT_DAILY = istr("X-RateLimit-Limit-Daily")
+_DAILY_REMAINING = istr("X-RateLimit-Daily-Remaining")
 
+
+@lru_cache(maxsize=512)
 def read_count(value: str | None) -> int | None:
     """A header's non-negative integer: ASCII digits only (no sign, ``_``, spaces
     inside or exponent) and at most 12 of them; anything else is ``None``.
+
+    Remembered for the last 512 values: most replies repeat most of their values (the
+    budget, its interval, the daily limit; what is left of a budget of 100).
     """
     if value is None:
         return None
@@ -79,25 +94,25 @@ class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
         # Once per reply, so written out: zero is absent for the budget and the daily
         # limit, every value clamped, ``Remaining`` to the budget too.
         get = headers.get
-        interval_ms = read_count(get("X-RateLimit-Interval-Milliseconds"))
+        interval_ms = read_count(get(_INTERVAL))
         if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
             interval_ms = None
-        max_requests = read_count(get("X-RateLimit-Max"))
+        max_requests = read_count(get(_MAX))
         if not max_requests:
             max_requests = None
         elif max_requests > MAX_BUDGET:
             max_requests = MAX_BUDGET
-        remaining = read_count(get("X-RateLimit-Remaining"))
+        remaining = read_count(get(_REMAINING))
         if remaining is not None:
             ceiling = MAX_BUDGET if max_requests is None else max_requests
             if remaining > ceiling:
                 remaining = ceiling
-        daily_limit = read_count(get("X-RateLimit-Limit-Daily"))
+        daily_limit = read_count(get(_LIMIT_DAILY))
         if not daily_limit:
             daily_limit = None
         elif daily_limit > MAX_DAILY:
             daily_limit = MAX_DAILY
-        daily_remaining = read_count(get("X-RateLimit-Daily-Remaining"))
+        daily_remaining = read_count(get(_DAILY_REMAINING))
         if daily_remaining is not None and daily_remaining > MAX_DAILY:
             daily_remaining = MAX_DAILY
         return cls(
