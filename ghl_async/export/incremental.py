@@ -1,9 +1,11 @@
 """A location kept in sync: each run reads what changed since the run before, into a sink.
 
-**The contract.** After a run of :func:`sync_location` that started at ``T``, the sink
+**The contract.** After a call of :func:`sync_location` that started at ``T``, the sink
 holds, at its latest version, every message change the server made visible before ``T``,
 provided the server made it visible within ``lookback`` of the ``dateUpdated`` it
-carries (a clock a little behind, a late commit on the server).
+carries (a clock a little behind, a late commit on the server). A call that finds a run
+killed part way finishes that run, then makes one of its own: the killed run started
+before ``T``, and a pass it had already read misses what changed since.
 
 **How.** The export route, sorted by ``updatedAt`` oldest first, in two passes (every
 message but emails, then the emails: separate queries, so each has its own mark). Each
@@ -166,12 +168,13 @@ async def sync_location(
     """One sync run: every message of ``location_id`` the first time, then what changed.
 
     The sink must be open (``async with sink:``). Run it again whenever you want the
-    sink brought up to date (every few minutes, say); a run that was killed goes on
-    where the sink says. The module's docstring states the guarantee. ``lookback`` (at
+    sink brought up to date (every few minutes, say); a run that was killed is finished
+    where the sink says, then a new run follows. The module's docstring states the
+    guarantee. ``lookback`` (at
     least zero) is how far before its mark each pass reads again: as long as the worst
     delay between a change's ``dateUpdated`` and its appearing on the server.
 
-    ``ExportResult.messages`` counts the versions written by this run (a message
+    ``ExportResult.messages`` counts the versions written by this call (a message
     changed twice since the last run is written once, at its latest version).
 
     Raises:
@@ -204,19 +207,27 @@ async def sync_location(
     if state is None:
         state = ExportState(location_id=location_id, query=query)
     result = ExportResult(resumed=state.run_started is not None, state=state)
-    if state.run_started is None:  # a new run: each pass from its mark less the lookback
-        started = datetime.now(timezone.utc)
-        first = PASSES[0][0]
-        state = msgspec.structs.replace(
-            state,
-            done=False,
-            run_started=started,
-            cursor=f"{first}:",
-            pass_start=window_start(state.marks.get(first), lookback),
-        )
     run = _Run(client, sink, result, email_bodies, lookback, on_batch)
-    await run.passes(state)
+    if result.resumed:
+        # Finish the run a killed call began. It started before this call, and a pass it
+        # had read already misses what changed since: a run of this call's own follows.
+        await run.passes(state)
+        assert result.state is not None
+        state = result.state
+    await run.passes(_new_run(state, lookback))
     return result
+
+
+def _new_run(state: ExportState, lookback: timedelta) -> ExportState:
+    """A run starting now: each pass from its mark less the lookback."""
+    first = PASSES[0][0]
+    return msgspec.structs.replace(
+        state,
+        done=False,
+        run_started=datetime.now(timezone.utc),
+        cursor=f"{first}:",
+        pass_start=window_start(state.marks.get(first), lookback),
+    )
 
 
 class _Run:

@@ -342,3 +342,33 @@ def test_after_every_run_the_sink_holds_every_change_made_before_it(
                         assert_mirrors(sink, fake)
 
     anyio.run(scenario)
+
+
+async def test_a_call_that_finishes_a_killed_run_also_syncs_what_changed_since() -> None:
+    # A run killed in its email pass has read the other messages already: finishing it
+    # alone would leave out what changed since it began. The call runs again after it.
+    async with FakeHighLevel(conversations=20, messages=(20, 120), seed=78) as fake:
+        sink = MemorySink()
+
+        def stop_in_the_email_pass(result: ExportResult) -> None:
+            state = result.state
+            if state is not None and (state.cursor or "").startswith("email:"):
+                sink.fail_after = sink.commits  # the next commit fails: a kill
+
+        async with client_of(fake) as client, sink:
+            with pytest.raises(errors.SinkError):
+                await sync_location(
+                    client, fake.location_id, sink, on_batch=stop_in_the_email_pass
+                )
+            state = await sink.load(fake.location_id)
+            assert state is not None and (state.cursor or "").startswith("email:")
+            sink.fail_after = None
+            conversation = fake.conversation_ids[3]
+            edited = fake.messages(conversation)[0]["id"]
+            fake.update_message(edited, status="read-after-the-kill")
+            added = fake.add_message(conversation)["id"]
+            result = await sync_location(client, fake.location_id, sink)
+        assert result.resumed and result.state is not None and result.state.done
+        assert sink.messages[edited].status == "read-after-the-kill"
+        assert added in sink.messages
+        assert_mirrors(sink, fake)
