@@ -18,9 +18,8 @@ own (set again when they change: a new token); a request passes only what differ
 caller's session brings its own defaults; every request here overrides the ones that
 would change what a reply means (``raise_for_status``, ``auto_decompress``, redirects,
 timeout, middlewares, headers), so statuses reach the same decisions whatever the
-session. The
-body is read in chunks against ``max_body_bytes`` (counted after decompression): a
-server cannot make the client hold more than that.
+session. The body is read in chunks against ``max_body_bytes`` (counted after
+decompression): a server cannot make the client hold more than that.
 """
 
 from __future__ import annotations

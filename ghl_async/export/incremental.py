@@ -170,9 +170,9 @@ async def sync_location(
     The sink must be open (``async with sink:``). Run it again whenever you want the
     sink brought up to date (every few minutes, say); a run that was killed is finished
     where the sink says, then a new run follows. The module's docstring states the
-    guarantee. ``lookback`` (at
-    least zero) is how far before its mark each pass reads again: as long as the worst
-    delay between a change's ``dateUpdated`` and its appearing on the server.
+    guarantee. ``lookback`` (at least zero) is how far before its mark each pass reads
+    again: as long as the worst delay between a change's ``dateUpdated`` and its
+    appearing on the server.
 
     ``ExportResult.messages`` counts the versions written by this call (a message
     changed twice since the last run is written once, at its latest version).

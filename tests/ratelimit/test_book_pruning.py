@@ -93,10 +93,11 @@ def test_the_book_decides_as_one_that_deletes_every_pruned_time_at_once(
         assert book.held(now) == eager.held(now)
         assert book.estimated_wait(now, number) == eager.estimated_wait(now, number)
         assert book.neighbour_slots(now) == eager.neighbour_slots(now)
-    # Never more than a sixteenth of the list is pruned and still held.
+    # Never more than a sixteenth of the list is pruned and still held (read from the
+    # book's own index: with the clock moved back, the pruned part need not sort
+    # before the rest, so a bisection of the whole list would not find it).
     book.held(now)
-    live = len(book._finished) - bisect_right(book._finished, now - book._longest)
-    assert len(book._finished) - live <= len(book._finished) // 16
+    assert book._live * 16 < len(book._finished) or book._live == 0
 
 
 def test_a_longer_window_announced_does_not_bring_pruned_replies_back() -> None:
