@@ -141,6 +141,14 @@ class WindowBook:
         """Index of the first finished request still holding a slot of ``constraint``."""
         return bisect_right(self._finished, now - constraint.interval, self._live)
 
+    def _ours_counted(self, edge: float) -> int:
+        """Our requests the server may count from ``edge`` on: those in flight, and those
+        replied to since, less the ones it refused (it did not count them).
+        """
+        alive = len(self._finished) - bisect_right(self._finished, edge, self._live)
+        refused = len(self._refused) - bisect_right(self._refused, edge)
+        return self.in_flight + alive - refused
+
     def _held_by(self, now: float, constraint: RateLimit) -> int:
         held = self.in_flight + len(self._finished) - self._own_alive(now, constraint)
         if constraint is self._server:
@@ -285,10 +293,7 @@ class WindowBook:
             self._prune(now)
             server = self._server
             window = server.interval if server else max(c.interval for c in self._caps)
-            edge = now - window
-            alive = len(self._finished) - bisect_right(self._finished, edge, self._live)
-            refused = len(self._refused) - bisect_right(self._refused, edge)
-            held = self.in_flight + alive - refused
+            held = self._ours_counted(now - window)
         booked = self._booked
         if booked and booked[0] <= now and self._probe_at() <= now:
             # Nothing of ours sent within an interval is out to free a neighbour slot
@@ -410,10 +415,7 @@ class WindowBook:
         # How many of ``ours`` the server may not have counted: the later sends (not
         # yet arrived, perhaps) and our slots that freed during the round trip (the
         # server may have forgotten them): ``ours`` less what we hold now.
-        edge = now - server.interval
-        alive = len(self._finished) - bisect_right(self._finished, edge, self._live)
-        refused = len(self._refused) - bisect_right(self._refused, edge)
-        unsure = later + max(0, ours - (self.in_flight + alive - refused))
+        unsure = later + max(0, ours - self._ours_counted(now - server.interval))
         # One slot of room: a neighbour we crowd out shows only what it got, not what
         # it wants.
         reserve = min(theirs + 1, budget)
