@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
@@ -391,7 +392,7 @@ class SQLiteSink:
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             found = self._version(connection)  # before any change: a foreign file stays as is
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(connection)
             if str(mode).lower() != "wal":
                 raise errors.SinkError(
                     f"SQLite {self._path}: cannot use WAL mode (journal_mode is {mode})"
@@ -430,6 +431,25 @@ class SQLiteSink:
             raise self._error("cannot open", exc) from exc
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
+
+    def _switch_to_wal(self, connection: sqlite3.Connection) -> object:
+        """Put the file in WAL mode; the journal mode it is in after.
+
+        Connections switching a new file at once (workers opening one mirror) can be
+        refused at once, "database is locked": SQLite does not wait on its busy handler
+        there, since two waiting for each other would never finish. So the switch is
+        tried again, a little later each time, until ``busy_timeout`` has passed.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                return connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
 
     def _version(self, connection: sqlite3.Connection) -> int | None:
         """The file's schema version, ``None`` for a file without the mirror's tables."""

@@ -236,6 +236,27 @@ async def test_locations_share_a_file(db: Path) -> None:
         assert await sink.load("other") == state(location_id="other")
 
 
+@pytest.mark.anyio
+async def test_sinks_opening_one_new_file_at_once_all_open(tmp_path: Path) -> None:
+    # Workers each open the mirror for their location; on a new file their switches to
+    # WAL collide, and SQLite refuses one at once rather than wait (a few in a
+    # thousand opens): none may fail for it, and every location's batch is kept.
+    for round_ in range(250):
+        path = tmp_path / f"m{round_}.db"
+
+        async def one(number: int, path: Path = path) -> None:
+            async with SQLiteSink(path) as sink:
+                batch = Batch(
+                    messages=[message(f"m{number}")], state=state(location_id=f"L{number}")
+                )
+                await sink.commit(batch)
+
+        async with anyio.create_task_group() as group:
+            for number in range(4):
+                group.start_soon(one, number)
+        assert sorted(rows(path, "SELECT id FROM messages")) == [(f"m{n}",) for n in range(4)]
+
+
 def test_fast_rows_equal_the_schema_row_builder() -> None:
     """The hot path writes what schema.message_rows says, to the last value."""
     assert sqlite_sink._FAST_ROWS, "schema.py's columns changed: update _fast_row"
