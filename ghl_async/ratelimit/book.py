@@ -23,6 +23,9 @@ from ghl_async.ratelimit.protocol import Reply
 
 __all__ = ["Ticket", "WindowBook"]
 
+# The most sends wait_time() allows on one full look (see WindowBook._note_room).
+_MAX_CREDIT = 32
+
 
 class Ticket(msgspec.Struct, frozen=True, gc=False):
     """What the book notes at a send, for the neighbour estimate at its reply.
@@ -78,7 +81,13 @@ class WindowBook:
         server = self._server
         self._constraints = (*self._caps, server) if server is not None else tuple(self._caps)
         self._longest = max((c.interval for c in self._constraints), default=0.0)
+        # The window over which a send's ticket counts our slots (see take()): the
+        # server's interval; while it is unknown, the longest cap's.
+        self._window = server.interval if server is not None else self._longest
         self._pruned_at = math.nan  # the horizon moved: prune again
+        # Sends wait_time() allows at once, as its last full look counted them (see
+        # _note_room); new constraints: look again in full.
+        self._credit = 0
 
     @property
     def caps(self) -> tuple[RateLimit, ...]:
@@ -230,6 +239,8 @@ class WindowBook:
         """``0.0``: send now; a positive number: look again after that many seconds;
         ``None``: wait until a request in flight finishes.
         """
+        if self._credit:
+            return 0.0  # room left from the last full look (see _note_room)
         blocked = self.blocked(now)
         if blocked is not None:
             return blocked[1]
@@ -243,7 +254,25 @@ class WindowBook:
             if free_at is None:
                 return None
             latest = max(latest, free_at)
+        if latest == now and self.learned:
+            self._note_room(now)
         return latest - now
+
+    def _note_room(self, now: float) -> None:
+        """Keep how many sends in a row :meth:`wait_time` would allow from ``now`` on,
+        so it can say so without looking again until they are taken.
+
+        The slots held of a constraint only grow by a send (:meth:`take` counts it off)
+        or by what a reply teaches: a smaller budget, neighbour slots booked, a pause,
+        the daily stop (each sets the count to zero, as does a new constraint). A reply
+        otherwise turns a slot in flight into one finished at the same count, and time
+        only frees slots. So the room counted now, the free slots of the fullest
+        constraint, holds until then. (A neighbour slot past its end that a send may
+        take the place of is not counted: that one is looked at in full.) At most
+        :data:`_MAX_CREDIT`: a full look is also when the book is pruned.
+        """
+        room = min(c.max_requests - self._held_by(now, c) for c in self._constraints)
+        self._credit = max(0, min(room, _MAX_CREDIT))
 
     def estimated_wait(self, now: float, ahead: int) -> float:
         """How long a request waits behind ``ahead`` others queued before it (first
@@ -286,14 +315,11 @@ class WindowBook:
 
     def take(self, now: float) -> Ticket:
         """Record a send that :meth:`wait_time` allowed; returns the ticket for finish()."""
+        if self._credit:
+            self._credit -= 1
         # Our slots the server could still count, over its interval (while unknown, the
         # longest cap's: more of ours, never a neighbour that is not there).
-        held = 0
-        if self._constraints:
-            self._prune(now)
-            server = self._server
-            window = server.interval if server else max(c.interval for c in self._caps)
-            held = self._ours_counted(now - window)
+        held = self._ours_counted(now - self._window) if self._constraints else 0
         booked = self._booked
         if booked and booked[0] <= now and self._probe_at() <= now:
             # Nothing of ours sent within an interval is out to free a neighbour slot
@@ -301,8 +327,9 @@ class WindowBook:
             del booked[0]
         insort(self._out, now)
         self.in_flight += 1
-        self._sends += 1
-        return Ticket(now, held, self._sends - 1)
+        sends = self._sends
+        self._sends = sends + 1
+        return Ticket(now, held, sends)
 
     # -- replies -------------------------------------------------------------------
 
@@ -343,6 +370,7 @@ class WindowBook:
             if until > self.paused_until:
                 self._hold_through_pause(now, until)
                 self.paused_until = until
+                self._credit = 0
                 notes.append(f"429: pausing {pause:.1f} s")
         return notes
 
@@ -394,6 +422,7 @@ class WindowBook:
             reset_in = seconds_until_daily_reset(time.time(), reply.retry_after)
         if now + reset_in > self.daily_until:
             self.daily_until = now + reset_in
+            self._credit = 0
             notes.append(f"daily budget spent: stopping for {reset_in:.0f} s")
         return True
 
@@ -430,6 +459,7 @@ class WindowBook:
         moved = (max(expiry, end) for expiry in booked[stay:])
         self._booked = sorted([*booked[:stay], *moved, *[end] * extra])
         if extra:
+            self._credit = 0  # more slots held: look again in full
             notes.append(
                 f"server has {remaining} left: a neighbour holds {theirs}; "
                 f"holding back {extra} more"

@@ -105,11 +105,13 @@ def test_a_longer_window_announced_does_not_bring_pruned_replies_back() -> None:
     second = budget(1000, 1.0, 1000)
     times = [n / 64 for n in range(320)]  # a reply every 1/64 s under a 1 s window
     for t in times:
+        book.held(t)  # a full look prunes (a send's take does not)
         book.finish(t, second, book.take(t))
     assert book.held(times[-1]) == 64
     assert len(book._finished) > 64  # pruned replies still in the list, counting nothing
     now = 320 / 64
-    book.finish(now, budget(1000, 10.0, 1000), book.take(now))  # the take prunes first
+    book.held(now)  # the last prune, at now
+    book.finish(now, budget(1000, 10.0, 1000), book.take(now))
     # The 10 s window counts what it would have had the pruned ones been deleted: the
     # replies after the last prune's horizon (one second before now), and this one.
     assert book.held(now) == sum(1 for t in times if t > now - 1.0) + 1
