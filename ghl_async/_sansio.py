@@ -91,42 +91,52 @@ class RateLimitHeaders(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
         """Read the five documented headers (case-insensitive mapping expected)."""
-        # Once per reply, so written out: zero is absent for the budget and the daily
-        # limit, every value clamped, ``Remaining`` to the budget too.
+        # Once per reply, so written out: the budget's three headers (the same on most
+        # replies) read together from what they said last; ``Remaining`` clamped to the
+        # budget, the daily count to its bound.
         get = headers.get
-        interval_ms = read_count(get(_INTERVAL))
-        if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
-            interval_ms = None
-        max_requests = read_count(get(_MAX))
-        if not max_requests:
-            max_requests = None
-        elif max_requests > MAX_BUDGET:
-            max_requests = MAX_BUDGET
+        max_requests, interval, daily_limit = _read_budget(
+            get(_MAX), get(_INTERVAL), get(_LIMIT_DAILY)
+        )
         remaining = read_count(get(_REMAINING))
         if remaining is not None:
             ceiling = MAX_BUDGET if max_requests is None else max_requests
             if remaining > ceiling:
                 remaining = ceiling
-        daily_limit = read_count(get(_LIMIT_DAILY))
-        if not daily_limit:
-            daily_limit = None
-        elif daily_limit > MAX_DAILY:
-            daily_limit = MAX_DAILY
         daily_remaining = read_count(get(_DAILY_REMAINING))
         if daily_remaining is not None and daily_remaining > MAX_DAILY:
             daily_remaining = MAX_DAILY
-        return cls(
-            max_requests,
-            interval_ms / 1000.0 if interval_ms else None,
-            remaining,
-            daily_limit,
-            daily_remaining,
-        )
+        return cls(max_requests, interval, remaining, daily_limit, daily_remaining)
 
     @property
     def budget_known(self) -> bool:
         """True when the reply announced both the burst size and its interval."""
         return bool(self.max_requests) and bool(self.interval)
+
+
+@lru_cache(maxsize=64)
+def _read_budget(
+    max_raw: str | None, interval_raw: str | None, daily_raw: str | None
+) -> tuple[int | None, float | None, int | None]:
+    """The budget, its interval in seconds and the daily limit, from their headers' text:
+    zero is absent for each, every value clamped (an interval over an hour is absent).
+
+    Remembered for the last 64 combinations: nearly every reply repeats them.
+    """
+    interval_ms = read_count(interval_raw)
+    if interval_ms is not None and not 0 < interval_ms <= MAX_INTERVAL_MS:
+        interval_ms = None
+    max_requests = read_count(max_raw)
+    if not max_requests:
+        max_requests = None
+    elif max_requests > MAX_BUDGET:
+        max_requests = MAX_BUDGET
+    daily_limit = read_count(daily_raw)
+    if not daily_limit:
+        daily_limit = None
+    elif daily_limit > MAX_DAILY:
+        daily_limit = MAX_DAILY
+    return max_requests, interval_ms / 1000.0 if interval_ms else None, daily_limit
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

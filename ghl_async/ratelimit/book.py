@@ -154,9 +154,11 @@ class WindowBook:
         """Our requests the server may count from ``edge`` on: those in flight, and those
         replied to since, less the ones it refused (it did not count them).
         """
-        alive = len(self._finished) - bisect_right(self._finished, edge, self._live)
-        refused = len(self._refused) - bisect_right(self._refused, edge)
-        return self.in_flight + alive - refused
+        finished, refused = self._finished, self._refused
+        alive = len(finished) - bisect_right(finished, edge, self._live)
+        if refused:  # none, but for 429s within the longest window
+            alive -= len(refused) - bisect_right(refused, edge)
+        return self.in_flight + alive
 
     def _held_by(self, now: float, constraint: RateLimit) -> int:
         held = self.in_flight + len(self._finished) - self._own_alive(now, constraint)
@@ -355,15 +357,30 @@ class WindowBook:
         return notes
 
     def _learn(self, now: float, reply: Reply, ticket: Ticket | None) -> list[str]:
-        if reply.status == 429:
+        status, rate = reply.status, reply.rate
+        if status == 429:
             insort(self._refused, now)
         self.learned = True
         notes: list[str] = []
-        self._learn_budget(now, reply, notes)
-        daily_spent = self._learn_daily(now, reply, notes)
-        if ticket is not None and not (daily_spent and reply.status == 429):
+        server = self._server
+        # Most replies repeat the budget and have daily budget left: what each of
+        # those would learn is nothing (no call for them).
+        if (
+            server is None
+            or rate.max_requests != server.max_requests
+            or rate.interval != server.interval
+        ):
+            self._learn_budget(now, reply, notes)
+        left = rate.daily_remaining
+        daily_spent = False
+        if left is not None and left > 0:
+            self.daily_until = 0.0
+        elif left is not None:
+            self._learn_daily_spent(now, reply, notes)
+            daily_spent = True
+        if ticket is not None and not (daily_spent and status == 429):
             self._estimate_neighbour(now, reply, ticket, notes)
-        if reply.status == 429 and not daily_spent:
+        if status == 429 and not daily_spent:
             fallback = self.server.interval if self.server is not None else self.interval
             pause = reply.retry_after if reply.retry_after is not None else fallback
             until = now + pause
@@ -410,13 +427,8 @@ class WindowBook:
         booked = [min(expiry, latest) for expiry in self._booked]
         self._booked = booked[-announced.max_requests :]
 
-    def _learn_daily(self, now: float, reply: Reply, notes: list[str]) -> bool:
-        left = reply.rate.daily_remaining
-        if left is None:
-            return False
-        if left > 0:
-            self.daily_until = 0.0
-            return False
+    def _learn_daily_spent(self, now: float, reply: Reply, notes: list[str]) -> None:
+        """A reply says the daily budget is spent: stop until it is expected back."""
         reset_in = reply.daily_reset_in
         if reset_in is None:
             reset_in = seconds_until_daily_reset(time.time(), reply.retry_after)
@@ -424,7 +436,6 @@ class WindowBook:
             self.daily_until = now + reset_in
             self._credit = 0
             notes.append(f"daily budget spent: stopping for {reset_in:.0f} s")
-        return True
 
     def _estimate_neighbour(
         self, now: float, reply: Reply, ticket: Ticket, notes: list[str]
