@@ -17,7 +17,9 @@ for two, alternated), so neither always runs first. The CPU figure is paired: wi
 round, each tree's CPU over the first tree's, then the median of those ratios over the
 rounds, with their interquartile range and range. On a shared 2-core machine the medians
 of each side taken apart drift by +-0.2x from run to run; the paired median holds to a
-few hundredths. The callbacks per page are the steadiest figure of all.
+few hundredths. The callbacks per page are the steadiest figure of all. Every child runs
+with glibc's mmap threshold held (``MALLOC_MMAP_THRESHOLD_``, unless set already): see
+``docs/benchmarks.md``, "What the conversation path's ratio is made of".
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ def child() -> None:
     print(json.dumps(result))
 
 
+#: glibc's mmap threshold for every child (bytes): above asyncio's 256 KiB read buffer.
+ALLOCATOR_MMAP_THRESHOLD = 1_048_576
+
+
 def _run_child(
     tree: Path,
     url: str,
@@ -95,6 +101,11 @@ def _run_child(
         "from benchmarks.compare import child; child()"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Every child in one allocator regime: glibc's moving mmap threshold off, so no
+    # side spends a run mapping a fresh buffer per socket read while the other does not
+    # (which side does differs from process to process, and moved a paired ratio by
+    # several points; over TLS, as against HighLevel, the reads never go that way).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(ALLOCATOR_MMAP_THRESHOLD))
     argv = [sys.executable, "-c", code, url, client, str(pages), str(concurrency), str(repeat)]
     done = subprocess.run(
         [*prefix, *argv],

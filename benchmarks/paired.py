@@ -7,7 +7,8 @@ client runs in a fresh process per round (``benchmarks.compare``'s child: a warm
 then the least CPU of three timed runs); the order turns each round; the figure is the
 median of the paired per-round CPU ratios, with its interquartile range. Three such
 runs in a row, each against a fresh fake server: a figure that holds is one all three
-agree on.
+agree on. Every client process runs in one allocator regime (``_run_child`` holds
+glibc's mmap threshold), so no side is flattered by the other mapping a buffer per read.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def run(smoke: bool) -> Section:
         title="The conversation path against its worker floor, paired",
         what=f"{conversations} conversations x 1,000 messages, pages of 100, "
         f"{CONCURRENCY} in flight, the fake server in its own process; each client in a "
-        f"fresh process per round (the least CPU of {REPEAT} timed runs in it), {rounds} "
-        "round(s) with the order turned each round; "
+        f"fresh process per round (the least CPU of {REPEAT} timed runs in it, glibc's "
+        "mmap threshold held at 1 MiB for every process: one allocator regime on both "
+        f"sides), {rounds} round(s) with the order turned each round; "
         f"{runs} run(s) in a row. CPU: the median of the paired per-round ratios to the "
         "worker floor (16 worker tasks, one aiohttp session, typed msgspec decode), with "
         "the interquartile range and the range.",
