@@ -407,14 +407,8 @@ class WindowBook:
     def _learn_budget(self, now: float, reply: Reply, notes: list[str]) -> None:
         rate = reply.rate
         max_requests, interval = rate.max_requests, rate.interval
+        # Called by _learn only when the numbers differ from the known budget.
         if not max_requests or not interval:
-            return
-        server = self._server
-        # Most replies repeat the budget: compare the numbers before building anything.
-        if server is not None and (server.max_requests, server.interval) == (
-            max_requests,
-            interval,
-        ):
             return
         announced = RateLimit(max_requests, interval)
         self._server = announced
