@@ -7,6 +7,7 @@ and give each a label::
     python -m benchmarks.compare before=/path/to/main after=. \
         "floor=.::floor: 16 workers, aiohttp + msgspec"
     python -m benchmarks.compare before=/path/to/main after=. --instructions
+    python -m benchmarks.compare before=/path/to/main after=. --cache
 
 (``PATH::CLIENT`` runs another client of the throughput benchmark from that tree.)
 
@@ -119,9 +120,8 @@ def _run_child(
     if done.returncode:
         raise RuntimeError(f"{tree}: {done.stderr[-2000:]}")
     result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
-    if prefix:  # callgrind's count is on stderr: "Collected : N"
-        collected = [line for line in done.stderr.splitlines() if "Collected :" in line]
-        result["instructions"] = float(collected[-1].split()[-1])
+    if prefix:  # valgrind's counts are on stderr
+        result.update(valgrind_counts(done.stderr))
     imported = Path(str(result.pop("tree"))).resolve()
     if imported != (tree / "ghl_async" / "__init__.py").resolve():
         raise RuntimeError(f"{tree}: ghl_async was imported from {imported}")
@@ -156,6 +156,13 @@ def main() -> int:
         "(a profile hook) and show the N functions that differ most from the first tree",
     )
     parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="as --instructions, under valgrind's cachegrind with its cache and branch "
+        "simulation: instructions, first-level data cache misses and mispredicted branches "
+        "per page (why a few percent more instructions can cost several times that in CPU)",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="instead of timing: count the instructions each tree executes per page under "
@@ -177,8 +184,8 @@ def main() -> int:
     faults = f"latency={latency}" if latency else ""
     with fake_server(conversations=conversations, messages=messages, faults=faults) as server:
         ids = json.dumps(server.stats()["conversationIds"])
-        if args.instructions:
-            _print_instructions(trees, server.url, pages, concurrency, ids)
+        if args.instructions or args.cache:
+            _print_instructions(trees, server.url, pages, concurrency, ids, cache=args.cache)
             return 0
         if args.calls is not None:
             counted = {
@@ -229,26 +236,73 @@ def main() -> int:
     return 0
 
 
-def _print_instructions(
-    trees: dict[str, tuple[Path, str]], url: str, pages: int, concurrency: int, ids: str
-) -> None:
-    """Instructions per page of each tree's client, counted by callgrind."""
-    if shutil.which("valgrind") is None:
-        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
-    grind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+#: What valgrind prints at the end of a run, by the name of the count per page.
+_VALGRIND_LINES = {
+    "Collected :": "instructions",  # callgrind
+    "I   refs:": "instructions",  # cachegrind
+    "D1  misses:": "D1 misses",
+    "Mispredicts:": "mispredicts",
+}
+
+
+def valgrind_counts(stderr: str) -> dict[str, float]:
+    """The counts of valgrind's summary on ``stderr`` (callgrind's or cachegrind's),
+    by name: ``instructions``, and with cachegrind's simulations ``D1 misses`` (reads
+    and writes) and ``mispredicts`` (conditional and indirect branches).
+    """
     counts: dict[str, float] = {}
+    for line in stderr.splitlines():
+        text = line.split("==", 2)[-1]  # "==PID== I   refs:  1,234" -> " I   refs:  1,234"
+        for label, name in _VALGRIND_LINES.items():
+            head, found, rest = text.partition(label)
+            if found and not head.strip():
+                counts[name] = float(rest.split()[0].replace(",", ""))
+    if "instructions" not in counts:
+        raise RuntimeError(f"no valgrind summary in: {stderr[-500:]}")
+    return counts
+
+
+def _print_instructions(
+    trees: dict[str, tuple[Path, str]],
+    url: str,
+    pages: int,
+    concurrency: int,
+    ids: str,
+    *,
+    cache: bool = False,
+) -> None:
+    """Instructions per page of each tree's client, counted by callgrind; with ``cache``,
+    by cachegrind, with its first-level data cache misses and mispredicted branches.
+    """
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions and --cache need valgrind (apt install valgrind)")
+    grind = (
+        (
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=yes",
+            "--branch-sim=yes",
+            "--cachegrind-out-file=/dev/null",
+        )
+        if cache
+        else ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    )
+    counts: dict[str, dict[str, float]] = {}
     for label, (tree, client) in trees.items():
         one, three = (
-            _run_child(tree, url, client, pages, concurrency, ids, -runs, grind)["instructions"]
-            for runs in (1, 3)
+            _run_child(tree, url, client, pages, concurrency, ids, -runs, grind) for runs in (1, 3)
         )
-        counts[label] = (three - one) / 2 / pages
+        # One run against three, the difference halved: imports and warm-up cancel out.
+        counts[label] = {name: (three[name] - one[name]) / 2 / pages for name in three}
     base = next(iter(counts))
-    print(f"{pages} pages, {concurrency} in flight; instructions per page (callgrind)")
-    print(f"| tree | instructions / page | vs {base} |")
-    print("|---|---|---|")
+    names = [n for n in ("instructions", "D1 misses", "mispredicts") if n in counts[base]]
+    tool = "cachegrind" if cache else "callgrind"
+    print(f"{pages} pages, {concurrency} in flight; per page ({tool})")
+    print("| tree | " + " | ".join(f"{n} / page | vs {base}" for n in names) + " |")
+    print("|---|" + "---|---|" * len(names))
     for label, count in counts.items():
-        print(f"| {label} | {count:,.0f} | {count / counts[base]:.3f}x |")
+        cells = [f"{count[n]:,.0f} | {count[n] / counts[base][n]:.3f}x" for n in names]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def _print_calls(counted: dict[str, dict[str, float]], top: int) -> None:
