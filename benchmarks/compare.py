@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from ._harness import Paired, fake_server, turned
+from ._valgrind import valgrind_counts
 from .throughput import clients, pages_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,32 +235,6 @@ def main() -> int:
             )
             print(f"- {label} / {base}: {ratio}; per round: {per_round}")
     return 0
-
-
-#: What valgrind prints at the end of a run, by the name of the count per page.
-_VALGRIND_LINES = {
-    "Collected :": "instructions",  # callgrind
-    "I   refs:": "instructions",  # cachegrind
-    "D1  misses:": "D1 misses",
-    "Mispredicts:": "mispredicts",
-}
-
-
-def valgrind_counts(stderr: str) -> dict[str, float]:
-    """The counts of valgrind's summary on ``stderr`` (callgrind's or cachegrind's),
-    by name: ``instructions``, and with cachegrind's simulations ``D1 misses`` (reads
-    and writes) and ``mispredicts`` (conditional and indirect branches).
-    """
-    counts: dict[str, float] = {}
-    for line in stderr.splitlines():
-        text = line.split("==", 2)[-1]  # "==PID== I   refs:  1,234" -> " I   refs:  1,234"
-        for label, name in _VALGRIND_LINES.items():
-            head, found, rest = text.partition(label)
-            if found and not head.strip():
-                counts[name] = float(rest.split()[0].replace(",", ""))
-    if "instructions" not in counts:
-        raise RuntimeError(f"no valgrind summary in: {stderr[-500:]}")
-    return counts
 
 
 def _print_instructions(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.compare import valgrind_counts
+from benchmarks._valgrind import valgrind_counts
 
 # The end of a cachegrind run with --cache-sim=yes --branch-sim=yes (valgrind 3.19).
 CACHEGRIND = """\
