@@ -168,8 +168,8 @@ def main() -> int:
         action="store_true",
         help="instead of timing: count the instructions each tree executes per page under "
         "valgrind's callgrind (one run against three, the difference halved: imports and "
-        "warm-up cancel out). Steady to a tenth of a percent where CPU times drift by "
-        "several: for a change worth one or two percent",
+        "warm-up cancel out). The same tree counts the same to about half a percent where "
+        "CPU times drift by several: for a change worth one or two percent",
     )
     args = parser.parse_args()
     trees: dict[str, tuple[Path, str]] = {}
