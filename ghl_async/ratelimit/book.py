@@ -81,8 +81,9 @@ class WindowBook:
         server = self._server
         self._constraints = (*self._caps, server) if server is not None else tuple(self._caps)
         self._longest = max((c.interval for c in self._constraints), default=0.0)
-        # The window over which a send's ticket counts our slots (see take()): the
-        # server's interval; while it is unknown, the longest cap's.
+        # The window over which a send's ticket counts our slots (see take()) and a
+        # neighbour slot past its end waits for a send of ours (_probe_at): the server's
+        # interval; while it is unknown, the longest cap's.
         self._window = server.interval if server is not None else self._longest
         self._pruned_at = math.nan  # the horizon moved: prune again
         # Sends wait_time() allows at once, as its last full look counted them (see
@@ -222,10 +223,7 @@ class WindowBook:
         waiting for it would stall every send behind slots no reply can free.
         """
         out = self._out
-        if not out:
-            return -math.inf
-        server = self._server
-        return out[-1] + (server.interval if server is not None else self._longest)
+        return out[-1] + self._window if out else -math.inf
 
     def blocked(self, now: float) -> tuple[str, float] | None:
         """``("daily", seconds)`` while the daily budget is spent, ``("pause", seconds)``
