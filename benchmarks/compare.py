@@ -42,6 +42,16 @@ from .throughput import clients, pages_of
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES_CLIENT = "ghl_async fan_out_pages"
+# The valgrind command lines: --instructions (callgrind), --cache (cachegrind, simulated
+# caches and branch predictor). Their summaries are read by _valgrind.valgrind_counts.
+_CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+_CACHEGRIND = (
+    "valgrind",
+    "--tool=cachegrind",
+    "--cache-sim=yes",
+    "--branch-sim=yes",
+    "--cachegrind-out-file=/dev/null",
+)
 
 
 def child() -> None:
@@ -186,7 +196,7 @@ def main() -> int:
     with fake_server(conversations=conversations, messages=messages, faults=faults) as server:
         ids = json.dumps(server.stats()["conversationIds"])
         if args.instructions or args.cache:
-            _print_instructions(trees, server.url, pages, concurrency, ids, cache=args.cache)
+            _print_valgrind_counts(trees, server.url, pages, concurrency, ids, cache=args.cache)
             return 0
         if args.calls is not None:
             counted = {
@@ -237,7 +247,7 @@ def main() -> int:
     return 0
 
 
-def _print_instructions(
+def _print_valgrind_counts(
     trees: dict[str, tuple[Path, str]],
     url: str,
     pages: int,
@@ -251,17 +261,7 @@ def _print_instructions(
     """
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions and --cache need valgrind (apt install valgrind)")
-    grind = (
-        (
-            "valgrind",
-            "--tool=cachegrind",
-            "--cache-sim=yes",
-            "--branch-sim=yes",
-            "--cachegrind-out-file=/dev/null",
-        )
-        if cache
-        else ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
-    )
+    grind = _CACHEGRIND if cache else _CALLGRIND
     counts: dict[str, dict[str, float]] = {}
     for label, (tree, client) in trees.items():
         one, three = (
